@@ -1,0 +1,1 @@
+"""Adapters hand a loader's batches to a framework: Keras (``keras.py``)."""

@@ -1,0 +1,59 @@
+"""``loader.keras()``: a Loader as a ``keras.utils.PyDataset`` for ``fit()`` / ``evaluate()``.
+
+Choices, and why:
+
+* **stoker owns the order.** Keras 3 ``fit(shuffle=True)`` (its default) asks a
+  PyDataset for batch indices in a random order. A stream of prefetched batches cannot
+  honour that without losing its lead, and the loader already shuffles per epoch with
+  its own seed. So ``__getitem__`` ignores the index Keras asks for and returns the
+  loader's next batch: full speed, each sample exactly once per epoch, reproducible.
+* **The stream spans epochs.** Batch ``k`` of the stream is batch ``k % len`` of epoch
+  ``k // len``, so every Keras epoch (``fit`` and each ``evaluate`` on validation data)
+  gets exactly ``len(loader)`` fresh batches, whatever Keras prefetches.
+* **Peeks don't consume.** Before an epoch starts, Keras calls ``dataset[0]`` and
+  ``dataset[1]`` to infer tensor specs; outside an epoch those calls get zero batches
+  of the right shape and dtype instead of real ones.
+* **No threads or processes of Keras' own:** ``workers=1, use_multiprocessing=False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import keras
+
+if TYPE_CHECKING:
+    from ..loader import Loader
+
+__all__ = ["KerasDataset"]
+
+
+class KerasDataset(keras.utils.PyDataset):
+    """A view of a Loader that Keras can consume; see the module docstring."""
+
+    def __init__(self, loader: Loader) -> None:
+        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=1)
+        self.loader = loader
+        self._iterator: Iterator[Any] | None = None
+        self._in_epoch = False
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def on_epoch_begin(self) -> None:
+        self._in_epoch = True
+
+    def on_epoch_end(self) -> None:
+        self._in_epoch = False
+
+    def __getitem__(self, index: int) -> Any:
+        if not self._in_epoch and self._iterator is None:
+            return self.loader.layout.zeros(self.loader.options.batch_size)
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self._iterator = iter(self.loader)
+            return next(self._iterator)

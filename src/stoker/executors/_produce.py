@@ -1,0 +1,128 @@
+"""Making one sample: read it from the source, run the transform with its keyed RNG,
+check it against the batch layout, write it into the batch.
+
+Every executor calls this code, in this process or in a worker, which is why their
+batches are bit-identical: the only inputs are (source, transform, epoch key, index).
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..layout import BatchLayout
+from ..plan import SampleRng
+
+__all__ = ["Producer", "SampleFailure", "Transform"]
+
+
+@dataclass(frozen=True, slots=True)
+class Transform:
+    """A user transform and how to call it: ``fn(sample, rng)`` or legacy ``fn(sample)``.
+
+    A legacy transform draws from ``random`` / ``np.random``; both are seeded from the
+    sample's key right before each call, so it is reproducible too.
+    """
+
+    fn: Callable[..., Any] | None
+    takes_rng: bool
+
+    @classmethod
+    def wrap(cls, fn: Callable[..., Any] | None) -> Transform:
+        if fn is None:
+            return cls(None, False)
+        if not callable(fn):
+            raise TypeError(
+                f"transform must be callable as f(sample, rng) or f(sample), got {type(fn).__name__}"
+            )
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return cls(fn, True)
+        for arguments, takes_rng in (((None, None), True), ((None,), False)):
+            try:
+                signature.bind(*arguments)
+            except TypeError:
+                continue
+            return cls(fn, takes_rng)
+        raise TypeError(
+            f"transform {getattr(fn, '__name__', fn)!r} has signature {signature}; it must "
+            "accept (sample, rng) or (sample)"
+        )
+
+
+class SampleFailure(Exception):
+    """Producing sample ``index`` failed at ``stage``; carries the worker-side traceback."""
+
+    def __init__(self, index: int, stage: str, error: BaseException) -> None:
+        super().__init__(f"{stage} sample {index} failed: {type(error).__name__}: {error}")
+        self.index = index
+        self.stage = stage
+        self.error = error
+        self.traceback = "".join(
+            traceback.format_exception(type(error), error, error.__traceback__)
+        )
+
+
+class Producer:
+    """Reads, transforms and checks samples; fills batch arrays in place."""
+
+    def __init__(self, source: Any, transform: Transform) -> None:
+        self.source = source
+        self.transform = transform
+        self.rng = SampleRng.create()
+
+    def sample(self, key: np.ndarray, index: int) -> Any:
+        """The transformed sample ``index`` for the epoch whose sample key is ``key``."""
+        try:
+            sample = self.source[index]
+        except Exception as error:
+            raise SampleFailure(index, "reading", error) from error
+        fn = self.transform.fn
+        if fn is None:
+            return sample
+        try:
+            if self.transform.takes_rng:
+                return fn(sample, self.rng.for_sample(key, index))
+            self.rng.seed_globals(key, index)
+            return fn(sample)
+        except Exception as error:
+            raise SampleFailure(index, "transforming", error) from error
+
+    def fill(
+        self,
+        layout: BatchLayout,
+        key: np.ndarray,
+        indices: Sequence[int],
+        out: list[np.ndarray],
+        offset: int = 0,
+    ) -> None:
+        """Write the samples ``indices`` into rows ``offset...`` of the batch arrays ``out``."""
+        for row, index in enumerate(indices, start=offset):
+            index = int(index)
+            sample = self.sample(key, index)
+            try:
+                leaves = layout.leaves(sample)
+            except ValueError as error:
+                raise SampleFailure(index, "checking", error) from error
+            for target, leaf in zip(out, leaves, strict=True):
+                target[row] = leaf
+
+
+class preserved_global_rngs:
+    """Save and restore ``random`` and ``np.random`` around legacy transforms run in the
+    consumer's process, so that seeding them per sample does not disturb the caller."""
+
+    def __enter__(self) -> None:
+        self._python = random.getstate()
+        self._numpy = np.random.get_state()
+
+    def __exit__(self, *exc: object) -> None:
+        random.setstate(self._python)
+        np.random.set_state(self._numpy)

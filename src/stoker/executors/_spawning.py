@@ -1,0 +1,71 @@
+"""How worker processes are started, and why.
+
+The consumer usually runs TensorFlow, whose thread pools are live by the time a loader
+starts. ``fork`` from such a process copies locks that other threads may hold, which
+can deadlock a child; TensorFlow warns against it and Python 3.12+ deprecates it. So
+the default is ``forkserver``: a clean, single-threaded server process (started once,
+preloading only numpy, OpenCV and stoker's worker module) forks the workers. Start-up
+and memory of fork / forkserver / spawn are measured in ``benchmarks/bench_start.py``.
+
+Workers never re-run the user's script. Under spawn and forkserver, multiprocessing
+normally re-imports ``__main__`` in every child (so that functions defined there can be
+unpickled); a script without an ``if __name__ == "__main__":`` guard then freezes or
+dies at start-up, and a script that imports TensorFlow imports it again in every worker.
+stoker instead serializes the transform and source with cloudpickle (functions and
+classes from ``__main__`` travel by value) and drops the "import __main__" step from the
+preparation data of its own worker processes, and of no other process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from multiprocessing import spawn
+from multiprocessing.context import BaseContext
+
+__all__ = ["START_METHODS", "WORKER_NAME_PREFIX", "default_start_method", "worker_context"]
+
+START_METHODS = ("forkserver", "spawn", "fork")
+WORKER_NAME_PREFIX = "stoker-worker"
+_PRELOAD = ["stoker.executors._worker", "cv2"]
+_filter_installed = False
+
+
+def default_start_method() -> str:
+    """``forkserver`` where the platform has it (Linux, macOS), else ``spawn`` (Windows)."""
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _install_preparation_filter() -> None:
+    """Make multiprocessing skip re-importing ``__main__`` in stoker's workers only."""
+    global _filter_installed
+    if _filter_installed:
+        return
+    original = spawn.get_preparation_data
+
+    def get_preparation_data(name: str) -> dict:
+        data = original(name)
+        if name.startswith(WORKER_NAME_PREFIX):
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    get_preparation_data.__wrapped__ = original  # type: ignore[attr-defined]
+    spawn.get_preparation_data = get_preparation_data
+    _filter_installed = True
+
+
+def worker_context(start_method: str | None) -> BaseContext:
+    """The multiprocessing context that starts stoker's workers."""
+    method = start_method or default_start_method()
+    if method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {START_METHODS} or None, got {method!r}")
+    if method not in multiprocessing.get_all_start_methods():
+        raise ValueError(f"start_method {method!r} is not available on {sys.platform}")
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        # Only effective if this process has not started its forkserver yet.
+        context.set_forkserver_preload(_PRELOAD)
+    if method in ("forkserver", "spawn"):
+        _install_preparation_filter()
+    return context

@@ -1,0 +1,376 @@
+"""The processes executor: a pool of worker processes filling a ring of shared batch slots.
+
+Scheduling, all of it in the consumer's thread (no background threads):
+
+* The ring has ``prefetch`` slots, one batch each. When a slot is free, the next batch
+  of the plan is cut into one chunk per worker, and each chunk is sent to the worker
+  with the fewest samples queued. Every batch is thus shared by all workers and batches
+  complete one after another at an even pace, not in bursts of ``workers`` batches.
+* The consumer waits on the workers' pipes and process sentinels together
+  (``multiprocessing.connection.wait``, with a timeout), so a dead worker is noticed as
+  soon as it dies, and a hung one (no progress for ``timeout`` seconds) is killed.
+* A finished batch is copied out of its slot (the caller may keep it), the slot goes
+  back to the ring and is refilled with new work before the batch is handed over, so
+  the workers keep going while the consumer trains.
+* The consumer knows which worker holds which chunk. A crashed worker is replaced (up
+  to ``max_worker_restarts``) and its chunks are recomputed by the replacement: same
+  keys, same rows, so the epoch is bit-identical to an undisturbed one.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from ..errors import LoaderError, WorkerCrashed, describe_exitcode
+from ..layout import BatchLayout
+from ..plan import split_into_chunks
+from ..shm import SharedBlock
+from . import _worker
+from ._produce import Transform
+from ._spawning import WORKER_NAME_PREFIX, worker_context
+from .failures import rebuild_exception, transform_error
+
+__all__ = ["ProcessExecutor"]
+
+_POLL_SECONDS = 0.5
+_STOP_GRACE_SECONDS = 2.0
+
+
+@dataclass(slots=True)
+class _Task:
+    task_id: int
+    batch: int
+    slot: int
+    row: int
+    indices: np.ndarray
+    epoch: int
+    key: tuple[int, int]
+
+
+@dataclass(slots=True)
+class _Worker:
+    worker_id: int
+    process: BaseProcess
+    conn: Connection
+    tasks: dict[int, _Task] = field(default_factory=dict)
+    queued: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+    ready: bool = False
+
+
+@dataclass(slots=True)
+class _Resources:
+    """What must be cleaned up, kept apart from the executor so a finalizer can reach it."""
+
+    workers: list[_Worker] = field(default_factory=list)
+    slots: list[SharedBlock] = field(default_factory=list)
+
+    def shutdown(self) -> None:
+        """Stop the workers (ask, then terminate, then kill), then free the slots."""
+        workers, self.workers = self.workers, []
+        for worker in workers:
+            try:
+                worker.conn.send((_worker.Cmd.STOP,))
+            except (OSError, ValueError):
+                pass
+        _join_all(workers, _STOP_GRACE_SECONDS)
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.process.terminate()
+        _join_all(workers, _STOP_GRACE_SECONDS)
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.process.kill()
+        _join_all(workers, _STOP_GRACE_SECONDS)
+        for worker in workers:
+            worker.conn.close()
+            try:
+                worker.process.close()
+            except ValueError:
+                pass
+        slots, self.slots = self.slots, []
+        for slot in slots:
+            slot.release()
+
+
+def _join_all(workers: list[_Worker], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for worker in workers:
+        try:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+        except ValueError:
+            pass
+
+
+class ProcessExecutor:
+    """Runs the plan on ``workers`` processes; see the module docstring for how."""
+
+    def __init__(
+        self,
+        *,
+        source: Any,
+        transform: Transform,
+        layout: BatchLayout,
+        batch_size: int,
+        workers: int,
+        prefetch: int,
+        start_method: str | None = None,
+        max_worker_restarts: int = 0,
+        timeout: float | None = None,
+    ) -> None:
+        self.workers = workers
+        self._source = source
+        self._transform = transform
+        self._layout = layout
+        self._batch_size = batch_size
+        self._prefetch = prefetch
+        self._start_method = start_method
+        self._max_restarts = max_worker_restarts
+        self._timeout = timeout
+        self._resources = _Resources()
+        self._finalizer = weakref.finalize(self, self._resources.shutdown)
+        self._slot_views: list[list[np.ndarray]] = []
+        self._tasks: dict[int, _Task] = {}
+        self._next_task_id = 0
+        self._restarts_used = 0
+        self.crashes: list[tuple[int, int | None]] = []
+        self._payload: bytes | None = None
+        self._context = None
+        self._dirty = False
+
+    # -- life cycle ---------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return bool(self._resources.workers)
+
+    def start(self) -> None:
+        """Create the batch slots and start the workers (done lazily by ``run``)."""
+        if self.started:
+            return
+        self._context = worker_context(self._start_method)
+        nbytes = self._layout.batch_nbytes(self._batch_size)
+        slots = self._resources.slots
+        try:
+            for _ in range(self._prefetch):
+                slots.append(SharedBlock.create(nbytes, purpose="batch slots"))
+            self._slot_views = [
+                self._layout.views(s.ndarray((s.size,), np.uint8), self._batch_size)
+                for s in slots
+            ]
+            spec = _worker.WorkerSpec(
+                self._source, self._transform, self._layout, self._batch_size, tuple(slots)
+            )
+            self._payload = cloudpickle.dumps(spec)
+            for worker_id in range(self.workers):
+                self._resources.workers.append(self._spawn(worker_id))
+        except BaseException:
+            self._resources.shutdown()
+            raise
+
+    def _spawn(self, worker_id: int) -> _Worker:
+        parent_conn, child_conn = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_worker.run,
+            args=(self._payload, child_conn),
+            name=f"{WORKER_NAME_PREFIX}-{worker_id}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        return _Worker(worker_id, process, parent_conn)
+
+    def close(self) -> None:
+        """Stop every worker and free the slots. Idempotent."""
+        self._resources.shutdown()
+        self._tasks.clear()
+        self._slot_views = []
+        self._dirty = False
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._resources.workers]
+
+    # -- one epoch ----------------------------------------------------------------
+
+    def run(
+        self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray]
+    ) -> Iterator[list[np.ndarray]]:
+        """Yield the batches of ``batches`` (index arrays) in order, as fresh arrays."""
+        if self._dirty:
+            self._drain()
+        self.start()
+        self._dirty = True
+        key_words = (int(key[0]), int(key[1]))
+        pending = deque(range(len(batches)))
+        free_slots = deque(range(len(self._slot_views)))
+        remaining: dict[int, int] = {}
+        slot_of: dict[int, int] = {}
+        next_batch = 0
+        while next_batch < len(batches):
+            while free_slots and pending:
+                batch = pending.popleft()
+                slot = free_slots.popleft()
+                slot_of[batch] = slot
+                remaining[batch] = self._dispatch(batch, batches[batch], slot, epoch, key_words)
+            if remaining.get(next_batch) == 0:
+                slot = slot_of.pop(next_batch)
+                del remaining[next_batch]
+                count = len(batches[next_batch])
+                out = [view[:count].copy() for view in self._slot_views[slot]]
+                free_slots.append(slot)
+                next_batch += 1
+                if next_batch == len(batches):
+                    self._dirty = False
+                yield out
+                continue
+            done, failed = self._pump()
+            for task in done:
+                remaining[task.batch] -= 1
+            if failed:
+                task, (index, stage, data, summary, traceback_text) = failed[0]
+                error = rebuild_exception(data, summary, traceback_text)
+                raise transform_error(index, stage, error, traceback_text, epoch) from error
+
+    def _dispatch(
+        self, batch: int, indices: np.ndarray, slot: int, epoch: int, key: tuple[int, int]
+    ) -> int:
+        """Send one batch's chunks to the least-loaded workers; return the chunk count."""
+        chunks = split_into_chunks(len(indices), len(self._resources.workers))
+        for start, stop in chunks:
+            task = _Task(self._next_task_id, batch, slot, start, indices[start:stop], epoch, key)
+            self._next_task_id += 1
+            worker = min(self._resources.workers, key=lambda w: (w.queued, w.worker_id))
+            self._assign(worker, task)
+        return len(chunks)
+
+    def _assign(self, worker: _Worker, task: _Task) -> None:
+        if not worker.tasks:
+            worker.last_progress = time.monotonic()
+        worker.tasks[task.task_id] = task
+        worker.queued += len(task.indices)
+        self._tasks[task.task_id] = task
+        message = (_worker.Cmd.TASK, task.task_id, task.epoch, *task.key, task.slot, task.row,
+                   task.indices)
+        try:
+            worker.conn.send(message)
+        except (OSError, ValueError):
+            self._handle_death(worker)
+
+    # -- waiting --------------------------------------------------------------------
+
+    def _pump(self) -> tuple[list[_Task], list[tuple[_Task, tuple]]]:
+        """Wait (bounded) for messages or deaths; return finished and failed tasks."""
+        workers = self._resources.workers
+        by_conn = {w.conn: w for w in workers}
+        by_sentinel = {w.process.sentinel: w for w in workers}
+        ready = wait([*by_conn, *by_sentinel], timeout=_POLL_SECONDS)
+        done: list[_Task] = []
+        failed: list[tuple[_Task, tuple]] = []
+        dead: list[_Worker] = []
+        for obj in ready:
+            worker = by_conn.get(obj)
+            if worker is None:
+                dead.append(by_sentinel[obj])
+                continue
+            try:
+                while worker.conn.poll():
+                    self._receive(worker, worker.conn.recv(), done, failed)
+            except (EOFError, OSError):
+                dead.append(worker)
+        for worker in dict.fromkeys(dead):
+            if worker in self._resources.workers:
+                self._handle_death(worker)
+        if self._timeout is not None:
+            now = time.monotonic()
+            for worker in list(self._resources.workers):
+                if worker.tasks and now - worker.last_progress > self._timeout:
+                    worker.process.kill()
+                    worker.process.join(_STOP_GRACE_SECONDS)
+                    self._handle_death(worker, hung=True)
+        return done, failed
+
+    def _receive(self, worker: _Worker, message: tuple, done: list, failed: list) -> None:
+        status = message[0]
+        if status == _worker.Status.READY:
+            worker.ready = True
+            return
+        if status == _worker.Status.INIT_FAILED:
+            _, summary, traceback_text = message
+            self.close()
+            raise LoaderError(
+                f"a worker could not start: {summary}. The source or transform failed to load "
+                "in the worker process (a module it needs may be missing there).\n\n"
+                f"Traceback in the worker:\n{traceback_text.rstrip()}"
+            )
+        task = self._tasks.pop(message[1])
+        del worker.tasks[task.task_id]
+        worker.queued -= len(task.indices)
+        worker.last_progress = time.monotonic()
+        if status == _worker.Status.DONE:
+            done.append(task)
+        else:
+            failed.append((task, message[2:]))
+
+    def _handle_death(self, worker: _Worker, *, hung: bool = False) -> None:
+        """Replace a dead worker and give it the dead one's chunks, or raise WorkerCrashed."""
+        worker.process.join(_STOP_GRACE_SECONDS)
+        exitcode = worker.process.exitcode
+        self.crashes.append((worker.worker_id, exitcode))
+        worker.conn.close()
+        what = (
+            f"made no progress for {self._timeout} s and was killed"
+            if hung
+            else describe_exitcode(exitcode)
+        )
+        if not worker.ready and not hung:
+            what += " during start-up"
+        lost = list(worker.tasks.values())
+        if self._restarts_used < self._max_restarts:
+            self._restarts_used += 1
+            replacement = self._spawn(worker.worker_id)
+            index = self._resources.workers.index(worker)
+            self._resources.workers[index] = replacement
+            for task in lost:
+                self._assign(replacement, task)
+            return
+        pid = worker.process.pid
+        detail = ""
+        if lost:
+            detail = f" while producing batch {lost[0].batch} of epoch {lost[0].epoch}"
+        self.close()
+        if self._max_restarts:
+            advice = (
+                f"all {self._max_restarts} restarts allowed by max_worker_restarts are used up"
+            )
+        else:
+            advice = (
+                "pass max_worker_restarts=N to replace crashed workers and recompute their "
+                "samples"
+            )
+        raise WorkerCrashed(
+            f"worker {worker.worker_id} (pid {pid}) {what}{detail}; {advice}. "
+            f"Crashes so far (worker, exit code): {self.crashes}",
+            exitcode=exitcode,
+            worker_id=worker.worker_id,
+            crashes=tuple(self.crashes),
+        )
+
+    def _drain(self) -> None:
+        """Let the work of an abandoned epoch finish (or restart the pool if that fails)."""
+        try:
+            while self._tasks:
+                self._pump()
+        except LoaderError:
+            self.close()
+        self._dirty = False

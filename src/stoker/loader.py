@@ -1,0 +1,337 @@
+"""The Loader: ties a source, the epoch plan and an executor together.
+
+    with stoker.Loader(train, batch_size=256, transform=distort, seed=0) as loader:
+        for epoch in range(10):
+            for images, labels in loader:   # one epoch, a new order each time
+                ...
+
+Iterating runs one epoch. A completed epoch advances the epoch number (so a plain loop
+sees a new order every epoch); an epoch abandoned half-way is not advanced, and the next
+iteration starts it again, unless ``load_state_dict`` set a resume point.
+"""
+
+from __future__ import annotations
+
+import secrets
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from ._system import usable_cpu_count
+from .executors._produce import Producer, SampleFailure, Transform, preserved_global_rngs
+from .executors._spawning import START_METHODS
+from .executors.failures import transform_error
+from .executors.inline import InlineExecutor
+from .executors.processes import ProcessExecutor
+from .layout import BatchLayout
+from .plan import Purpose, batch_bounds, epoch_key, epoch_order, num_batches
+from .sources import as_source
+
+__all__ = ["Loader", "LoaderOptions"]
+
+BACKENDS = ("processes", "inline", "ray")
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoaderOptions:
+    """The loader's settings, validated once; errors name the argument and the fix."""
+
+    batch_size: int
+    shuffle: bool = True
+    seed: int | None = 0
+    workers: int | None = None
+    prefetch: int | None = None
+    drop_remainder: bool = False
+    backend: str = "processes"
+    max_worker_restarts: int = 0
+    timeout: float | None = None
+    start_method: str | None = None
+
+    def __post_init__(self) -> None:
+        def integer(name: str, value: Any, minimum: int) -> None:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+        integer("batch_size", self.batch_size, 1)
+        if self.seed is not None:
+            integer("seed", self.seed, 0)
+        if self.workers is not None:
+            integer("workers", self.workers, 0)
+        if self.prefetch is not None:
+            integer("prefetch", self.prefetch, 1)
+        integer("max_worker_restarts", self.max_worker_restarts, 0)
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {self.timeout}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "ray":
+            raise ValueError(
+                "backend='ray' is not available in this version of stoker; use "
+                "backend='processes' (all cores of this machine)"
+            )
+        if self.backend == "inline" and self.workers not in (None, 0):
+            raise ValueError(
+                f"backend='inline' runs in this process, so workers must be 0 or None, "
+                f"got workers={self.workers}"
+            )
+        if self.start_method is not None and self.start_method not in START_METHODS:
+            raise ValueError(
+                f"start_method must be one of {START_METHODS} or None, got {self.start_method!r}"
+            )
+
+    @property
+    def resolved_workers(self) -> int:
+        if self.backend == "inline":
+            return 0
+        return usable_cpu_count() if self.workers is None else int(self.workers)
+
+    def resolved_prefetch(self, workers: int) -> int:
+        return int(self.prefetch) if self.prefetch is not None else max(2, 2 * workers)
+
+
+class Loader:
+    """Batches of transformed samples from a source, made on every core, reproducibly.
+
+    ``transform`` is ``f(sample, rng) -> sample`` (``rng`` a ``numpy.random.Generator``
+    keyed by (seed, epoch, index)), or a legacy ``f(sample)`` that draws from ``random``
+    / ``np.random``, which are seeded the same way. ``workers=None`` uses every usable
+    core; ``workers=0`` runs in this process. ``seed=None`` draws a seed once (recorded
+    in ``state_dict``). See DESIGN.md for the contract.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        batch_size: int,
+        transform: Callable[..., Any] | None = None,
+        shuffle: bool = True,
+        seed: int | None = 0,
+        workers: int | None = None,
+        prefetch: int | None = None,
+        drop_remainder: bool = False,
+        backend: str = "processes",
+        max_worker_restarts: int = 0,
+        timeout: float | None = None,
+        start_method: str | None = None,
+    ) -> None:
+        self.options = LoaderOptions(
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            workers=workers,
+            prefetch=prefetch,
+            drop_remainder=drop_remainder,
+            backend=backend,
+            max_worker_restarts=max_worker_restarts,
+            timeout=timeout,
+            start_method=start_method,
+        )
+        self.source = as_source(source)
+        if drop_remainder and batch_size > len(self.source):
+            raise ValueError(
+                f"batch_size={batch_size} is larger than the source ({len(self.source)} "
+                "samples) and drop_remainder=True, so an epoch would have no batch; lower "
+                "batch_size or set drop_remainder=False"
+            )
+        self.seed = int(seed) if seed is not None else secrets.randbits(63)
+        self._transform = Transform.wrap(transform)
+        self.workers = self.options.resolved_workers
+        if self.workers > 0:
+            _check_picklable(self._transform.fn, "transform")
+            _check_picklable(self.source, "source")
+        self._layout: BatchLayout | None = None
+        self._executor: InlineExecutor | ProcessExecutor | None = None
+        self._epoch = 0
+        self._resume_at = 0
+        self._delivered = 0
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _close_executor, [None])
+
+    # -- the plan -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return num_batches(len(self.source), self.options.batch_size, self.options.drop_remainder)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration run ``epoch`` (from its start)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self._epoch = int(epoch)
+        self._resume_at = 0
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The source indices of every batch of ``epoch``, in order (pure; for tests)."""
+        order = epoch_order(
+            len(self.source), seed=self.seed, epoch=epoch, shuffle=self.options.shuffle
+        )
+        bounds = batch_bounds(len(order), self.options.batch_size, self.options.drop_remainder)
+        return [order[start:stop] for start, stop in bounds]
+
+    # -- state ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader is: enough to resume mid-epoch with the same batches."""
+        return {
+            "version": _STATE_VERSION,
+            "seed": self.seed,
+            "epoch": self._epoch,
+            "batches_done": self._delivered if self._delivered else self._resume_at,
+            "num_samples": len(self.source),
+            "batch_size": self.options.batch_size,
+            "shuffle": self.options.shuffle,
+            "drop_remainder": self.options.drop_remainder,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from ``state_dict()``: the next iteration continues that epoch."""
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"state version {state.get('version')!r} is not {_STATE_VERSION}; it was saved "
+                "by another version of stoker"
+            )
+        for name, mine in (
+            ("num_samples", len(self.source)),
+            ("batch_size", self.options.batch_size),
+            ("shuffle", self.options.shuffle),
+            ("drop_remainder", self.options.drop_remainder),
+        ):
+            if state[name] != mine:
+                raise ValueError(
+                    f"the state was saved with {name}={state[name]!r} but this loader has "
+                    f"{name}={mine!r}; resume with the same source and options"
+                )
+        if not 0 <= state["batches_done"] <= len(self):
+            raise ValueError(f"batches_done={state['batches_done']} is outside 0..{len(self)}")
+        self.seed = int(state["seed"])
+        self._epoch = int(state["epoch"])
+        self._resume_at = int(state["batches_done"])
+        self._delivered = 0
+
+    # -- iteration ------------------------------------------------------------------
+
+    @property
+    def layout(self) -> BatchLayout:
+        """The batch layout, read off the first transformed sample of epoch 0."""
+        if self._layout is None:
+            self._layout = self._probe_layout()
+        return self._layout
+
+    def _probe_layout(self) -> BatchLayout:
+        index = int(self.epoch_batches(0)[0][0])
+        key = epoch_key(self.seed, 0, Purpose.SAMPLES)
+        producer = Producer(self.source, self._transform)
+        try:
+            with preserved_global_rngs():
+                sample = producer.sample(key, index)
+            return BatchLayout.of(sample)
+        except SampleFailure as failure:
+            raise transform_error(
+                failure.index, failure.stage, failure.error, failure.traceback, 0
+            ) from failure.error
+        except ValueError as error:
+            raise transform_error(index, "checking", error, "", 0) from error
+
+    def _get_executor(self) -> InlineExecutor | ProcessExecutor:
+        if self._closed:
+            raise RuntimeError("this Loader is closed; create a new one")
+        if self._executor is None:
+            layout = self.layout
+            if self.workers == 0:
+                self._executor = InlineExecutor(self.source, self._transform, layout)
+            else:
+                self._executor = ProcessExecutor(
+                    source=self.source,
+                    transform=self._transform,
+                    layout=layout,
+                    batch_size=self.options.batch_size,
+                    workers=self.workers,
+                    prefetch=self.options.resolved_prefetch(self.workers),
+                    start_method=self.options.start_method,
+                    max_worker_restarts=self.options.max_worker_restarts,
+                    timeout=self.options.timeout,
+                )
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, _close_executor, [self._executor])
+        return self._executor
+
+    def __iter__(self) -> Iterator[Any]:
+        executor = self._get_executor()
+        epoch, start = self._epoch, self._resume_at
+        batches = self.epoch_batches(epoch)[start:]
+        key = epoch_key(self.seed, epoch, Purpose.SAMPLES)
+        layout = self.layout
+        self._delivered = start
+        total = len(self)
+        for arrays in executor.run(epoch, key, batches):
+            self._delivered += 1
+            if self._delivered == total:
+                # Advance before handing over the last batch: a consumer that stops after
+                # exactly len(loader) batches (Keras does) must see the epoch as finished.
+                self._epoch, self._resume_at, self._delivered = epoch + 1, 0, 0
+            yield layout.assemble(arrays)
+
+    # -- adapters ---------------------------------------------------------------------
+
+    def keras(self) -> Any:
+        """This loader as a ``keras.utils.PyDataset`` for ``model.fit()`` / ``evaluate()``."""
+        from .adapters.keras import KerasDataset
+
+        return KerasDataset(self)
+
+    # -- clean-up ---------------------------------------------------------------------
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running workers (empty before the first batch)."""
+        executor = self._executor
+        return list(executor.pids) if isinstance(executor, ProcessExecutor) else []
+
+    def close(self) -> None:
+        """Stop the workers and free the batch slots. Idempotent."""
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<stoker.Loader {len(self.source)} samples, batch_size={self.options.batch_size}, "
+            f"{len(self)} batches/epoch, workers={self.workers}, epoch={self._epoch}>"
+        )
+
+
+def _close_executor(holder: list[Any]) -> None:
+    executor = holder[0]
+    if executor is not None:
+        executor.close()
+
+
+def _check_picklable(obj: Any, name: str) -> None:
+    """Refuse at construction what cannot reach a worker process, saying what to do."""
+    if obj is None:
+        return
+    try:
+        cloudpickle.dumps(obj)
+    except Exception as error:
+        raise TypeError(
+            f"the {name} cannot be sent to worker processes: {type(error).__name__}: {error}. "
+            f"A {name} must not hold open files, locks, sockets, threads or models; create "
+            f"such things lazily inside the {name} (e.g. on first call in each worker), or "
+            "pass workers=0 to run in this process"
+        ) from error

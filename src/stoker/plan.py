@@ -1,0 +1,144 @@
+"""The epoch plan, as pure functions: which samples, in which order, in which batch,
+and with which random numbers.
+
+Everything here is a function of ``(seed, epoch, index)`` alone, never of a worker,
+a process or the wall clock. That is what makes batches bit-identical for any number
+of workers, any backend, and after a resume (DESIGN.md, invariants 1 and 2).
+
+Random streams are counter-based (Philox): a key derived once per ``(seed, epoch,
+purpose)`` and a counter that starts at the sample's index, so a sample's generator is
+set up by assigning a state (about a microsecond) instead of hashing a new seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+__all__ = [
+    "Purpose",
+    "SampleRng",
+    "batch_bounds",
+    "epoch_key",
+    "epoch_order",
+    "num_batches",
+    "split_indices",
+    "split_into_chunks",
+]
+
+
+class Purpose(IntEnum):
+    """Separates the random streams drawn from one seed, so that they never overlap."""
+
+    ORDER = 0
+    SAMPLES = 1
+    SPLIT = 2
+
+
+def epoch_key(seed: int, epoch: int, purpose: Purpose) -> np.ndarray:
+    """The 128-bit Philox key of one (seed, epoch, purpose): two uint64 words."""
+    sequence = np.random.SeedSequence([int(seed), int(epoch), int(purpose)])
+    return sequence.generate_state(2, dtype=np.uint64)
+
+
+def _philox(key: np.ndarray, index: int = 0) -> np.random.Generator:
+    return np.random.Generator(np.random.Philox(key=key, counter=[0, 0, index, 0]))
+
+
+def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The order in which the ``n`` samples of a source are visited in ``epoch``.
+
+    A permutation keyed by (seed, epoch) when ``shuffle``; ``0..n-1`` otherwise.
+    """
+    if not shuffle:
+        return np.arange(n, dtype=np.int64)
+    return _philox(epoch_key(seed, epoch, Purpose.ORDER)).permutation(n).astype(np.int64)
+
+
+def num_batches(n: int, batch_size: int, drop_remainder: bool) -> int:
+    """Batches per epoch: the last, short batch counts unless ``drop_remainder``."""
+    return n // batch_size if drop_remainder else -(-n // batch_size)
+
+
+def batch_bounds(n: int, batch_size: int, drop_remainder: bool) -> list[tuple[int, int]]:
+    """``(start, stop)`` of every batch within the epoch order."""
+    count = num_batches(n, batch_size, drop_remainder)
+    return [(b * batch_size, min(n, (b + 1) * batch_size)) for b in range(count)]
+
+
+def split_into_chunks(length: int, parts: int) -> list[tuple[int, int]]:
+    """Cut ``range(length)`` into at most ``parts`` contiguous, near-equal pieces."""
+    parts = max(1, min(parts, length))
+    base, extra = divmod(length, parts)
+    bounds, start = [], 0
+    for part in range(parts):
+        stop = start + base + (1 if part < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def split_indices(
+    n: int, fraction: float, *, seed: int, shuffle: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint index sets for a (first, second) split of ``n`` samples.
+
+    ``round(fraction * n)`` indices go to the first part. With ``shuffle`` the samples
+    are assigned by a permutation keyed by ``seed`` (and each part is sorted, so reads
+    stay sequential); otherwise the first part is the head of the source.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"split fraction must be strictly between 0 and 1, got {fraction!r}")
+    first = round(fraction * n)
+    if first == 0 or first == n:
+        raise ValueError(
+            f"split({fraction}) of {n} samples leaves one part empty; "
+            "use a fraction that gives each part at least one sample"
+        )
+    order = (
+        _philox(epoch_key(seed, 0, Purpose.SPLIT)).permutation(n)
+        if shuffle
+        else np.arange(n)
+    )
+    return np.sort(order[:first]).astype(np.int64), np.sort(order[first:]).astype(np.int64)
+
+
+@dataclass(slots=True)
+class SampleRng:
+    """One reusable generator, re-keyed for every sample.
+
+    ``for_sample(key, index)`` returns a ``numpy.random.Generator`` whose stream depends
+    only on (key, index): the Philox counter starts at ``[0, 0, index, 0]``, so samples
+    never share numbers. ``seed_globals`` seeds ``random`` and ``np.random`` from the
+    same stream, for legacy transforms that draw from the global generators.
+    """
+
+    bit_generator: np.random.Philox
+    generator: np.random.Generator
+
+    @classmethod
+    def create(cls) -> SampleRng:
+        bit_generator = np.random.Philox(key=0)
+        return cls(bit_generator, np.random.Generator(bit_generator))
+
+    def for_sample(self, key: np.ndarray, index: int) -> np.random.Generator:
+        self.bit_generator.state = {
+            "bit_generator": "Philox",
+            "state": {
+                "counter": np.array([0, 0, index, 0], dtype=np.uint64),
+                "key": key,
+            },
+            "buffer": np.zeros(4, dtype=np.uint64),
+            "buffer_pos": 4,
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+        return self.generator
+
+    def seed_globals(self, key: np.ndarray, index: int) -> None:
+        words = self.for_sample(key, index).bit_generator.random_raw(2)
+        random.seed(int(words[0]))
+        np.random.seed(int(words[1]) & 0xFFFFFFFF)

@@ -1,0 +1,131 @@
+"""Shared-memory blocks and who owns them.
+
+Ownership rules (DESIGN.md, invariant 5):
+
+* A block has exactly one owner: the object that ``create``\\ d it in the consumer
+  process (an ``ArraySource`` for the dataset, a processes executor for its batch slots).
+  Only the owner unlinks, and only after the workers that attached to it are gone.
+* Workers ``attach`` by name and only ever ``close`` (unmap); they never unlink. A block
+  pickles as its name, so sending one to a worker attaches there.
+* ``release`` is idempotent, and a ``weakref.finalize`` calls it when an owner is
+  garbage-collected or the interpreter exits; if the owning process is killed outright,
+  multiprocessing's resource tracker unlinks what was left.
+* Space is reserved when a block is created (``posix_fallocate``), so a full /dev/shm
+  raises a clear ``OSError`` here instead of a SIGBUS in a worker later.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import weakref
+from multiprocessing import shared_memory
+
+import numpy as np
+
+__all__ = ["NAME_PREFIX", "SharedBlock"]
+
+NAME_PREFIX = "stoker_"
+_ALIGN = 64
+
+
+def _release(shm: shared_memory.SharedMemory, unlink: bool) -> None:
+    try:
+        shm.close()
+    except BufferError:
+        # Views into the block are still alive; the mapping goes when they do.
+        pass
+    if unlink:
+        try:
+            shm.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _shm_free_bytes() -> int | None:
+    try:
+        return shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return None
+
+
+class SharedBlock:
+    """One shared-memory segment, owned (created here) or attached (created elsewhere)."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, *, owner: bool) -> None:
+        self._shm = shm
+        self.owner = owner
+        self._finalizer = weakref.finalize(self, _release, shm, owner)
+
+    @classmethod
+    def create(cls, nbytes: int, *, purpose: str = "data") -> SharedBlock:
+        """A new block of at least ``nbytes`` (never 0), owned by the returned object."""
+        size = max(int(nbytes), 1)
+        name = f"{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+        try:
+            shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+        except OSError as error:
+            raise _no_space_error(size, purpose) from error
+        try:
+            fd = getattr(shm, "_fd", -1)
+            if fd >= 0 and hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, size)
+        except OSError as error:
+            _release(shm, unlink=True)
+            if error.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+                raise _no_space_error(size, purpose) from error
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        return cls(shm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> SharedBlock:
+        """Map a block that another process owns. Never unlinks it."""
+        return cls(shared_memory.SharedMemory(name=name, create=False), owner=False)
+
+    @property
+    def name(self) -> str:
+        return self._shm.name
+
+    @property
+    def size(self) -> int:
+        return self._shm.size
+
+    def ndarray(self, shape: tuple[int, ...], dtype: np.dtype, offset: int = 0) -> np.ndarray:
+        """A numpy view of part of the block (no copy)."""
+        return np.ndarray(shape, dtype=dtype, buffer=self._shm.buf, offset=offset)
+
+    def release(self) -> None:
+        """Unmap, and unlink if this is the owner. Safe to call more than once."""
+        self._finalizer()
+
+    @property
+    def released(self) -> bool:
+        return not self._finalizer.alive
+
+    def __reduce__(self):
+        return (SharedBlock.attach, (self.name,))
+
+    def __repr__(self) -> str:
+        role = "owner" if self.owner else "attached"
+        return f"SharedBlock({self.name!r}, {self.size} bytes, {role})"
+
+
+def aligned(offset: int) -> int:
+    """``offset`` rounded up to a cache line, so each array in a block starts aligned."""
+    return -(-offset // _ALIGN) * _ALIGN
+
+
+def _no_space_error(size: int, purpose: str) -> OSError:
+    free = _shm_free_bytes()
+    have = f"{free / 2**20:.0f} MiB are free" if free is not None else "its free space is unknown"
+    return OSError(
+        errno.ENOSPC,
+        f"not enough shared memory for the {purpose}: {size / 2**20:.1f} MiB are needed and "
+        f"{have} in /dev/shm. Free space there (remove stale segments), enlarge it "
+        "(Docker: `--shm-size=2g`; Linux: `mount -o remount,size=8G /dev/shm`), or for a "
+        "dataset larger than memory use an on-disk store (stoker.store), which is "
+        "memory-mapped instead.",
+    )

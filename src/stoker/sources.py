@@ -1,0 +1,195 @@
+"""Sources: what a loader reads samples from.
+
+A source is anything with ``__len__`` and ``__getitem__(i) -> sample``, where a sample
+is a numpy array, a tuple or a dict of numpy arrays/scalars. Two kinds are fast paths:
+
+* ``from_arrays`` copies arrays into one shared-memory block, once; workers attach to
+  it by name and read without copying (pickling an ``ArraySource`` sends only names).
+* ``Subset`` is a view through an index array (``split`` makes two of them).
+
+Any other source is serialized to each worker once, when the workers start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .plan import split_indices
+from .shm import SharedBlock, aligned
+
+__all__ = ["ArraySource", "Source", "Subset", "as_source", "from_arrays", "split"]
+
+
+@runtime_checkable
+class Source(Protocol):
+    """The source protocol: a length and random access by integer index."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
+class _Splittable:
+    def split(
+        self, fraction: float, *, seed: int = 0, shuffle: bool = True
+    ) -> tuple[Subset, Subset]:
+        """Two disjoint views: ``round(fraction * len)`` samples, then the rest.
+
+        Deterministic for a given ``seed``; no sample is in both parts.
+        """
+        return split(self, fraction, seed=seed, shuffle=shuffle)
+
+
+class ArraySource(_Splittable):
+    """Equal-length numpy arrays held once in shared memory.
+
+    Samples are ``x[i]`` for one array, ``(x[i], y[i], ...)`` for several positional
+    arrays, ``{"image": x[i], ...}`` for keyword arrays. Rows are read-only views: a
+    transform that wants to modify an image must copy it first.
+    """
+
+    def __init__(
+        self,
+        block: SharedBlock,
+        specs: tuple[tuple[str, tuple[int, ...], str, int], ...],
+        kind: str,
+    ) -> None:
+        self._block = block
+        self._specs = specs
+        self._kind = kind
+        self._arrays = []
+        for _, shape, dtype, offset in specs:
+            array = block.ndarray(shape, np.dtype(dtype), offset)
+            array.flags.writeable = False
+            self._arrays.append(array)
+        self._length = specs[0][1][0]
+        self._names = tuple(name for name, *_ in specs)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> Any:
+        if self._kind == "array":
+            return self._arrays[0][index]
+        row = [array[index] for array in self._arrays]
+        if self._kind == "dict":
+            return dict(zip(self._names, row, strict=True))
+        return tuple(row)
+
+    @property
+    def arrays(self) -> Any:
+        """The read-only shared arrays, in the structure they were given."""
+        if self._kind == "array":
+            return self._arrays[0]
+        if self._kind == "dict":
+            return dict(zip(self._names, self._arrays, strict=True))
+        return tuple(self._arrays)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays)
+
+    def release(self) -> None:
+        """Free the shared memory now (the owner only). Loaders using it must be closed."""
+        self._arrays = []
+        self._block.release()
+
+    def __reduce__(self):
+        return (ArraySource, (self._block, self._specs, self._kind))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n or 'x'}: {s[1:]} {d}" for n, s, d, _ in self._specs)
+        return f"<ArraySource {self._length} samples ({fields}) in {self._block.name}>"
+
+
+def from_arrays(*arrays: Any, **named: Any) -> ArraySource:
+    """Place equal-length arrays in shared memory once and return them as a source.
+
+    ``from_arrays(x, y)`` gives ``(x[i], y[i])`` samples, ``from_arrays(image=x,
+    label=y)`` gives dict samples, ``from_arrays(x)`` gives ``x[i]``. The arrays are
+    copied; drop your own references afterwards to hold the data only once.
+    """
+    if arrays and named:
+        raise TypeError("from_arrays takes arrays either positionally or by name, not both")
+    if not arrays and not named:
+        raise TypeError("from_arrays needs at least one array, e.g. from_arrays(x, y)")
+    if named:
+        kind, items = "dict", list(named.items())
+    else:
+        kind = "array" if len(arrays) == 1 else "tuple"
+        items = [(str(i), a) for i, a in enumerate(arrays)]
+    converted = []
+    for name, value in items:
+        label = f"array {name!r}" if kind == "dict" else f"array {name}"
+        array = np.asarray(value)
+        if array.dtype == object or array.dtype.kind in "OUSV":
+            raise TypeError(
+                f"{label} has dtype {array.dtype}; from_arrays needs numeric arrays "
+                "(stack lists of images with np.stack)"
+            )
+        if array.ndim == 0:
+            raise ValueError(f"{label} is a scalar; from_arrays needs arrays with one row per sample")
+        converted.append((name if kind == "dict" else "", array))
+    lengths = {len(a) for _, a in converted}
+    if len(lengths) != 1:
+        described = ", ".join(f"{n or i}: {len(a)}" for i, (n, a) in enumerate(converted))
+        raise ValueError(f"from_arrays needs arrays of equal length, got lengths {described}")
+    if lengths == {0}:
+        raise ValueError("from_arrays got empty arrays (0 samples); there is nothing to load")
+    specs, position = [], 0
+    for name, array in converted:
+        specs.append((name, array.shape, array.dtype.str, position))
+        position = aligned(position + array.nbytes)
+    block = SharedBlock.create(position, purpose="dataset")
+    for (_, shape, dtype, offset), (_, array) in zip(specs, converted, strict=True):
+        block.ndarray(shape, np.dtype(dtype), offset)[...] = array
+    return ArraySource(block, tuple(specs), kind)
+
+
+class Subset(_Splittable):
+    """A view of ``base`` through ``indices``: sample ``i`` is ``base[indices[i]]``."""
+
+    def __init__(self, base: Any, indices: np.ndarray) -> None:
+        if isinstance(base, Subset):
+            indices = base.indices[indices]
+            base = base.base
+        self.base = base
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.indices.flags.writeable = False
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.base[int(self.indices[index])]
+
+    @property
+    def classes(self) -> Any:
+        return getattr(self.base, "classes", None)
+
+    def __repr__(self) -> str:
+        return f"<Subset of {len(self)} from {self.base!r}>"
+
+
+def as_source(obj: Any) -> Any:
+    """``obj`` itself if it can serve as a source, else a TypeError saying what is missing."""
+    if isinstance(obj, Mapping) or not (hasattr(obj, "__len__") and hasattr(obj, "__getitem__")):
+        raise TypeError(
+            f"a source needs __len__ and __getitem__(index) -> sample; got {type(obj).__name__}. "
+            "Wrap numpy arrays with stoker.from_arrays(x, y)."
+        )
+    if len(obj) == 0:
+        raise ValueError("the source is empty (0 samples); there is nothing to load")
+    return obj
+
+
+def split(
+    source: Any, fraction: float, *, seed: int = 0, shuffle: bool = True
+) -> tuple[Subset, Subset]:
+    """Split any source into two disjoint, deterministic views (see ``plan.split_indices``)."""
+    source = as_source(source)
+    first, second = split_indices(len(source), fraction, seed=seed, shuffle=shuffle)
+    return Subset(source, first), Subset(source, second)

@@ -1,0 +1,65 @@
+"""Shared fixtures. Every test is checked for leaked shared-memory segments."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+SHM = Path("/dev/shm")
+
+
+def own_segments(pid: int | None = None) -> set[str]:
+    prefix = f"stoker_{pid if pid is not None else os.getpid()}_"
+    return {p.name for p in SHM.glob(prefix + "*")} if SHM.exists() else set()
+
+
+def wait_until(predicate, seconds: float = 10.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_segments():
+    """Every test must leave /dev/shm as it found it (after garbage collection)."""
+    gc.collect()
+    before = own_segments()
+    yield
+    gc.collect()
+    assert wait_until(lambda: own_segments() <= before, 5), (
+        f"leaked shared memory: {sorted(own_segments() - before)}"
+    )
+
+
+@pytest.fixture
+def images():
+    """A small (image, label) data set: label i is the sample's own index."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(203, 8, 8, 1), dtype=np.uint8)
+    y = np.arange(203, dtype=np.int64)
+    return x, y
+
+
+def noisy(sample, rng):
+    """A transform that uses its rng: flips and adds noise."""
+    image, label = sample
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+    noise = rng.normal(0.0, 8.0, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8), label
