@@ -225,7 +225,7 @@ def test_an_unpicklable_transform_is_refused_with_advice(images):
             return sample
 
     data = stoker.from_arrays(*images)
-    with pytest.raises(TypeError, match="cannot be sent to worker processes.*workers=0"):
+    with pytest.raises(TypeError, match=r"cannot be sent to worker processes.*workers=0"):
         stoker.Loader(data, batch_size=8, transform=locked, workers=2)
     with stoker.Loader(data, batch_size=8, transform=locked, workers=0) as loader:
         assert len(next(iter(loader))[1]) == 8

@@ -59,7 +59,7 @@ def test_split_is_disjoint_complete_and_deterministic():
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.5, 1.5, 0.001])
 def test_split_refuses_fractions_that_leave_a_part_empty(fraction):
-    with pytest.raises(ValueError, match="fraction|empty"):
+    with pytest.raises(ValueError, match=r"fraction|empty"):
         split_indices(100, fraction, seed=0)
 
 

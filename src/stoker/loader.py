@@ -68,7 +68,9 @@ class LoaderOptions:
             integer("prefetch", self.prefetch, 1)
         integer("max_worker_restarts", self.max_worker_restarts, 0)
         if self.timeout is not None and not self.timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds or None, got {self.timeout}")
+            raise ValueError(
+                f"timeout must be a positive number of seconds or None, got {self.timeout}"
+            )
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.backend == "ray":

@@ -131,7 +131,9 @@ def from_arrays(*arrays: Any, **named: Any) -> ArraySource:
                 "(stack lists of images with np.stack)"
             )
         if array.ndim == 0:
-            raise ValueError(f"{label} is a scalar; from_arrays needs arrays with one row per sample")
+            raise ValueError(
+                f"{label} is a scalar; from_arrays needs arrays with one row per sample"
+            )
         converted.append((name if kind == "dict" else "", array))
     lengths = {len(a) for _, a in converted}
     if len(lengths) != 1:

@@ -39,7 +39,8 @@ class Transform:
             return cls(None, False)
         if not callable(fn):
             raise TypeError(
-                f"transform must be callable as f(sample, rng) or f(sample), got {type(fn).__name__}"
+                "transform must be callable as f(sample, rng) or f(sample), "
+                f"got {type(fn).__name__}"
             )
         try:
             signature = inspect.signature(fn)
