@@ -63,3 +63,11 @@ def noisy(sample, rng):
         image = image[:, ::-1]
     noise = rng.normal(0.0, 8.0, image.shape)
     return np.clip(image + noise, 0, 255).astype(np.uint8), label
+
+
+def as_float(sample, rng):
+    """uint8 -> float32 in [0, 1] with a little noise (kept here: importing it must not
+    import Keras in the workers)."""
+    image, label = sample
+    image = image.astype(np.float32) / 255 + rng.normal(0, 0.01, image.shape).astype(np.float32)
+    return image, label

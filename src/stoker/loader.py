@@ -155,6 +155,7 @@ class Loader:
         self._resume_at = 0
         self._delivered = 0
         self._closed = False
+        self._iterators: weakref.WeakSet[Iterator[Any]] = weakref.WeakSet()
         self._finalizer = weakref.finalize(self, _close_executor, [None])
 
     # -- the plan -------------------------------------------------------------------
@@ -269,6 +270,11 @@ class Loader:
         return self._executor
 
     def __iter__(self) -> Iterator[Any]:
+        iterator = self._run_epoch()
+        self._iterators.add(iterator)
+        return iterator
+
+    def _run_epoch(self) -> Iterator[Any]:
         executor = self._get_executor()
         epoch, start = self._epoch, self._resume_at
         batches = self.epoch_batches(epoch)[start:]
@@ -303,7 +309,13 @@ class Loader:
     def close(self) -> None:
         """Stop the workers and free the batch slots. Idempotent."""
         self._closed = True
+        for iterator in list(self._iterators):
+            iterator.close()
         self._finalizer()
+        # A closed loader must not pin the dataset: frameworks (Keras, tf.data) may keep
+        # a reference to the loader long after training.
+        self._executor = None
+        self.source = _ClosedSource(len(self.source)) if self.source is not None else None
 
     def __enter__(self) -> Loader:
         return self
@@ -316,6 +328,19 @@ class Loader:
             f"<stoker.Loader {len(self.source)} samples, batch_size={self.options.batch_size}, "
             f"{len(self)} batches/epoch, workers={self.workers}, epoch={self._epoch}>"
         )
+
+
+class _ClosedSource:
+    """What a closed loader keeps of its source: the length, for ``len`` and ``repr``."""
+
+    def __init__(self, length: int) -> None:
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> Any:
+        raise RuntimeError("this Loader is closed; create a new one")
 
 
 def _close_executor(holder: list[Any]) -> None:

@@ -57,7 +57,7 @@ class _Task:
     key: tuple[int, int]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Worker:
     worker_id: int
     process: BaseProcess

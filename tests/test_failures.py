@@ -1,0 +1,276 @@
+"""Failures with real processes and real signals: each raises the right error within a
+bounded time and leaves no process and no shared memory behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import stoker
+from conftest import gone, noisy, own_segments, wait_until
+from stoker.errors import RemoteTraceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fails_on_17(sample, rng):
+    image, label = sample
+    if label == 17:
+        raise KeyError(f"bad label {label}")
+    return image, label
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_transform_error_names_the_sample_and_keeps_the_cause(images, workers):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=16, transform=fails_on_17, workers=workers) as loader:
+        with pytest.raises(stoker.TransformError) as caught:
+            list(loader)
+    error = caught.value
+    assert error.index == 17 and "sample 17" in str(error) and "fails_on_17" in str(error)
+    assert isinstance(error.__cause__, KeyError)
+    if workers:
+        assert isinstance(error.__cause__.__cause__, RemoteTraceback)
+        assert "fails_on_17" in error.__cause__.__cause__.text
+
+
+def test_the_loader_is_usable_after_a_transform_error(images):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=16, transform=fails_on_17, workers=2) as loader:
+        with pytest.raises(stoker.TransformError):
+            list(loader)
+        with pytest.raises(stoker.TransformError):
+            list(loader)
+
+
+def shape_changes_at_40(sample, rng):
+    image, label = sample
+    return (image[:4] if label == 40 else image), label
+
+
+def returns_none_at_40(sample, rng):
+    return None if sample[1] == 40 else sample
+
+
+def float16_labels(sample, rng):
+    image, label = sample
+    return image, (np.float16(label) if label == 40 else label)
+
+
+@pytest.mark.parametrize(("transform", "match"), [
+    (shape_changes_at_40, r"shape \(4, 8, 1\)"),
+    (returns_none_at_40, "tuple of 2"),
+    (float16_labels, "dtype float16"),
+])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_transform_changing_its_output_mid_epoch_is_an_error(images, transform, match, workers):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=16, transform=transform, workers=workers) as loader:
+        with pytest.raises(stoker.TransformError, match=match) as caught:
+            list(loader)
+    assert caught.value.index == 40
+
+
+def test_a_transform_returning_none_from_the_start_says_so(images):
+    data = stoker.from_arrays(*images)
+
+    def forgot_return(sample, rng):
+        sample[0].sum()
+
+    with stoker.Loader(data, batch_size=16, transform=forgot_return, workers=2) as loader:
+        with pytest.raises(stoker.TransformError, match="forget `return`"):
+            next(iter(loader))
+
+
+def test_writing_into_a_shared_sample_gets_a_hint(images):
+    data = stoker.from_arrays(*images)
+
+    def in_place(sample, rng):
+        sample[0][0] = 0
+        return sample
+
+    with stoker.Loader(data, batch_size=16, transform=in_place, workers=2) as loader:
+        with pytest.raises(stoker.TransformError, match=r"image.copy\(\)"):
+            next(iter(loader))
+
+
+def test_a_source_that_raises_is_reported_with_its_index():
+    class Broken:
+        def __len__(self):
+            return 20
+
+        def __getitem__(self, i):
+            if i == 13:
+                raise OSError("disk read failed")
+            return np.zeros(3, np.float32)
+
+    with stoker.Loader(Broken(), batch_size=4, workers=2) as loader:
+        with pytest.raises(stoker.TransformError, match="reading it from the source") as caught:
+            list(loader)
+    assert caught.value.index == 13 and isinstance(caught.value.__cause__, OSError)
+
+
+def slow(sample, rng):
+    time.sleep(0.002)
+    return noisy(sample, rng)
+
+
+def kill_after_first_batch(loader, sig):
+    iterator = iter(loader)
+    next(iterator)
+    os.kill(loader.worker_pids[0], sig)
+    started = time.monotonic()
+    return iterator, started
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_worker_raises_worker_crashed_quickly(images, sig):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=8, transform=slow, workers=2) as loader:
+        iterator, started = kill_after_first_batch(loader, sig)
+        with pytest.raises(stoker.WorkerCrashed) as caught:
+            for _ in iterator:
+                pass
+        assert time.monotonic() - started < 10
+        pids = loader.worker_pids
+    assert caught.value.exitcode == -sig and caught.value.signal == sig
+    assert "max_worker_restarts" in str(caught.value)
+    assert not pids  # the pool was shut down
+
+
+def segfault(sample, rng):
+    if sample[1] == 50:
+        import ctypes
+
+        ctypes.string_at(0)
+    return sample
+
+
+def exits(sample, rng):
+    if sample[1] == 50:
+        os._exit(3)
+    return sample
+
+
+@pytest.mark.parametrize(("transform", "exitcode"), [(segfault, -signal.SIGSEGV), (exits, 3)])
+def test_native_crashes_and_exits_raise_worker_crashed(images, transform, exitcode):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=8, transform=transform, workers=2) as loader:
+        with pytest.raises(stoker.WorkerCrashed) as caught:
+            list(loader)
+    assert caught.value.exitcode == exitcode
+
+
+def test_the_loader_starts_new_workers_after_a_crash(images):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=8, transform=slow, workers=2, seed=4) as loader:
+        iterator, _ = kill_after_first_batch(loader, signal.SIGKILL)
+        with pytest.raises(stoker.WorkerCrashed):
+            list(iterator)
+        loader.set_epoch(0)
+        labels = np.concatenate([labels for _, labels in loader])
+    assert sorted(labels.tolist()) == list(range(len(images[0])))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_restarted_workers_recompute_exactly_what_was_lost(images, workers):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=8, transform=slow, seed=9, workers=0) as loader:
+        reference = [tuple(b) for b in loader]
+    with stoker.Loader(
+        data, batch_size=8, transform=slow, seed=9, workers=workers, max_worker_restarts=2
+    ) as loader:
+        iterator = iter(loader)
+        got = [next(iterator)]
+        os.kill(loader.worker_pids[0], signal.SIGKILL)
+        got.append(next(iterator))
+        os.kill(loader.worker_pids[-1], signal.SIGKILL)
+        got.extend(iterator)
+        assert len(loader._executor.crashes) == 2
+    assert len(got) == len(reference)
+    for (a, b), (c, d) in zip(got, reference, strict=True):
+        assert np.array_equal(a, c) and np.array_equal(b, d)
+
+
+def test_a_stopped_worker_is_treated_as_hung_after_the_timeout(images):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=8, transform=slow, workers=2, timeout=2) as loader:
+        iterator, started = kill_after_first_batch(loader, signal.SIGSTOP)
+        with pytest.raises(stoker.WorkerCrashed, match="no progress for 2 s"):
+            list(iterator)
+        assert time.monotonic() - started < 15
+
+
+def run_script(body: str, timeout: float = 120, **popen):
+    script = textwrap.dedent(body)
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env, **popen,
+    )
+
+
+SLOW_LOOP = """
+    import os, sys, time, numpy as np, stoker
+    def slow(sample, rng):
+        time.sleep(0.01)
+        return sample
+    data = stoker.from_arrays(np.zeros((10000, 4), np.float32), np.arange(10000))
+    with stoker.Loader(data, batch_size=16, transform=slow, workers=2) as loader:
+        for i, batch in enumerate(loader):
+            if i == 1:
+                print(os.getpid(), *loader.worker_pids, flush=True)
+"""
+
+
+def test_ctrl_c_in_the_consumer_leaves_nothing_behind():
+    process = run_script(SLOW_LOOP)
+    pids = [int(p) for p in process.stdout.readline().split()]
+    assert len(pids) == 3, process.stderr.read()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert "KeyboardInterrupt" in stderr
+    assert wait_until(lambda: all(gone(pid) for pid in pids[1:]), 10)
+    assert own_segments(pids[0]) == set()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_exit_when_the_consumer_dies(sig):
+    process = run_script(SLOW_LOOP)
+    pids = [int(p) for p in process.stdout.readline().split()]
+    assert len(pids) == 3, process.stderr.read()
+    process.send_signal(sig)
+    process.wait(timeout=30)
+    assert wait_until(lambda: all(gone(pid) for pid in pids[1:]), 10), "orphaned workers"
+    assert wait_until(lambda: own_segments(pids[0]) == set(), 20), "segments left behind"
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_a_script_without_a_main_guard_runs_and_is_not_re_imported(start_method, tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        import random, numpy as np, stoker
+        print("script ran", flush=True)
+        def distort(sample):
+            image, label = sample
+            return image + random.random() + np.random.random(), label
+        data = stoker.from_arrays(np.zeros((64, 3), np.float32), np.arange(64))
+        sums = []
+        for workers in (0, 2):
+            with stoker.Loader(data, batch_size=8, transform=distort, workers=workers,
+                               start_method={start_method!r}) as loader:
+                sums.append(sum(float(x.sum()) for x, _ in loader))
+        print("sums equal", sums[0] == sums[1], flush=True)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")}
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("script ran") == 1
+    assert "sums equal True" in result.stdout

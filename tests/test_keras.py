@@ -1,0 +1,96 @@
+"""Real Keras 3 fit() on the TensorFlow backend, fed by stoker loaders."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import stoker
+from conftest import as_float
+
+pytestmark = pytest.mark.slow
+keras = pytest.importorskip("keras")
+from stoker.adapters.keras import KerasDataset  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+
+
+def small_model(shape, classes):
+    model = keras.Sequential([
+        keras.Input(shape),
+        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(classes, activation="softmax"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+class Recording(KerasDataset):
+    """Records the labels of every batch handed to Keras inside an epoch."""
+
+    def __init__(self, loader):
+        super().__init__(loader)
+        self.seen = []
+
+    def __getitem__(self, index):
+        batch = super().__getitem__(index)
+        if self._in_epoch:
+            self.seen.append(batch[1].copy())
+        return batch
+
+
+def test_fit_with_training_and_validation_loaders(images):
+    x, y = images
+    data = stoker.from_arrays(x, (y % 3).astype(np.int32))
+    train, val = data.split(0.75, seed=0)
+    with stoker.Loader(train, batch_size=32, transform=as_float, workers=2) as train_loader, \
+            stoker.Loader(val, batch_size=32, transform=as_float, shuffle=False,
+                          workers=2) as val_loader:
+        dataset = Recording(train_loader)
+        model = small_model((8, 8, 1), 3)
+        history = model.fit(dataset, validation_data=val_loader.keras(), epochs=3, verbose=0,
+                            shuffle=True)
+        assert train_loader.epoch == 3 and val_loader.epoch == 3
+    assert set(history.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert len(history.history["loss"]) == 3
+    assert all(np.isfinite(history.history["val_loss"]))
+    assert len(dataset.seen) == 3 * len(train_loader)
+
+
+def test_fit_sees_each_index_exactly_once_per_epoch(images):
+    x, y = images
+    data = stoker.from_arrays(x.astype(np.float32), y)  # label = the sample's own index
+    with stoker.Loader(data, batch_size=40, workers=2) as loader:
+        dataset = Recording(loader)
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        model.fit(dataset, epochs=2, verbose=0, shuffle=True)
+    recorded = dataset.seen
+    n = len(loader)
+    epochs = [np.concatenate(recorded[e * n:(e + 1) * n]) for e in range(2)]
+    for labels in epochs:
+        assert sorted(labels.tolist()) == list(range(len(x)))
+    assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_the_question_transform_is_reproducible_through_fit():
+    question = pytest.importorskip("question")
+    rng = np.random.default_rng(0)
+    x = (rng.random((96, 64, 64, 1)) > 0.7).astype(np.float16)
+    y = rng.integers(0, 3000, 96).astype(np.int32)  # > 2048: float16 would corrupt these
+    data = stoker.from_arrays(x, y)
+    runs = []
+    for workers in (0, 2):
+        with stoker.Loader(data, batch_size=32, transform=question.question_transform,
+                           workers=workers, seed=2) as loader:
+            runs.append([b for b in loader])
+    for (a, b), (c, d) in zip(*runs, strict=True):
+        assert a.dtype == np.uint8 and np.array_equal(a, c) and np.array_equal(b, d)
+        assert b.dtype == np.int32
+    with stoker.Loader(data, batch_size=32, transform=question.question_transform,
+                       workers=2) as loader:
+        model = small_model((64, 64, 1), 3000)
+        model.fit(loader.keras(), epochs=1, verbose=0)
