@@ -71,3 +71,71 @@ def question_transform(sample: tuple[np.ndarray, np.integer]) -> tuple[np.ndarra
     img = PImage.fromarray(np.uint8(base_img.reshape(64, 64) * 255))
     img, *_ = distort_sample(img)
     return np.array(img).reshape(64, 64, 1), label
+
+
+# -- The question's hand-made fix: RawArray + Pool.starmap over slices of each batch ----
+
+_shared: dict = {}
+
+
+def _pool_initializer(x_shared, y_shared) -> None:
+    _shared["x"], _shared["y"] = x_shared, y_shared
+
+
+def _generator_func(start_index, end_index, x_shape, y_shape):
+    X, Y = [], []
+    x_loc = np.frombuffer(_shared["x"], dtype="float16").reshape(x_shape)
+    y_loc = np.frombuffer(_shared["y"], dtype="b").reshape(y_shape)
+    for i in range(start_index, end_index):
+        base_img = x_loc[i]
+        img = PImage.fromarray(np.uint8(base_img.reshape(64, 64) * 255))
+        img, *_ = distort_sample(img)
+        X.append(np.array(img).reshape(64, 64, 1))  # the question appends it twice
+        Y.append(y_loc[i])
+        X.append(np.array(img).reshape(64, 64, 1))
+        Y.append(y_loc[i])
+    return X, Y
+
+
+class QuestionPoolGenerator:
+    """The question's v2 ``DataGenerator`` minus Keras: same slicing, same casts, same pool.
+
+    Kept faithful on purpose, bugs included: int8 labels, float16 outputs, the remainder
+    of ``batch_size // processes`` dropped, each augmented image twice; ``close()`` is
+    ours (the question never closes its pool).
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, processes: int):
+        import multiprocessing as mp
+
+        self.x_shape, self.y_shape = x.shape, y.shape
+        x_shared = mp.RawArray("h", x.size)  # float16 bits, as in the question
+        np.frombuffer(x_shared, dtype=np.float16)[:] = x.ravel()
+        y_shared = mp.RawArray("b", y.size)
+        np.frombuffer(y_shared, dtype="b")[:] = y.ravel()
+        self.num_samples = len(x)
+        self.batch_size = batch_size // 2
+        self.processes = processes
+        self.pool = mp.Pool(processes, initializer=_pool_initializer, initargs=(x_shared, y_shared))
+
+    def __len__(self) -> int:
+        return self.num_samples // self.batch_size
+
+    def augmented_per_batch(self) -> int:
+        return (self.batch_size // self.processes) * self.processes
+
+    def __getitem__(self, index: int):
+        slice_size = self.batch_size // self.processes
+        current = index * self.batch_size
+        arguments = [
+            (current + i * slice_size, current + (i + 1) * slice_size, self.x_shape, self.y_shape)
+            for i in range(self.processes)
+        ]
+        results = self.pool.starmap(_generator_func, arguments)
+        X = [imgs for imgs, _ in results]
+        Y = [labels for _, labels in results]
+        return np.concatenate(X).astype(np.float16), np.concatenate(Y).astype(np.float16)
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()

@@ -90,6 +90,19 @@ class BatchLayout:
 
     def leaves(self, sample: Any) -> list[np.ndarray]:
         """The fields of ``sample`` as arrays, checked against this layout."""
+        if self.kind == _TUPLE and type(sample) is tuple and len(sample) == len(self.fields):
+            # Fast path (once per sample): arrays and numpy scalars of the right kind.
+            leaves = []
+            for field, value in zip(self.fields, sample, strict=True):
+                if not (
+                    isinstance(value, (np.ndarray, np.generic))
+                    and value.dtype == field.dtype
+                    and value.shape == field.shape
+                ):
+                    break
+                leaves.append(value)
+            else:
+                return leaves
         if self.kind == _DICT:
             if not isinstance(sample, Mapping) or tuple(sample) != self.keys:
                 got = tuple(sample) if isinstance(sample, Mapping) else type(sample).__name__

@@ -118,24 +118,29 @@ class SampleRng:
 
     bit_generator: np.random.Philox
     generator: np.random.Generator
+    _counter: np.ndarray
+    _state: dict
 
     @classmethod
     def create(cls) -> SampleRng:
         bit_generator = np.random.Philox(key=0)
-        return cls(bit_generator, np.random.Generator(bit_generator))
-
-    def for_sample(self, key: np.ndarray, index: int) -> np.random.Generator:
-        self.bit_generator.state = {
+        counter = np.zeros(4, dtype=np.uint64)
+        # The setter copies what it is given, so one state dict is reused for every
+        # sample (this runs once per sample: it must cost about a microsecond).
+        state = {
             "bit_generator": "Philox",
-            "state": {
-                "counter": np.array([0, 0, index, 0], dtype=np.uint64),
-                "key": key,
-            },
+            "state": {"counter": counter, "key": np.zeros(2, dtype=np.uint64)},
             "buffer": np.zeros(4, dtype=np.uint64),
             "buffer_pos": 4,
             "has_uint32": 0,
             "uinteger": 0,
         }
+        return cls(bit_generator, np.random.Generator(bit_generator), counter, state)
+
+    def for_sample(self, key: np.ndarray, index: int) -> np.random.Generator:
+        self._counter[2] = index
+        self._state["state"]["key"] = key
+        self.bit_generator.state = self._state
         return self.generator
 
     def seed_globals(self, key: np.ndarray, index: int) -> None:

@@ -1,0 +1,316 @@
+"""Loader comparison (issue #2): the question's transform and a cheap one, through
+stoker and every alternative the user had, side by side in one process that has
+TensorFlow loaded (as in training).
+
+Reports per loader: augmented samples/s (median over epochs after one warm-up epoch),
+time to first batch (fresh loader, workers included), the spread of inter-batch gaps
+(p10/p50/p90 over the measured epochs) and the memory of the process tree (PSS, and its
+growth over the consumer alone before the loader existed).
+
+    python benchmarks/bench_loaders.py [--samples 4096] [--epochs 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np
+
+import stoker
+from common import (
+    ROOT,
+    glyph_like_images,
+    machine_line,
+    median,
+    percentiles,
+    tree_pss_mib,
+    write_section,
+)
+from question import QuestionPoolGenerator, question_transform
+
+BATCH = 256
+WORKERS = 2
+
+
+def cheap_transform(sample):
+    """Flip plus noise on a uint8 image: a few µs, so moving batches is what costs."""
+    image, label = sample
+    if np.random.random() < 0.5:
+        image = image[:, ::-1]
+    noise = np.frombuffer(np.random.bytes(image.size), np.uint8).reshape(image.shape)
+    return image ^ (noise & 7), label
+
+
+def cheap_transform_rng(sample, rng):
+    """The same with stoker's per-sample generator."""
+    image, label = sample
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+    noise = np.frombuffer(rng.bytes(image.size), np.uint8).reshape(image.shape)
+    return image ^ (noise & 7), label
+
+
+@dataclass
+class Candidate:
+    name: str
+    # make() -> (epoch_iterable_factory, close, augmented samples per batch or None)
+    make: Callable[[], tuple[Callable[[], Iterable], Callable[[], None], int | None]]
+
+
+def stoker_candidate(name, data, transform, workers, **kwargs) -> Candidate:
+    def make():
+        loader = stoker.Loader(data, batch_size=BATCH, transform=transform, workers=workers,
+                               **kwargs)
+        return (lambda: loader), loader.close, None
+    return Candidate(name, make)
+
+
+def keras_candidate(name, data, transform, workers, multiprocessing) -> Candidate:
+    import keras
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    x, y = data
+
+    class Generator(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=workers, use_multiprocessing=multiprocessing,
+                             max_queue_size=10)
+            self.order = np.random.default_rng(0).permutation(len(x))
+
+        def __len__(self):
+            return -(-len(x) // BATCH)
+
+        def __getitem__(self, index):
+            rows = self.order[index * BATCH:(index + 1) * BATCH]
+            samples = [transform((x[i], y[i])) for i in rows]
+            return np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples])
+
+    def make():
+        adapter = PyDatasetAdapter(Generator(), shuffle=False)
+
+        def epoch():
+            adapter.on_epoch_begin()
+            try:
+                yield from adapter.get_numpy_iterator()
+            finally:
+                adapter.on_epoch_end()
+
+        def close():
+            if adapter.enqueuer is not None:
+                adapter.enqueuer.stop()
+        return epoch, close, None
+    return Candidate(name, make)
+
+
+def question_candidate(name, data) -> Candidate:
+    x, y = data
+
+    def make():
+        generator = QuestionPoolGenerator(x, y.astype(np.int8), BATCH, WORKERS)
+
+        def epoch():
+            for index in range(len(generator)):
+                yield generator[index]
+        return epoch, generator.close, generator.augmented_per_batch()
+    return Candidate(name, make)
+
+
+def torch_candidate(name, data, transform) -> Candidate:
+    import torch.utils.data as tud
+
+    x, y = data
+
+    class Samples(tud.Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            image, label = transform((x[i], y[i]))
+            return np.ascontiguousarray(image), label
+
+    def make():
+        loader = tud.DataLoader(Samples(), batch_size=BATCH, shuffle=True,
+                                num_workers=WORKERS, persistent_workers=True, prefetch_factor=2)
+
+        def close():
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None:
+                iterator._shutdown_workers()
+        return (lambda: loader), close, None
+    return Candidate(name, make)
+
+
+def tfdata_candidate(name, data, transform) -> Candidate:
+    import tensorflow as tf
+
+    x, y = data
+
+    def load(i):
+        image, label = transform((x[int(i)], y[int(i)]))
+        return image, np.int32(label)
+
+    def make():
+        dataset = (
+            tf.data.Dataset.range(len(x))
+            .shuffle(len(x), seed=0)
+            .map(lambda i: tf.py_function(load, [i], (tf.uint8, tf.int32)),
+                 num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(BATCH)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+        return dataset.as_numpy_iterator, lambda: None, None
+    return Candidate(name, make)
+
+
+def measure(candidate: Candidate, epochs: int) -> dict:
+    baseline = tree_pss_mib()
+    started = time.perf_counter()
+    epoch_iterable, close, augmented_per_batch = candidate.make()
+    try:
+        throughputs, gaps, first_batch = [], [], None
+        for epoch in range(epochs + 1):
+            begin = time.perf_counter()
+            previous, samples = None, 0
+            for batch in epoch_iterable():
+                now = time.perf_counter()
+                if first_batch is None:
+                    first_batch = now - started
+                if previous is not None and epoch > 0:
+                    gaps.append(now - previous)
+                previous = now
+                samples += augmented_per_batch or len(batch[1])
+            if epoch > 0:  # epoch 0 is the warm-up
+                throughputs.append(samples / (time.perf_counter() - begin))
+        memory = tree_pss_mib()
+    finally:
+        close()
+    p10, p50, p90 = percentiles(gaps)
+    return {
+        "loader": candidate.name,
+        "samples_per_s": median(throughputs),
+        "first_batch_s": first_batch,
+        "gap_ms": [p10 * 1e3, p50 * 1e3, p90 * 1e3],
+        "gap_ratio_p90_p50": p90 / p50 if p50 > 0 else float("nan"),
+        "tree_pss_mib": memory,
+        "pss_growth_mib": memory - baseline,
+    }
+
+
+def candidates(data, source, transform, rng_transform, start_methods) -> list[Candidate]:
+    extra = [
+        stoker_candidate(f"stoker workers={WORKERS}, start_method={method}", source,
+                         rng_transform, WORKERS, start_method=method)
+        for method in start_methods
+    ]
+    return [
+        stoker_candidate("inline (one process)", source, rng_transform, 0),
+        stoker_candidate(f"stoker workers={WORKERS}", source, rng_transform, WORKERS),
+        *extra,
+        keras_candidate("Keras PyDataset, 2 threads", data, transform, 2, False),
+        keras_candidate("Keras PyDataset, 8 threads", data, transform, 8, False),
+        keras_candidate("Keras PyDataset, use_multiprocessing, 2", data, transform, 2, True),
+        question_candidate("question's RawArray + Pool(2)", data),
+        torch_candidate("PyTorch DataLoader, num_workers=2", data, transform),
+        tfdata_candidate("tf.data py_function + AUTOTUNE", data, transform),
+    ]
+
+
+def table(rows: list[dict], reference: str) -> str:
+    base = next(r["samples_per_s"] for r in rows if r["loader"] == reference)
+    lines = [
+        "| loader | samples/s (median) | vs inline | first batch (s) | gap p10 / p50 / p90 (ms) "
+        "| p90/p50 | tree PSS (MiB) | growth (MiB) |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        p10, p50, p90 = r["gap_ms"]
+        lines.append(
+            f"| {r['loader']} | {r['samples_per_s']:.0f} | {r['samples_per_s'] / base:.2f}x "
+            f"| {r['first_batch_s']:.2f} | {p10:.1f} / {p50:.1f} / {p90:.1f} "
+            f"| {r['gap_ratio_p90_p50']:.2f} | {r['tree_pss_mib']:.0f} "
+            f"| {r['pss_growth_mib']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=4096)
+    parser.add_argument("--epochs", type=int, default=3, help="measured epochs after warm-up")
+    parser.add_argument("--cheap-epochs", type=int, default=5)
+    parser.add_argument("--cheap-samples", type=int, default=32768,
+                        help="samples per epoch with the cheap transform (epochs must last "
+                        "long enough that filling the pipeline does not dominate)")
+    parser.add_argument("--only", choices=["question", "cheap"], default=None)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+
+    import tensorflow as tf  # noqa: F401  (the consumer runs TensorFlow, as in training)
+
+    random.seed(0)
+    np.random.seed(0)
+    x = glyph_like_images(args.samples)
+    y = np.random.default_rng(0).integers(0, 3000, args.samples).astype(np.int32)
+    x_uint8 = (x.astype(np.float32) * 255).astype(np.uint8)
+    results = {}
+    repeat = max(1, args.cheap_samples // args.samples)
+    x_cheap, y_cheap = np.concatenate([x_uint8] * repeat), np.concatenate([y] * repeat)
+    for name, images, labels, transform, rng_transform, epochs, methods in (
+        ("question", x, y, question_transform, question_transform, args.epochs,
+         ("fork", "spawn")),
+        ("cheap", x_cheap, y_cheap, cheap_transform, cheap_transform_rng, args.cheap_epochs, ()),
+    ):
+        if args.only and args.only != name:
+            continue
+        source = stoker.from_arrays(images, labels)
+        rows = []
+        for candidate in candidates((images, labels), source, transform, rng_transform,
+                                    methods):
+            row = measure(candidate, epochs)
+            rows.append(row)
+            print(f"[{name}] {row['loader']:<42} {row['samples_per_s']:8.0f} samples/s  "
+                  f"first {row['first_batch_s']:.2f} s  gaps {row['gap_ms'][1]:.1f} ms "
+                  f"(p90/p50 {row['gap_ratio_p90_p50']:.2f})  PSS {row['tree_pss_mib']:.0f} MiB",
+                  flush=True)
+        results[name] = rows
+        source.release()
+        print(table(rows, "inline (one process)"))
+    if args.no_write:
+        return
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "loaders.json").write_text(json.dumps(
+        {"machine": machine_line(), "samples": args.samples, "batch": BATCH, "results": results},
+        indent=1))
+    text = [
+        "## Loaders side by side (`benchmarks/bench_loaders.py`)",
+        "",
+        f"Machine: {machine_line()}. Batch {BATCH}, {args.samples} samples per epoch "
+        f"({len(x_cheap)} with the cheap transform), "
+        f"{WORKERS} workers wherever a loader has workers, TensorFlow loaded in the consumer. "
+        "Samples/s is the median over the measured epochs after one warm-up epoch; "
+        "'first batch' includes starting the workers; gaps are the intervals between "
+        "consecutive batches; PSS is the proportional memory of the whole process tree "
+        "(growth: over the consumer before the loader existed).",
+    ]
+    for name, title in (("question", "The question's transform (PIL `distort_sample`, "
+                         "with its float16 -> uint8 -> PIL -> numpy conversions)"),
+                        ("cheap", "A cheap transform (flip + noise on uint8 images, "
+                         "a few µs per image)")):
+        if name in results:
+            text += ["", f"### {title}", "", table(results[name], "inline (one process)")]
+    write_section("loaders", "\n".join(text))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The main job end to end, on a small configuration: `stoker train` as a user runs it."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_stoker_train_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-m", "stoker", "train", "--epochs", "1", "--classes", "4",
+         "--batch-size", "32", "--workers", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val_accuracy" in result.stdout
+    assert "validation accuracy on unseen fonts" in result.stdout
+    assert (out / "model.keras").stat().st_size > 0
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import keras
+    import numpy as np
+
+    model = keras.saving.load_model(out / "model.keras")
+    assert model.predict(np.zeros((2, 64, 64, 1), np.float32), verbose=0).shape == (2, 4)
+
+
+def test_stoker_train_refuses_bad_options(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "stoker", "train", "--epochs", "0"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--epochs must be >= 1" in result.stderr
