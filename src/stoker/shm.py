@@ -101,10 +101,6 @@ class SharedBlock:
         """Unmap, and unlink if this is the owner. Safe to call more than once."""
         self._finalizer()
 
-    @property
-    def released(self) -> bool:
-        return not self._finalizer.alive
-
     def __reduce__(self):
         return (SharedBlock.attach, (self.name,))
 
