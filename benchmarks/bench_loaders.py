@@ -2,12 +2,14 @@
 stoker and every alternative the user had, side by side in one process that has
 TensorFlow loaded (as in training).
 
-Reports per loader: augmented samples/s (median over epochs after one warm-up epoch),
+Every candidate runs ``--rounds`` times with a fresh loader, the list in alternating
+order. Reports per loader: augmented samples/s (median over the measured epochs of all
+rounds, each round after its own warm-up epoch), the CPU use of the process tree,
 time to first batch (fresh loader, workers included), the spread of inter-batch gaps
 (p10/p50/p90 over the measured epochs) and the memory of the process tree (PSS, and its
 growth over the consumer alone before the loader existed).
 
-    python benchmarks/bench_loaders.py [--samples 4096] [--epochs 3] [--quick]
+    python benchmarks/bench_loaders.py [--samples 8192] [--epochs 3] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
+import psutil
 
 import stoker
 from common import (
@@ -172,14 +176,32 @@ def tfdata_candidate(name, data, transform) -> Candidate:
     return Candidate(name, make)
 
 
-def measure(candidate: Candidate, epochs: int) -> dict:
+def tree_cpu_seconds() -> float:
+    """User + system CPU time of this process, its live descendants and the children it
+    has reaped (Keras' and the question's pools come and go within an epoch)."""
+    me = psutil.Process()
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = sum(me.cpu_times()[:2]) + reaped.ru_utime + reaped.ru_stime
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measure(candidate: Candidate, epochs: int, budget_s: float = 30.0) -> dict:
+    """One fresh loader: a warm-up epoch, then ``epochs`` measured ones (at least two, fewer
+    than ``epochs`` when a slow loader has used up ``budget_s``)."""
     baseline = tree_pss_mib()
     started = time.perf_counter()
     epoch_iterable, close, augmented_per_batch = candidate.make()
     try:
-        throughputs, gaps, first_batch = [], [], None
+        throughputs, gaps, first_batch, cpu, wall = [], [], None, 0.0, 0.0
         for epoch in range(epochs + 1):
-            begin = time.perf_counter()
+            if epoch > 2 and time.perf_counter() - started > budget_s:
+                break
+            cpu_before, begin = tree_cpu_seconds(), time.perf_counter()
             previous, samples = None, 0
             for batch in epoch_iterable():
                 now = time.perf_counter()
@@ -190,19 +212,30 @@ def measure(candidate: Candidate, epochs: int) -> dict:
                 previous = now
                 samples += augmented_per_batch or len(batch[1])
             if epoch > 0:  # epoch 0 is the warm-up
-                throughputs.append(samples / (time.perf_counter() - begin))
+                elapsed = time.perf_counter() - begin
+                throughputs.append(samples / elapsed)
+                cpu += tree_cpu_seconds() - cpu_before
+                wall += elapsed
         memory = tree_pss_mib()
     finally:
         close()
-    p10, p50, p90 = percentiles(gaps)
+    return {"loader": candidate.name, "throughputs": throughputs, "gaps": gaps,
+            "first_batch_s": [first_batch], "cpu_s": cpu, "wall_s": wall,
+            "tree_pss_mib": [memory], "pss_growth_mib": [memory - baseline]}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Pool the rounds of one loader: medians of epochs and of per-round figures."""
+    p10, p50, p90 = percentiles([g for r in runs for g in r["gaps"]])
     return {
-        "loader": candidate.name,
-        "samples_per_s": median(throughputs),
-        "first_batch_s": first_batch,
+        "loader": runs[0]["loader"],
+        "samples_per_s": median([t for r in runs for t in r["throughputs"]]),
+        "first_batch_s": median([r["first_batch_s"][0] for r in runs]),
         "gap_ms": [p10 * 1e3, p50 * 1e3, p90 * 1e3],
         "gap_ratio_p90_p50": p90 / p50 if p50 > 0 else float("nan"),
-        "tree_pss_mib": memory,
-        "pss_growth_mib": memory - baseline,
+        "cpu_percent": 100 * sum(r["cpu_s"] for r in runs) / sum(r["wall_s"] for r in runs),
+        "tree_pss_mib": median([r["tree_pss_mib"][0] for r in runs]),
+        "pss_growth_mib": median([r["pss_growth_mib"][0] for r in runs]),
     }
 
 
@@ -229,15 +262,16 @@ def table(rows: list[dict], reference: str) -> str:
     base = next(r["samples_per_s"] for r in rows if r["loader"] == reference)
     lines = [
         "| loader | samples/s (median) | vs inline | first batch (s) | gap p10 / p50 / p90 (ms) "
-        "| p90/p50 | tree PSS (MiB) | growth (MiB) |",
-        "|---|---:|---:|---:|---|---:|---:|---:|",
+        "| p90/p50 | tree CPU | tree PSS (MiB) | growth (MiB) |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         p10, p50, p90 = r["gap_ms"]
         lines.append(
             f"| {r['loader']} | {r['samples_per_s']:.0f} | {r['samples_per_s'] / base:.2f}x "
             f"| {r['first_batch_s']:.2f} | {p10:.1f} / {p50:.1f} / {p90:.1f} "
-            f"| {r['gap_ratio_p90_p50']:.2f} | {r['tree_pss_mib']:.0f} "
+            f"| {r['gap_ratio_p90_p50']:.2f} | {r['cpu_percent']:.0f} % "
+            f"| {r['tree_pss_mib']:.0f} "
             f"| {r['pss_growth_mib']:.0f} |"
         )
     return "\n".join(lines)
@@ -245,7 +279,9 @@ def table(rows: list[dict], reference: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=4096)
+    parser.add_argument("--samples", type=int, default=8192)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="fresh loaders per candidate; odd rounds run the list backwards")
     parser.add_argument("--epochs", type=int, default=3, help="measured epochs after warm-up")
     parser.add_argument("--cheap-epochs", type=int, default=5)
     parser.add_argument("--cheap-samples", type=int, default=32768,
@@ -273,15 +309,17 @@ def main() -> None:
         if args.only and args.only != name:
             continue
         source = stoker.from_arrays(images, labels)
-        rows = []
-        for candidate in candidates((images, labels), source, transform, rng_transform,
-                                    methods):
-            row = measure(candidate, epochs)
-            rows.append(row)
-            print(f"[{name}] {row['loader']:<42} {row['samples_per_s']:8.0f} samples/s  "
-                  f"first {row['first_batch_s']:.2f} s  gaps {row['gap_ms'][1]:.1f} ms "
-                  f"(p90/p50 {row['gap_ratio_p90_p50']:.2f})  PSS {row['tree_pss_mib']:.0f} MiB",
-                  flush=True)
+        listed = candidates((images, labels), source, transform, rng_transform, methods)
+        runs: dict[str, list[dict]] = {c.name: [] for c in listed}
+        for round_ in range(args.rounds):
+            # Every other round runs the list backwards, so no loader always goes first.
+            for candidate in listed if round_ % 2 == 0 else listed[::-1]:
+                run = measure(candidate, epochs)
+                runs[candidate.name].append(run)
+                print(f"[{name} {round_ + 1}/{args.rounds}] {candidate.name:<42} "
+                      f"{median(run['throughputs']):8.0f} samples/s  "
+                      f"cpu {100 * run['cpu_s'] / run['wall_s']:.0f} %", flush=True)
+        rows = [summarize(runs[c.name]) for c in listed]
         results[name] = rows
         source.release()
         print(table(rows, "inline (one process)"))
@@ -298,7 +336,10 @@ def main() -> None:
         f"Machine: {machine_line()}. Batch {BATCH}, {args.samples} samples per epoch "
         f"({len(x_cheap)} with the cheap transform), "
         f"{WORKERS} workers wherever a loader has workers, TensorFlow loaded in the consumer. "
-        "Samples/s is the median over the measured epochs after one warm-up epoch; "
+        f"Each loader ran {args.rounds} times, fresh, the list in alternating order; "
+        "samples/s is the median over the measured epochs of all rounds (each round after "
+        "one warm-up epoch); tree CPU is the CPU time of the whole process tree over the "
+        "measured wall time (200 % = both cores busy); "
         "'first batch' includes starting the workers; gaps are the intervals between "
         "consecutive batches; PSS is the proportional memory of the whole process tree "
         "(growth: over the consumer before the loader existed).",

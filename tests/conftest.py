@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -71,3 +72,16 @@ def as_float(sample, rng):
     image, label = sample
     image = image.astype(np.float32) / 255 + rng.normal(0, 0.01, image.shape).astype(np.float32)
     return image, label
+
+
+@pytest.fixture(scope="session")
+def question():
+    """The question's own code (benchmarks/question.py): its distort_sample and
+    question_transform, shared by tests and benchmarks. Its folder goes on sys.path,
+    which worker processes inherit, so they can unpickle its functions."""
+    import importlib
+
+    folder = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module("question")

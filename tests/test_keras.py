@@ -1,8 +1,5 @@
 """Real Keras 3 fit() on the TensorFlow backend, fed by stoker loaders."""
 
-import os
-import sys
-
 import numpy as np
 import pytest
 
@@ -12,8 +9,6 @@ from conftest import as_float
 pytestmark = pytest.mark.slow
 keras = pytest.importorskip("keras")
 from stoker.adapters.keras import KerasDataset  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 
 
 def small_model(shape, classes):
@@ -76,8 +71,7 @@ def test_fit_sees_each_index_exactly_once_per_epoch(images):
     assert not np.array_equal(epochs[0], epochs[1])
 
 
-def test_the_question_transform_is_reproducible_through_fit():
-    question = pytest.importorskip("question")
+def test_the_question_transform_is_reproducible_through_fit(question):
     rng = np.random.default_rng(0)
     x = (rng.random((96, 64, 64, 1)) > 0.7).astype(np.float16)
     y = rng.integers(0, 3000, 96).astype(np.int32)  # > 2048: float16 would corrupt these

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import sys
 import threading
 import traceback
 from dataclasses import dataclass
@@ -85,10 +84,13 @@ def _exit_when_parent_dies() -> None:
 
 
 def _quiet_native_threads() -> None:
-    """The worker processes are the parallelism: keep OpenCV to one thread per worker."""
-    cv2 = sys.modules.get("cv2")
-    if cv2 is not None:
-        cv2.setNumThreads(1)
+    """The worker processes are the parallelism: keep OpenCV to one thread per worker
+    (its own pool on top of N workers oversubscribes the cores and is a known source of
+    loader hangs, albumentations#1825). Imported here, so that it holds however the
+    worker was started and whenever the transform imports OpenCV."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _exception_bytes(error: BaseException) -> bytes | None:

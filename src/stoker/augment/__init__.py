@@ -1,0 +1,41 @@
+"""Seeded, composable image augmentation on OpenCV and numpy.
+
+Every transform is called as ``t(sample, rng)`` with the ``numpy.random.Generator`` the
+loader gives each sample, so results are reproducible for any number of workers. The
+kernels follow Pillow's arithmetic (see :mod:`stoker.augment.functional`), so moving off
+PIL changes the speed, not the pictures.
+
+    from stoker.augment import kanji_distort
+    loader = stoker.Loader(source, batch_size=256, transform=kanji_distort())
+"""
+
+from . import functional
+from .compose import Compose, Lambda, OneOf, RandomApply
+from .recipes import kanji_distort
+from .transforms import (
+    GaussianBlur,
+    ImageTransform,
+    Rotate,
+    ScaleTranslate,
+    Sharpen,
+    Shear,
+    SineWarp,
+    Smooth,
+)
+
+__all__ = [
+    "Compose",
+    "GaussianBlur",
+    "ImageTransform",
+    "Lambda",
+    "OneOf",
+    "RandomApply",
+    "Rotate",
+    "ScaleTranslate",
+    "Sharpen",
+    "Shear",
+    "SineWarp",
+    "Smooth",
+    "functional",
+    "kanji_distort",
+]

@@ -1,0 +1,161 @@
+"""Composition: ``Compose`` (in sequence), ``OneOf`` (one, by weight), ``RandomApply`` (with
+probability p), and ``Lambda`` for any ``f(image, rng)`` of the user's own.
+
+Compositions are image transforms themselves: they draw every random parameter first
+(children in order) and then apply, so one image and a whole batch consume the rng
+identically.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .transforms import ImageTransform, Shape
+
+__all__ = ["Compose", "Lambda", "OneOf", "RandomApply", "as_image_transform"]
+
+
+def as_image_transform(item: Any) -> ImageTransform:
+    """An :class:`ImageTransform` as is; a plain ``f(image, rng)`` wrapped in :class:`Lambda`."""
+    if isinstance(item, ImageTransform):
+        return item
+    if callable(item):
+        return Lambda(item)
+    raise TypeError(
+        f"expected an image transform or a callable f(image, rng), got {type(item).__name__}"
+    )
+
+
+def _children(transforms: Sequence[Any], owner: str) -> tuple[ImageTransform, ...]:
+    if isinstance(transforms, ImageTransform) or callable(transforms):
+        raise TypeError(f"{owner} takes a list of transforms, e.g. {owner}([Rotate(), Smooth()])")
+    children = tuple(as_image_transform(t) for t in transforms)
+    if not children:
+        raise ValueError(f"{owner} needs at least one transform")
+    return children
+
+
+class Lambda(ImageTransform):
+    """A user function ``f(image, rng) -> image`` as a transform.
+
+    Its draw takes one 63-bit seed from the rng; apply gives ``f`` a generator made from
+    it, so ``f`` stays reproducible wherever it runs.
+    """
+
+    def __init__(self, fn: Callable[[np.ndarray, np.random.Generator], np.ndarray]) -> None:
+        if not callable(fn):
+            raise TypeError(f"Lambda needs a callable f(image, rng), got {type(fn).__name__}")
+        self.fn = fn
+
+    def draw(self, rng: np.random.Generator, shape: Shape) -> int:
+        return int(rng.integers(1 << 63))
+
+    def apply(self, image: np.ndarray, params: int) -> np.ndarray:
+        out = self.fn(image, np.random.default_rng(params))
+        if not isinstance(out, np.ndarray) or out.shape[:2] != image.shape[:2]:
+            raise ValueError(
+                f"{getattr(self.fn, '__name__', self.fn)!r} must return an image of shape "
+                f"{image.shape}, got {getattr(out, 'shape', type(out).__name__)}"
+            )
+        return out.astype(image.dtype, copy=False).reshape(image.shape)
+
+
+class Compose(ImageTransform):
+    """Apply every transform in order."""
+
+    def __init__(self, transforms: Sequence[Any]) -> None:
+        self.transforms = _children(transforms, "Compose")
+
+    def draw(self, rng: np.random.Generator, shape: Shape) -> list[Any]:
+        return [t.draw(rng, shape) for t in self.transforms]
+
+    def apply(self, image: np.ndarray, params: list[Any]) -> np.ndarray:
+        for transform, p in zip(self.transforms, params, strict=True):
+            image = transform.apply(image, p)
+        return image
+
+    def apply_batch(self, images: np.ndarray, params: Sequence[Any]) -> np.ndarray:
+        for position, transform in enumerate(self.transforms):
+            images = transform.apply_batch(images, [p[position] for p in params])
+        return images
+
+
+class OneOf(ImageTransform):
+    """Apply exactly one of the transforms, chosen with probability proportional to
+    ``weights`` (equal by default)."""
+
+    def __init__(self, transforms: Sequence[Any], weights: Sequence[float] | None = None
+                 ) -> None:
+        self.transforms = _children(transforms, "OneOf")
+        if weights is None:
+            weights = [1.0] * len(self.transforms)
+        weights = [float(w) for w in weights]
+        if len(weights) != len(self.transforms):
+            raise ValueError(
+                f"OneOf got {len(self.transforms)} transforms but {len(weights)} weights"
+            )
+        if any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"OneOf weights must be >= 0 and not all 0, got {weights}")
+        self.weights = tuple(weights)
+        total = sum(weights)
+        self._cumulative = [c / total for c in itertools.accumulate(weights)]
+        self._cumulative[-1] = 1.0
+
+    def draw(self, rng: np.random.Generator, shape: Shape) -> tuple[int, Any]:
+        # The last cumulative weight is exactly 1.0 and rng.random() < 1, so the index
+        # is always in range.
+        index = bisect.bisect_right(self._cumulative, rng.random())
+        return index, self.transforms[index].draw(rng, shape)
+
+    def apply(self, image: np.ndarray, params: tuple[int, Any]) -> np.ndarray:
+        index, inner = params
+        return self.transforms[index].apply(image, inner)
+
+    def apply_batch(self, images: np.ndarray, params: Sequence[Any]) -> np.ndarray:
+        rows: list[list[int]] = [[] for _ in self.transforms]
+        inner: list[list[Any]] = [[] for _ in self.transforms]
+        for row, (index, p) in enumerate(params):
+            rows[index].append(row)
+            inner[index].append(p)
+        out = None
+        for transform, chosen, chosen_params in zip(self.transforms, rows, inner, strict=True):
+            if len(chosen) == len(images):
+                return transform.apply_batch(images, chosen_params)
+            if chosen:
+                if out is None:
+                    out = np.empty_like(images)
+                out[chosen] = transform.apply_batch(images[chosen], chosen_params)
+        return images.copy() if out is None else out
+
+
+class RandomApply(ImageTransform):
+    """Apply ``transform`` with probability ``p``, else leave the image as it is."""
+
+    def __init__(self, transform: Any, p: float = 0.5) -> None:
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"RandomApply probability p must be in [0, 1], got {p!r}")
+        self.transform = as_image_transform(transform)
+        self.p = float(p)
+
+    def draw(self, rng: np.random.Generator, shape: Shape) -> tuple[bool, Any]:
+        if rng.random() < self.p:
+            return True, self.transform.draw(rng, shape)
+        return False, None
+
+    def apply(self, image: np.ndarray, params: tuple[bool, Any]) -> np.ndarray:
+        applied, inner = params
+        return self.transform.apply(image, inner) if applied else image
+
+    def apply_batch(self, images: np.ndarray, params: Sequence[Any]) -> np.ndarray:
+        rows = [i for i, (applied, _) in enumerate(params) if applied]
+        if not rows:
+            return images
+        out = images.copy()
+        out[rows] = self.transform.apply_batch(images[rows], [params[r][1] for r in rows])
+        return out
+
