@@ -25,6 +25,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/bench_augment.py
 	$(BIN)/python benchmarks/bench_loaders.py $(ARGS)
 
 clean:

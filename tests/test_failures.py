@@ -9,6 +9,7 @@ import textwrap
 import time
 
 import numpy as np
+import psutil
 import pytest
 
 import stoker
@@ -204,6 +205,44 @@ def test_a_stopped_worker_is_treated_as_hung_after_the_timeout(images):
         with pytest.raises(stoker.WorkerCrashed, match="no progress for 2 s"):
             list(iterator)
         assert time.monotonic() - started < 15
+
+
+class _BlocksWhenLoaded:
+    """A transform that blocks forever when a worker unpickles it (as a module that
+    waits on a lock or a network share might)."""
+
+    def __init__(self):
+        self.loaded = False
+
+    def __call__(self, sample, rng):
+        return sample
+
+    def __setstate__(self, state):
+        time.sleep(3600)
+
+
+def test_a_worker_that_never_starts_is_an_error_not_a_hang(images):
+    def workers() -> set[int]:
+        """Descendant processes other than multiprocessing's long-lived helpers."""
+        found = set()
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if not any(helper in " ".join(child.cmdline())
+                           for helper in ("forkserver", "resource_tracker")):
+                    found.add(child.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    data = stoker.from_arrays(*images)
+    before = workers()
+    started = time.monotonic()
+    with stoker.Loader(data, batch_size=8, transform=_BlocksWhenLoaded(), workers=2,
+                       start_timeout=2) as loader:
+        with pytest.raises(stoker.LoaderError, match=r"did not start within 2 s"):
+            next(iter(loader))
+    assert time.monotonic() - started < 20
+    assert wait_until(lambda: not any(gone(pid) is False for pid in workers() - before), 10)
 
 
 def run_script(body: str, timeout: float = 120, **popen):

@@ -205,6 +205,7 @@ def test_a_forgotten_loader_is_cleaned_up_by_the_garbage_collector(images):
     ({"batch_size": 8, "backend": "inline", "workers": 2}, ValueError, "inline"),
     ({"batch_size": 8, "start_method": "magic"}, ValueError, "start_method"),
     ({"batch_size": 8, "timeout": 0}, ValueError, "timeout"),
+    ({"batch_size": 8, "start_timeout": -1}, ValueError, "start_timeout"),
     ({"batch_size": 500, "drop_remainder": True}, ValueError, "larger than the source"),
     ({"batch_size": 8, "transform": 3}, TypeError, "callable"),
     ({"batch_size": 8, "transform": lambda a, b, c: a}, TypeError, "signature"),
@@ -236,3 +237,25 @@ def test_a_plain_python_list_source_works_with_workers():
     with stoker.Loader(samples, batch_size=7, workers=2, shuffle=False) as loader:
         labels = np.concatenate([labels for _, labels in loader])
     assert labels.tolist() == list(range(30))
+
+
+def _opencv_sample(sample, rng):
+    import cv2
+
+    image, label = sample
+    return cv2.GaussianBlur(image, (3, 3), 0).reshape(image.shape), label
+
+
+def test_fork_workers_start_after_opencv_ran_threaded_in_the_parent(images):
+    """fork copies OpenCV's pool locks without its threads; workers must still start."""
+    import cv2
+
+    big = np.random.default_rng(0).random((1024, 1024), np.float32)
+    x, y = images
+    for _ in range(3):
+        for _ in range(20):  # OpenCV's own thread pool, busy in this process
+            cv2.warpAffine(big, np.eye(2, 3), (1024, 1024))
+            cv2.resize(big, (700, 700))
+        with stoker.Loader(stoker.from_arrays(x, y), batch_size=16, workers=2,
+                           transform=_opencv_sample, start_method="fork", timeout=20) as loader:
+            assert sum(len(labels) for _, labels in loader) == len(x)

@@ -51,6 +51,7 @@ class LoaderOptions:
     max_worker_restarts: int = 0
     timeout: float | None = None
     start_method: str | None = None
+    start_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         def integer(name: str, value: Any, minimum: int) -> None:
@@ -70,6 +71,10 @@ class LoaderOptions:
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(
                 f"timeout must be a positive number of seconds or None, got {self.timeout}"
+            )
+        if not self.start_timeout > 0:
+            raise ValueError(
+                f"start_timeout must be a positive number of seconds, got {self.start_timeout}"
             )
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
@@ -123,6 +128,7 @@ class Loader:
         max_worker_restarts: int = 0,
         timeout: float | None = None,
         start_method: str | None = None,
+        start_timeout: float = 120.0,
     ) -> None:
         self.options = LoaderOptions(
             batch_size=batch_size,
@@ -135,6 +141,7 @@ class Loader:
             max_worker_restarts=max_worker_restarts,
             timeout=timeout,
             start_method=start_method,
+            start_timeout=start_timeout,
         )
         self.source = as_source(source)
         if drop_remainder and batch_size > len(self.source):
@@ -264,6 +271,7 @@ class Loader:
                     start_method=self.options.start_method,
                     max_worker_restarts=self.options.max_worker_restarts,
                     timeout=self.options.timeout,
+                    start_timeout=self.options.start_timeout,
                 )
             self._finalizer.detach()
             self._finalizer = weakref.finalize(self, _close_executor, [self._executor])

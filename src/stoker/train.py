@@ -1,7 +1,9 @@
 """The main job: train a real Keras classifier on glyph images, fed by stoker.
 
-Augmentation (a random affine warp: rotation, scale, shear, shift) runs in the
-loader's worker processes; validation uses a font family that training never sees.
+Augmentation is the question's recipe (``stoker.augment.kanji_distort``) applied to half
+of the samples, as the question's batches held half originals, half distorted copies.
+It runs in the loader's worker processes; images travel as uint8 and the model scales
+them. Validation uses a font family that training never sees.
 """
 
 from __future__ import annotations
@@ -11,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .loader import Loader
 
-__all__ = ["TrainConfig", "augment", "run"]
+__all__ = ["TrainConfig", "build_model", "run", "training_transform"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,31 +35,11 @@ class TrainConfig:
             raise ValueError("--workers must be >= 0")
 
 
-def augment(sample: tuple[np.ndarray, Any], rng: np.random.Generator) -> tuple[np.ndarray, Any]:
-    """Random affine warp of a uint8 HxWx1 glyph, returned as float32 in [0, 1]."""
-    from PIL import Image
+def training_transform() -> Any:
+    """Half the samples as they are, half through the question's distortions."""
+    from .augment import RandomApply, kanji_distort
 
-    image, label = sample
-    height, width = image.shape[:2]
-    angle = np.deg2rad(rng.uniform(-12, 12))
-    scale = rng.uniform(0.8, 1.15)
-    shear = rng.uniform(-0.2, 0.2)
-    dx, dy = rng.uniform(-5, 5, size=2)
-    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
-    cx, cy = width / 2, height / 2
-    # Output pixel (u, v) samples input (a*u + b*v + c, d*u + e*v + f), about the centre.
-    a, b, d, e = cos, -sin + shear, sin, cos
-    c = cx - a * (cx + dx) - b * (cy + dy)
-    f = cy - d * (cx + dx) - e * (cy + dy)
-    warped = Image.fromarray(image[..., 0]).transform(
-        (width, height), Image.AFFINE, (a, b, c, d, e, f), resample=Image.BILINEAR
-    )
-    return (np.asarray(warped, np.float32) / 255)[..., None], label
-
-
-def as_float(sample: tuple[np.ndarray, Any], rng: np.random.Generator) -> tuple[np.ndarray, Any]:
-    image, label = sample
-    return image.astype(np.float32) / 255, label
+    return RandomApply(kanji_distort(), p=0.5)
 
 
 def build_model(classes: int, size: int) -> Any:
@@ -67,6 +47,7 @@ def build_model(classes: int, size: int) -> Any:
 
     model = keras.Sequential([
         keras.Input((size, size, 1)),
+        keras.layers.Rescaling(1 / 255),  # the loader delivers uint8, 4x less to move
         keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
         keras.layers.MaxPooling2D(),
         keras.layers.Conv2D(64, 3, activation="relu", padding="same"),
@@ -116,9 +97,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
     config.out.mkdir(parents=True, exist_ok=True)
     print(f"glyphs: {len(data.train)} training images (17 fonts), {len(data.val)} validation "
           f"images (DejaVu Serif, unseen), {len(data.classes)} classes", flush=True)
-    with Loader(data.train, batch_size=config.batch_size, transform=augment, seed=config.seed,
-                workers=config.workers) as train_loader, \
-            Loader(data.val, batch_size=config.batch_size, transform=as_float, shuffle=False,
+    with Loader(data.train, batch_size=config.batch_size, transform=training_transform(),
+                seed=config.seed, workers=config.workers) as train_loader, \
+            Loader(data.val, batch_size=config.batch_size, shuffle=False,
                    workers=0) as val_loader:
         print(f"loader: {train_loader.workers} worker processes, {len(train_loader)} batches "
               "per epoch", flush=True)

@@ -20,10 +20,18 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing import spawn
 from multiprocessing.context import BaseContext
 
-__all__ = ["START_METHODS", "WORKER_NAME_PREFIX", "default_start_method", "worker_context"]
+__all__ = [
+    "START_METHODS",
+    "WORKER_NAME_PREFIX",
+    "default_start_method",
+    "fork_safe_native_pools",
+    "worker_context",
+]
 
 START_METHODS = ("forkserver", "spawn", "fork")
 WORKER_NAME_PREFIX = "stoker-worker"
@@ -69,3 +77,27 @@ def worker_context(start_method: str | None) -> BaseContext:
     if method in ("forkserver", "spawn"):
         _install_preparation_filter()
     return context
+
+
+@contextmanager
+def fork_safe_native_pools(start_method: str) -> Iterator[None]:
+    """Around starting a worker with ``fork``: park OpenCV's thread pool first.
+
+    ``fork`` copies the pool's locks but not its threads; a child that then touches the
+    pool (stoker's workers set it to one thread) can wait forever on a lock no thread
+    will release (seen here after OpenCV ran multi-threaded in the parent). Setting one
+    thread joins the pool's threads in this process, so the child starts clean; the
+    parent's setting is restored right after the fork. forkserver and spawn start from
+    a fresh process and need none of this.
+    """
+    cv2 = sys.modules.get("cv2") if start_method == "fork" else None
+    if cv2 is None:
+        yield
+        return
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+

@@ -37,7 +37,7 @@ from ..plan import split_into_chunks
 from ..shm import SharedBlock
 from . import _worker
 from ._produce import Transform
-from ._spawning import WORKER_NAME_PREFIX, worker_context
+from ._spawning import WORKER_NAME_PREFIX, fork_safe_native_pools, worker_context
 from .failures import rebuild_exception, transform_error
 
 __all__ = ["ProcessExecutor"]
@@ -65,6 +65,7 @@ class _Worker:
     tasks: dict[int, _Task] = field(default_factory=dict)
     queued: int = 0
     last_progress: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)
     ready: bool = False
 
 
@@ -127,6 +128,7 @@ class ProcessExecutor:
         start_method: str | None = None,
         max_worker_restarts: int = 0,
         timeout: float | None = None,
+        start_timeout: float = 120.0,
     ) -> None:
         self.workers = workers
         self._source = source
@@ -137,6 +139,7 @@ class ProcessExecutor:
         self._start_method = start_method
         self._max_restarts = max_worker_restarts
         self._timeout = timeout
+        self._start_timeout = start_timeout
         self._resources = _Resources()
         self._finalizer = weakref.finalize(self, self._resources.shutdown)
         self._slot_views: list[list[np.ndarray]] = []
@@ -186,7 +189,8 @@ class ProcessExecutor:
             name=f"{WORKER_NAME_PREFIX}-{worker_id}",
             daemon=True,
         )
-        process.start()
+        with fork_safe_native_pools(self._start_method):
+            process.start()
         child_conn.close()
         return _Worker(worker_id, process, parent_conn)
 
@@ -291,6 +295,7 @@ class ProcessExecutor:
         for worker in dict.fromkeys(dead):
             if worker in self._resources.workers:
                 self._handle_death(worker)
+        self._check_started()
         if self._timeout is not None:
             now = time.monotonic()
             for worker in list(self._resources.workers):
@@ -299,6 +304,22 @@ class ProcessExecutor:
                     worker.process.join(_STOP_GRACE_SECONDS)
                     self._handle_death(worker, hung=True)
         return done, failed
+
+    def _check_started(self) -> None:
+        """A worker that never reports ready (stuck loading the source or transform, or
+        on a lock copied by fork) must not hang the loader."""
+        now = time.monotonic()
+        for worker in self._resources.workers:
+            if not worker.ready and now - worker.started > self._start_timeout:
+                self.close()
+                raise LoaderError(
+                    f"worker {worker.worker_id} did not start within {self._start_timeout:g} s "
+                    "(start_timeout): loading the source or the transform in the worker "
+                    "blocked or is very slow. Check what they import or do when unpickled; "
+                    "with start_method='fork', a lock held by another thread of this process "
+                    "is a common cause (use the default start method). Raise start_timeout "
+                    "if loading is merely slow."
+                )
 
     def _receive(self, worker: _Worker, message: tuple, done: list, failed: list) -> None:
         status = message[0]
