@@ -239,12 +239,23 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
-def candidates(data, source, transform, rng_transform, start_methods) -> list[Candidate]:
+def candidates(data, source, transform, rng_transform, start_methods,
+               recipe_source=None) -> list[Candidate]:
     extra = [
         stoker_candidate(f"stoker workers={WORKERS}, start_method={method}", source,
                          rng_transform, WORKERS, start_method=method)
         for method in start_methods
     ]
+    if recipe_source is not None:
+        # The same job on stoker.augment's OpenCV recipe, uint8 in and out.
+        from stoker.augment import kanji_distort
+
+        extra += [
+            stoker_candidate("inline, stoker.augment.kanji_distort", recipe_source,
+                             kanji_distort(), 0),
+            stoker_candidate(f"stoker workers={WORKERS}, stoker.augment.kanji_distort",
+                             recipe_source, kanji_distort(), WORKERS),
+        ]
     return [
         stoker_candidate("inline (one process)", source, rng_transform, 0),
         stoker_candidate(f"stoker workers={WORKERS}", source, rng_transform, WORKERS),
@@ -309,7 +320,9 @@ def main() -> None:
         if args.only and args.only != name:
             continue
         source = stoker.from_arrays(images, labels)
-        listed = candidates((images, labels), source, transform, rng_transform, methods)
+        recipe_source = stoker.from_arrays(x_uint8, labels) if name == "question" else None
+        listed = candidates((images, labels), source, transform, rng_transform, methods,
+                            recipe_source)
         runs: dict[str, list[dict]] = {c.name: [] for c in listed}
         for round_ in range(args.rounds):
             # Every other round runs the list backwards, so no loader always goes first.
@@ -322,6 +335,8 @@ def main() -> None:
         rows = [summarize(runs[c.name]) for c in listed]
         results[name] = rows
         source.release()
+        if recipe_source is not None:
+            recipe_source.release()
         print(table(rows, "inline (one process)"))
     if args.no_write:
         return

@@ -5,8 +5,9 @@ A transform is called as ``t(sample, rng)``, where the sample is an image, an
 ``(image, *rest)`` tuple or a dict with an ``"image"`` entry: the image is transformed,
 the rest passed through. So a transform goes straight to ``Loader(transform=...)``.
 
-Subclasses implement ``draw(rng, shape)`` (the random parameters, with no side effect
-but the rng) and ``apply(image, params)`` (pure, on the working image of
+Subclasses implement ``from_uniforms(u, shape)`` (their parameters from ``uniforms``
+numbers in [0, 1), a pure function; ``draw(rng, shape)`` takes those numbers from the
+rng in one call) and ``apply(image, params)`` (pure, on the working image of
 :func:`~stoker.augment.functional.as_working`): the loader's batch path draws for
 every sample first and applies the kernels to the whole batch.
 """
@@ -50,19 +51,30 @@ def _range(name: str, value: Sequence[float], *, low: float | None = None) -> tu
     return lo, hi
 
 
-def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+def _scaled(u: float, bounds: tuple[float, float]) -> float:
     lo, hi = bounds
-    return lo + (hi - lo) * rng.random()
+    return lo + (hi - lo) * u
 
 
 class ImageTransform:
     """Base class: a random image operation, callable on one sample with its rng."""
 
     image_key = "image"
+    #: How many U(0, 1) numbers :meth:`from_uniforms` turns into parameters.
+    uniforms = 0
+
+    def from_uniforms(self, u: Sequence[float], shape: Shape) -> Any:
+        """The parameters for one image from ``uniforms`` numbers in [0, 1): a pure
+        function, so a recipe can draw every number it needs in one generator call."""
+        return None
 
     def draw(self, rng: np.random.Generator, shape: Shape) -> Any:
         """The random parameters for one image of ``shape`` (the working shape)."""
-        return None
+        if self.uniforms == 0:
+            return self.from_uniforms((), shape)
+        if self.uniforms == 1:
+            return self.from_uniforms((rng.random(),), shape)
+        return self.from_uniforms(rng.random(self.uniforms).tolist(), shape)
 
     def apply(self, image: np.ndarray, params: Any) -> np.ndarray:
         """Apply with ``params`` to a working image (uint8 or float32, HxW or HxWxC)."""
@@ -136,8 +148,10 @@ class Rotate(ImageTransform):
     def __post_init__(self) -> None:
         self.degrees = _range("degrees", self.degrees)
 
-    def draw(self, rng: np.random.Generator, shape: Shape) -> float:
-        return _uniform(rng, self.degrees)
+    uniforms = 1
+
+    def from_uniforms(self, u: Sequence[float], shape: Shape) -> float:
+        return _scaled(u[0], self.degrees)
 
     def apply(self, image: np.ndarray, params: float) -> np.ndarray:
         return F._affine(image, F.rotation_matrix(params, image.shape[1], image.shape[0]))
@@ -155,9 +169,10 @@ class Shear(ImageTransform):
         self.x_shear = _range("x_shear", self.x_shear)
         self.y_shear = _range("y_shear", self.y_shear)
 
-    def draw(self, rng: np.random.Generator, shape: Shape) -> tuple[float, float]:
-        y_shear = _uniform(rng, self.y_shear)
-        return _uniform(rng, self.x_shear), y_shear
+    uniforms = 2
+
+    def from_uniforms(self, u: Sequence[float], shape: Shape) -> tuple[float, float]:
+        return _scaled(u[1], self.x_shear), _scaled(u[0], self.y_shear)
 
     def apply(self, image: np.ndarray, params: tuple[float, float]) -> np.ndarray:
         return F._affine(image, F.shear_matrix(*params))
@@ -183,11 +198,12 @@ class ScaleTranslate(ImageTransform):
         lo = max(1, round(self.size[0] * side))
         return lo, max(lo + 1, round(self.size[1] * side)) - lo
 
-    def draw(self, rng: np.random.Generator, shape: Shape) -> tuple[int, int, int, int]:
+    uniforms = 4
+
+    def from_uniforms(self, u: Sequence[float], shape: Shape) -> tuple[int, int, int, int]:
         height, width = shape[:2]
-        # One call for the four numbers (scalar draws cost about a microsecond each);
         # floor(u * n) is uniform over 0..n-1.
-        u_width, u_height, u_left, u_top = rng.random(4).tolist()
+        u_width, u_height, u_left, u_top = u[:4]
         low, span = self._bounds(width)
         new_width = low + int(u_width * span)
         low, span = self._bounds(height)
@@ -210,9 +226,10 @@ class SineWarp(ImageTransform):
     def __post_init__(self) -> None:
         self.amplitude = _range("amplitude", self.amplitude)
 
-    def draw(self, rng: np.random.Generator, shape: Shape) -> float:
-        sign = -1.0 if rng.random() < 0.5 else 1.0
-        return sign * _uniform(rng, self.amplitude)
+    uniforms = 2
+
+    def from_uniforms(self, u: Sequence[float], shape: Shape) -> float:
+        return (-1.0 if u[0] < 0.5 else 1.0) * _scaled(u[1], self.amplitude)
 
     def apply(self, image: np.ndarray, params: float) -> np.ndarray:
         return F._sine_warp(image, params)
@@ -230,8 +247,10 @@ class GaussianBlur(ImageTransform):
     def __post_init__(self) -> None:
         self.radius = _range("radius", self.radius, low=0.0)
 
-    def draw(self, rng: np.random.Generator, shape: Shape) -> float:
-        return _uniform(rng, self.radius)
+    uniforms = 1
+
+    def from_uniforms(self, u: Sequence[float], shape: Shape) -> float:
+        return _scaled(u[0], self.radius)
 
     def apply(self, image: np.ndarray, params: float) -> np.ndarray:
         return F._gaussian_blur(image, params)
