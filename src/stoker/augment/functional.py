@@ -139,13 +139,15 @@ def pil_affine_matrix(coefficients: tuple[float, ...]) -> np.ndarray:
 
 def rotation_matrix(degrees: float, width: int, height: int) -> np.ndarray:
     """Pillow's ``Image.rotate(degrees)`` (counter-clockwise, about the centre, same size)
-    as an OpenCV inverse map."""
+    as an OpenCV inverse map (:func:`pil_affine_matrix`, written out: this runs once per
+    rotated image)."""
     angle = -math.radians(degrees % 360.0)
     cos, sin = round(math.cos(angle), 15), round(math.sin(angle), 15)
     cx, cy = width / 2.0, height / 2.0
-    return pil_affine_matrix(
-        (cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy)
-    )
+    c = cos * -cx + sin * -cy + cx
+    f = -sin * -cx + cos * -cy + cy
+    return np.array(((cos, sin, c + 0.5 * (cos + sin) - 0.5),
+                     (-sin, cos, f + 0.5 * (cos - sin) - 0.5)))
 
 
 def shear_matrix(x_shear: float, y_shear: float) -> np.ndarray:
@@ -302,36 +304,32 @@ def scale_translate(image: np.ndarray, width: int, height: int, left: int, top: 
 
 
 @lru_cache(maxsize=64)
-def _sine_table(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _sine_table(height: int, width: int) -> np.ndarray:
     # Computed exactly as the question does, one Python float at a time, so that
     # truncating to integer shifts gives the same result.
     w = 2.0 / width
     sines = np.array([np.sin(-2 * np.pi * x * w) for x in range(width)], np.float64)
-    # Flat index of (row, column) in the image stacked on itself: column x shifted down
-    # by s reads rows (H - s) % H ... onwards of the stack, with no modulo per pixel.
-    grid = np.arange(height)[:, None] * width + np.arange(width)[None, :]
     sines.setflags(write=False)
-    grid.setflags(write=False)
-    return sines, grid
+    return sines
 
 
 def sine_shifts(factor: float, height: int, width: int) -> np.ndarray:
     """Integer downward shift of each column: ``int(factor * (H/3) * sin(-2π·x·2/W))``."""
-    sines, _ = _sine_table(height, width)
-    return np.trunc(factor * (height / 3.0) * sines).astype(np.intp)
+    return np.trunc(factor * (height / 3.0) * _sine_table(height, width)).astype(np.intp)
 
 
 _SINE_INDEX_CACHE: dict[tuple[int, int, bytes], np.ndarray] = {}
 
 
 def _sine_index(shifts: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The gather index for ``shifts``; few distinct shift vectors exist (integer
-    shifts of a fixed sine), so they are cached."""
+    """Flat gather index of the warp with these column ``shifts``. Few distinct shift
+    vectors exist (integer shifts of one sine, |shift| <= H/3 * amplitude), so they
+    are cached: a warp is then one ``take``."""
     key = (height, width, shifts.tobytes())
     index = _SINE_INDEX_CACHE.get(key)
     if index is None:
-        _, grid = _sine_table(height, width)
-        index = grid + ((-shifts) % height)[None, :] * width
+        rows = (np.arange(height)[:, None] - shifts[None, :]) % height
+        index = rows * width + np.arange(width)[None, :]
         index.setflags(write=False)
         if len(_SINE_INDEX_CACHE) < 4096:
             _SINE_INDEX_CACHE[key] = index
@@ -340,27 +338,25 @@ def _sine_index(shifts: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _sine_warp(work: np.ndarray, factor: float) -> np.ndarray:
     height, width = work.shape[:2]
-    stacked = np.concatenate((work, work))
     index = _sine_index(sine_shifts(factor, height, width), height, width)
     if work.ndim == 2:
-        return stacked.ravel().take(index)
-    return stacked.reshape(2 * height * width, -1)[index.ravel()].reshape(work.shape)
+        return work.reshape(-1).take(index)
+    return work.reshape(height * width, -1)[index.reshape(-1)].reshape(work.shape)
 
 
 def _sine_warp_batch(stack: np.ndarray, factors: list[float]) -> np.ndarray:
-    """:func:`_sine_warp` over a stack (N, H, W[, C]) with one gather for all of it."""
-    count, height, width = stack.shape[:3]
-    sines, grid = _sine_table(height, width)
-    # The same float64 products as sine_shifts, one row per image.
+    """:func:`_sine_warp` over a stack (N, H, W[, C]): shifts for all images at once
+    (the same float64 products), then one cached-index ``take`` per image."""
+    height, width = stack.shape[1:3]
+    if stack.ndim != 3:
+        return np.stack([_sine_warp(image, f) for image, f in zip(stack, factors,
+                                                                  strict=True)])
     scaled = np.asarray(factors, np.float64)[:, None] * (height / 3.0)
-    shifts = np.trunc(scaled * sines[None, :]).astype(np.intp)
-    pixels = 2 * height * width
-    column_start = ((-shifts) % height) * width + (np.arange(count) * pixels)[:, None]
-    index = grid[None, :, :] + column_start[:, None, :]
-    doubled = np.concatenate((stack, stack), axis=1)
-    if stack.ndim == 3:
-        return doubled.ravel().take(index)
-    return doubled.reshape(count * pixels, -1)[index.ravel()].reshape(stack.shape)
+    shifts = np.trunc(scaled * _sine_table(height, width)[None, :]).astype(np.intp)
+    out = np.empty_like(stack)
+    for image, target, row in zip(stack, out, shifts, strict=True):
+        np.take(image.reshape(-1), _sine_index(row, height, width), out=target)
+    return out
 
 
 def sine_warp(image: np.ndarray, factor: float) -> np.ndarray:
