@@ -1,4 +1,4 @@
-"""The ``stoker`` command line: ``stoker train`` and ``stoker preview``."""
+"""The ``stoker`` command line: ``stoker train``, ``stoker preview`` and ``stoker ingest``."""
 
 from __future__ import annotations
 
@@ -36,7 +36,59 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--seed", type=int, default=0)
     preview.add_argument("--zoom", type=int, default=2, help="pixels per image pixel")
     preview.add_argument("--out", type=Path, default=Path("preview.png"))
+
+    ingest = commands.add_parser(
+        "ingest", help="write .npy/.npz files, an image folder or ETL files into a store")
+    ingest.add_argument("inputs", nargs="+", type=Path,
+                        help=".npy files (one per field) or one .npz; or one folder with a "
+                        "sub-folder per class; or ETL files (ETL8G_01, ETL9B_1, ...)")
+    ingest.add_argument("--out", type=Path, required=True, help="the store to write")
+    ingest.add_argument("--kind", choices=["auto", "numpy", "folder", "etl"], default="auto")
+    ingest.add_argument("--etl-format", default=None,
+                        help="ETL format when file names do not tell (ETL8G, ETL9G, ETL1, "
+                        "ETL8B, ETL9B)")
+    ingest.add_argument("--size", type=int, default=None,
+                        help="resize images to SIZE x SIZE (ETL default: 64)")
+    ingest.add_argument("--characters", default=None,
+                        help="ETL: keep a group (kanji, hiragana, katakana, digits, latin) "
+                        "or the characters given")
+    ingest.add_argument("--color", action="store_true", help="folder: keep colour (RGB)")
+    ingest.add_argument("--overwrite", action="store_true", help="replace --out atomically")
+    ingest.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from . import ingest as ingesting
+    from . import store
+
+    inputs = args.inputs
+    kind = args.kind
+    if kind == "auto":
+        if len(inputs) == 1 and inputs[0].is_dir():
+            kind = "folder"
+        elif all(p.suffix in (".npy", ".npz") for p in inputs):
+            kind = "numpy"
+        else:
+            kind = "etl"
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        raise ValueError(f"no such file or folder: {', '.join(missing)}")
+    if kind == "numpy":
+        plan = ingesting.from_numpy(inputs)
+    elif kind == "folder":
+        if len(inputs) != 1:
+            raise ValueError("--kind folder takes exactly one folder")
+        plan = ingesting.from_folder(inputs[0], size=args.size, color=args.color)
+    else:
+        plan = ingesting.from_etl(inputs, size=args.size or 64, characters=args.characters,
+                                  format=args.etl_format)
+    path = ingesting.ingest(plan, args.out, overwrite=args.overwrite,
+                            progress=not args.no_progress)
+    data = store.open(path)
+    classes = f", {len(data.classes)} classes" if data.classes else ""
+    print(f"{path}: {len(data)} samples{classes}, {data.nbytes / 2**20:.1f} MiB")
+    return 0
 
 
 def _preview(args: argparse.Namespace) -> int:
@@ -96,6 +148,16 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             print(f"stoker preview: {error}", file=sys.stderr)
             return 2
+    elif args.command == "ingest":
+        try:
+            return _ingest(args)
+        except (ValueError, OSError) as error:
+            print(f"stoker ingest: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"stoker ingest: interrupted; nothing was written to {args.out}",
+                  file=sys.stderr)
+            return 130
     return 0
 
 

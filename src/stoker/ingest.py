@@ -1,0 +1,170 @@
+"""Ingest: turn the user's files into a store, streaming, in constant memory.
+
+Three kinds of input, each read in chunks and appended to a :class:`stoker.store.Writer`
+(so an interrupted ingest leaves no store behind):
+
+* ``.npy`` files (memory-mapped): one file gives bare samples, several give tuples
+  ``(a[i], b[i], ...)``; a ``.npz`` file gives dict samples (its arrays are read one at a
+  time, each whole: zip members cannot be memory-mapped).
+* an image folder with one sub-folder per class: ``(image, label)`` samples, ``label``
+  indexing the sorted folder names (``store.classes``).
+* ETL Character Database files: ``(image, label)`` samples, ``label`` indexing the
+  characters found (sorted), optionally only a group such as ``kanji``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from . import store
+from .datasets import etl
+
+__all__ = ["Plan", "from_etl", "from_folder", "from_numpy", "ingest"]
+
+_CHUNK = 4096  # samples per append for per-file inputs
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
+@dataclass
+class Plan:
+    """What an ingest will write: batches to append, how many samples, class names."""
+
+    chunks: Iterable[Any]
+    total: int
+    classes: list[Any] | None = None
+
+
+def from_numpy(paths: Sequence[str | os.PathLike]) -> Plan:
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1 and paths[0].suffix == ".npz":
+        with np.load(paths[0], allow_pickle=False) as archive:
+            names = list(archive.files)
+            if not names:
+                raise ValueError(f"{paths[0]} holds no arrays")
+            lengths = {name: len(archive[name]) for name in names}
+
+        def from_npz() -> Iterator[Any]:
+            with np.load(paths[0], allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in names}
+                for start in range(0, total, _CHUNK):
+                    yield {k: v[start:start + _CHUNK] for k, v in arrays.items()}
+        total = _equal_lengths(lengths, paths[0])
+        return Plan(from_npz(), total)
+    arrays = []
+    for path in paths:
+        try:
+            arrays.append(np.load(path, mmap_mode="r", allow_pickle=False))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read {path} as a .npy array: {error}") from None
+    total = _equal_lengths({str(p): len(a) for p, a in zip(paths, arrays, strict=True)},
+                           paths[0])
+    row_bytes = max(1, sum(a[:1].nbytes for a in arrays))
+    step = max(1, (64 << 20) // row_bytes)
+
+    def sliced() -> Iterator[Any]:
+        for start in range(0, total, step):
+            parts = tuple(np.asarray(a[start:start + step]) for a in arrays)
+            yield parts[0] if len(parts) == 1 else parts
+    return Plan(sliced(), total)
+
+
+def _equal_lengths(lengths: dict[str, int], where: Path) -> int:
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"arrays of different lengths in {where}: {lengths}")
+    total = next(iter(lengths.values()))
+    if total == 0:
+        raise ValueError(f"{where} holds no samples")
+    return total
+
+
+def from_folder(root: str | os.PathLike, *, size: int | None = None, color: bool = False
+                ) -> Plan:
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [(label, path) for label, name in enumerate(classes)
+             for path in sorted((root / name).iterdir())
+             if path.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise ValueError(
+            f"no images in {root}: expected one sub-folder per class holding image files "
+            f"({', '.join(IMAGE_SUFFIXES)})"
+        )
+    flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
+
+    def read() -> Iterator[Any]:
+        shape = None
+        for start in range(0, len(files), _CHUNK):
+            images, labels = [], []
+            for label, path in files[start:start + _CHUNK]:
+                image = cv2.imread(str(path), flag)
+                if image is None:
+                    raise ValueError(f"{path} is not a readable image (corrupt or truncated?)")
+                if size is not None and image.shape[:2] != (size, size):
+                    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+                if color:
+                    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+                else:
+                    image = image[..., None]
+                if shape is None:
+                    shape = image.shape
+                elif image.shape != shape:
+                    raise ValueError(
+                        f"{path} is {image.shape[1]}x{image.shape[0]}, the first image was "
+                        f"{shape[1]}x{shape[0]}; pass --size to resize them all"
+                    )
+                images.append(image)
+                labels.append(label)
+            yield np.stack(images), np.asarray(labels, np.int32)
+    return Plan(read(), len(files), classes)
+
+
+def from_etl(paths: Sequence[str | os.PathLike], *, size: int = 64,
+             characters: str | Iterable[str] | None = None, format: str | None = None) -> Plan:
+    paths = [Path(p) for p in paths]
+    keep = etl._selector(characters)
+    found: set[str] = set()
+    total = 0
+    for path in paths:  # first pass: the characters only, so labels are known up front
+        for character in etl.characters(path, format=format):
+            if keep(character):
+                found.add(character)
+                total += 1
+    if not total:
+        raise ValueError(f"no records of the requested characters in {', '.join(map(str, paths))}")
+    classes = sorted(found)
+    lookup = {c: i for i, c in enumerate(classes)}
+
+    def read() -> Iterator[Any]:
+        images, labels = [], []
+        for path in paths:
+            for record in etl.records(path, format=format, size=size):
+                if record.character in lookup:
+                    images.append(record.image[..., None])
+                    labels.append(lookup[record.character])
+                    if len(images) == _CHUNK:
+                        yield np.stack(images), np.asarray(labels, np.int32)
+                        images, labels = [], []
+        if images:
+            yield np.stack(images), np.asarray(labels, np.int32)
+    return Plan(read(), total, classes)
+
+
+def ingest(plan: Plan, out: str | os.PathLike, *, overwrite: bool = False,
+           progress: bool = True) -> Path:
+    """Write ``plan`` to a store at ``out`` (atomically), with a progress bar."""
+    with store.Writer(out, classes=plan.classes, overwrite=overwrite) as writer, \
+            store.progress_bar(plan.total, f"ingesting into {Path(out).name}", progress) as bar:
+        for chunk in plan.chunks:
+            before = writer.count
+            writer.append(chunk)
+            bar.update(writer.count - before)
+    return writer.path

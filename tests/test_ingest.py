@@ -1,0 +1,101 @@
+"""stoker ingest: .npy/.npz, image folders and ETL files into stores, from the command
+line, with clear errors for bad input."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from stoker import store
+from stoker.cli import main
+from test_etl import KANJI, write_b, write_g
+
+
+def test_npy_files_become_tuple_samples(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (300, 8, 8), dtype=np.uint8)
+    y = rng.integers(0, 10, 300).astype(np.int64)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "data.stoker"
+    assert main(["ingest", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "300 samples" in capsys.readouterr().out
+    data = store.open(out)
+    np.testing.assert_array_equal(data.arrays[0], x)
+    np.testing.assert_array_equal(data.arrays[1], y)
+    store.verify(out)
+
+
+def test_an_npz_becomes_dict_samples(tmp_path):
+    np.savez(tmp_path / "d.npz", image=np.ones((5, 3, 3), np.float32), label=np.arange(5))
+    assert main(["ingest", str(tmp_path / "d.npz"), "--out", str(tmp_path / "s"),
+                 "--no-progress"]) == 0
+    sample = store.open(tmp_path / "s")[4]
+    assert set(sample) == {"image", "label"} and sample["label"] == 4
+
+
+def test_an_image_folder_becomes_labelled_samples(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "images"
+    written = {}
+    for name in ("cat", "ant", "bee"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            image = rng.integers(0, 256, (20, 24), dtype=np.uint8)
+            cv2.imwrite(str(folder / name / f"{i}.png"), image)
+            written[(name, i)] = image
+    (folder / "ant" / "notes.txt").write_text("not an image")
+    out = tmp_path / "s"
+    assert main(["ingest", str(folder), "--out", str(out), "--no-progress"]) == 0
+    data = store.open(out)
+    assert data.classes == ["ant", "bee", "cat"] and len(data) == 9
+    image, label = data[3]  # bee/0.png
+    assert label == 1
+    np.testing.assert_array_equal(image[..., 0], written[("bee", 0)])
+    assert main(["ingest", str(folder), "--out", str(tmp_path / "small"), "--size", "8",
+                 "--no-progress"]) == 0
+    assert store.open(tmp_path / "small")[0][0].shape == (8, 8, 1)
+
+
+def test_folder_errors_name_the_file(tmp_path, capsys):
+    folder = tmp_path / "images"
+    (folder / "a").mkdir(parents=True)
+    cv2.imwrite(str(folder / "a" / "0.png"), np.zeros((10, 10), np.uint8))
+    cv2.imwrite(str(folder / "a" / "1.png"), np.zeros((12, 10), np.uint8))
+    assert main(["ingest", str(folder), "--out", str(tmp_path / "s"), "--no-progress"]) == 2
+    assert "1.png is 10x12" in capsys.readouterr().err
+    (folder / "a" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    assert main(["ingest", str(folder), "--out", str(tmp_path / "s"), "--no-progress"]) == 2
+    assert "1.png is not a readable image" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    assert main(["ingest", str(tmp_path / "nowhere.npy"), "--out", str(tmp_path / "s")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_etl_files_become_kanji_samples(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    write_g(tmp_path / "ETL8G_01", "ETL8G",
+            [(code, rng.integers(0, 16, (127, 128)), i) for i, (code, _) in enumerate(KANJI)]
+            + [(0x2422, rng.integers(0, 16, (127, 128)), 9)])
+    write_b(tmp_path / "ETL9B_1", "ETL9B", [(0x3022, rng.integers(0, 2, (63, 64)))])
+    out = tmp_path / "kanji.stoker"
+    assert main(["ingest", str(tmp_path / "ETL8G_01"), str(tmp_path / "ETL9B_1"),
+                 "--characters", "kanji", "--out", str(out), "--no-progress"]) == 0
+    data = store.open(out)
+    assert data.classes == ["亜", "唖", "本"] and len(data) == 4
+    labels = [int(data[i][1]) for i in range(4)]
+    assert [data.classes[i] for i in labels] == ["亜", "唖", "本", "唖"]
+    assert data[0][0].shape == (64, 64, 1) and data[0][0].dtype == np.uint8
+    assert main(["ingest", str(tmp_path / "ETL8G_01"), "--out", str(out),
+                 "--no-progress"]) == 2
+    assert "overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("characters", ["ん", "emoji"])
+def test_etl_selections_that_match_nothing_are_errors(tmp_path, capsys, characters):
+    write_b(tmp_path / "ETL9B_1", "ETL9B", [(0x3022, np.zeros((63, 64), np.uint8))])
+    assert main(["ingest", str(tmp_path / "ETL9B_1"), "--characters", characters,
+                 "--out", str(tmp_path / "s"), "--no-progress"]) == 2
+    assert "no records" in capsys.readouterr().err
