@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/bench_augment.py
 	$(BIN)/python benchmarks/bench_loaders.py $(ARGS)
+	$(BIN)/python benchmarks/bench_store.py   # writes (and removes) a 4 GiB store
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

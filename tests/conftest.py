@@ -85,3 +85,17 @@ def question():
     if folder not in sys.path:
         sys.path.insert(0, folder)
     return importlib.import_module("question")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rendered_data_cache(tmp_path_factory):
+    """The built-in data set is rendered once per test session into a temporary cache
+    (never the user's ~/.cache); subprocesses inherit it through the environment."""
+    folder = tmp_path_factory.mktemp("stoker-cache")
+    previous = os.environ.get("STOKER_CACHE")
+    os.environ["STOKER_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("STOKER_CACHE", None)
+    else:
+        os.environ["STOKER_CACHE"] = previous

@@ -19,7 +19,7 @@ def test_stoker_train_end_to_end(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val_accuracy" in result.stdout
-    assert "validation accuracy on unseen fonts" in result.stdout
+    assert "validation accuracy on the unseen font" in result.stdout
     assert (out / "model.keras").stat().st_size > 0
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import keras

@@ -14,10 +14,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stoker", description="Keep the accelerator fed.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser(
-        "train", help="train a Keras glyph classifier fed by stoker (the built-in data set)")
-    train.add_argument("--epochs", type=int, default=8)
-    train.add_argument("--classes", type=int, default=62, help="number of classes (2..62)")
-    train.add_argument("--batch-size", type=int, default=128)
+        "train", help="train a Keras kanji classifier fed by stoker (the built-in data set)")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--classes", type=int, default=100,
+                       help="number of kanji, in JIS order (2..2965)")
+    train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--workers", type=int, default=None,
                        help="worker processes (default: every usable core; 0: inline)")
     train.add_argument("--seed", type=int, default=0)
@@ -111,15 +112,10 @@ def _preview(args: argparse.Namespace) -> int:
         from .datasets import glyphs
 
         data = glyphs.load()
-        try:
-            labels = data.train.arrays[1]
-            # One image of each of the first classes, in class order.
-            firsts = [int(np.flatnonzero(labels == c)[0]) for c in range(len(data.classes))]
-            images = data.train.arrays[0][firsts[::max(1, len(firsts) // args.images)]
-                                          [:args.images]].copy()
-        finally:
-            data.train.release()
-            data.val.release()
+        # Each training face holds every class in order; the third is a regular weight.
+        picks = 2 * len(data.classes) + np.linspace(0, len(data.classes) - 1,
+                                                    args.images).astype(int)
+        images = np.stack([data.train[int(i)][0] for i in picks])
     picture = grid(images, load_recipe(args.recipe), augmentations=args.augmentations,
                    seed=args.seed, zoom=args.zoom)
     path = write_png(args.out, picture)

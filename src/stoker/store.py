@@ -405,9 +405,11 @@ class StoreSource(_Splittable):
         self._kind = meta["kind"]
         self._names = [f["name"] for f in meta["fields"]]
         self.classes = meta.get("classes")
+        # Plain ndarray views of the maps: indexing a np.memmap costs microseconds of
+        # subclass bookkeeping per sample, the view the same as shared memory.
         self._arrays = [
-            np.memmap(self.path / f["file"], dtype=np.dtype(f["dtype"]), mode="r",
-                      offset=HEADER_BYTES, shape=(meta["count"], *f["shape"]))
+            np.asarray(np.memmap(self.path / f["file"], dtype=np.dtype(f["dtype"]), mode="r",
+                                 offset=HEADER_BYTES, shape=(meta["count"], *f["shape"])))
             for f in meta["fields"]
         ]
 
@@ -415,7 +417,7 @@ class StoreSource(_Splittable):
         return int(self._meta["count"])
 
     def __getitem__(self, index: int) -> Any:
-        row = [np.asarray(array[index]) for array in self._arrays]
+        row = [array[index] for array in self._arrays]
         if self._kind == "array":
             return row[0]
         if self._kind == "dict":
