@@ -88,3 +88,20 @@ def test_the_question_transform_is_reproducible_through_fit(question):
                        workers=2) as loader:
         model = small_model((64, 64, 1), 3000)
         model.fit(loader.keras(), epochs=1, verbose=0)
+
+
+def test_the_stats_callback_reports_every_epoch_with_a_verdict(images):
+    from stoker.adapters.keras import LoaderStatsCallback
+
+    x, y = images
+    lines = []
+    with stoker.Loader(stoker.from_arrays(x, y), batch_size=32, transform=as_float,
+                       workers=2) as loader:
+        callback = LoaderStatsCallback(loader, print_fn=lines.append)
+        model = small_model(x.shape[1:], 203)
+        history = model.fit(loader.keras(), epochs=2, verbose=0, callbacks=[callback])
+    assert len(callback.history) == 2 and len(lines) == 2
+    assert all(stats.samples == len(x) and stats.batches == len(loader)
+               for stats in callback.history)
+    assert all(("input-bound" in line) != ("model-bound" in line) for line in lines)
+    assert len(history.history["loader_samples_per_s"]) == 2

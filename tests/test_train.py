@@ -33,3 +33,32 @@ def test_stoker_train_refuses_bad_options(tmp_path):
     result = subprocess.run([sys.executable, "-m", "stoker", "train", "--epochs", "0"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--epochs must be >= 1" in result.stderr
+
+
+def test_stoker_train_on_a_users_store(tmp_path):
+    import numpy as np
+
+    from stoker import store
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((60, 32, 32, 1), np.uint8)
+    y = rng.integers(0, 3, 60).astype(np.int32)
+    for image, label in zip(x, y, strict=True):  # a learnable pattern per class
+        image[label * 10:label * 10 + 8] = 255
+    store.save(tmp_path / "mine.stoker", (x, y), classes=["top", "middle", "bottom"],
+               progress=False)
+    store.save(tmp_path / "floats.stoker", (x.astype(np.float32), y), classes=["a", "b", "c"],
+               progress=False)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-m", "stoker", "train", "--data", str(tmp_path / "mine.stoker"),
+         "--epochs", "1", "--batch-size", "16", "--workers", "1", "--out",
+         str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "54 training and 6 validation samples" in result.stdout
+    assert "loader:" in result.stdout and "-bound" in result.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "stoker", "train", "--data", str(tmp_path / "floats.stoker"),
+         "--out", str(tmp_path / "run2")], capture_output=True, text=True, timeout=300,
+        env=env)
+    assert bad.returncode == 2 and "square uint8 HxWx1 images" in bad.stderr

@@ -1,4 +1,4 @@
-"""The ``stoker`` command line: ``stoker train``, ``stoker preview`` and ``stoker ingest``."""
+"""The ``stoker`` command line: ``train``, ``preview``, ``ingest`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", type=Path, default=Path("runs/train"),
                        help="where the model and the curves go")
+    train.add_argument("--data", type=Path, nargs="+", default=(),
+                       help="train on a store (stoker ingest) or on ETL files instead of the "
+                       "built-in kanji")
     preview = commands.add_parser(
         "preview", help="write a PNG grid of images and their augmentations")
     preview.add_argument("--recipe", default="stoker.augment:kanji_distort",
@@ -56,7 +59,48 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--color", action="store_true", help="folder: keep colour (RGB)")
     ingest.add_argument("--overwrite", action="store_true", help="replace --out atomically")
     ingest.add_argument("--no-progress", action="store_true")
+
+    bench = commands.add_parser(
+        "bench", help="samples/s of a recipe against worker counts, with a table and a plot")
+    bench.add_argument("--recipe", default="stoker.augment:kanji_distort",
+                       help="module:callable giving the transform (default: %(default)s)")
+    bench.add_argument("--workers", default=None,
+                       help="comma-separated worker counts (default: 0 to every usable core)")
+    bench.add_argument("--samples", type=int, default=16384, help="samples per epoch")
+    bench.add_argument("--batch-size", type=int, default=256)
+    bench.add_argument("--no-compare", action="store_true",
+                       help="stoker only (else also PyTorch DataLoader and Keras PyDataset "
+                       "when installed)")
+    bench.add_argument("--out", type=Path, default=Path("bench.png"), help="the plot (PNG)")
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+    from ._system import usable_cpu_count
+    from .augment.preview import load_recipe
+
+    if args.workers is None:
+        counts = list(range(usable_cpu_count() + 1))
+    else:
+        try:
+            counts = sorted({int(w) for w in args.workers.split(",")})
+        except ValueError:
+            raise ValueError(f"--workers takes comma-separated integers, got {args.workers!r}"
+                             ) from None
+        if counts[0] < 0:
+            raise ValueError("--workers must be >= 0")
+    if args.samples < args.batch_size or args.batch_size < 1:
+        raise ValueError("--samples must be at least one --batch-size, and both positive")
+    if args.out.suffix.lower() != ".png":
+        raise ValueError(f"--out is a PNG plot; give a path ending in .png, not {args.out}")
+    rows = bench.run(load_recipe(args.recipe), counts, samples=args.samples,
+                     batch_size=args.batch_size, compare=not args.no_compare)
+    print(bench.table(rows))
+    path = bench.plot(rows, args.out, f"{args.recipe} on 64x64 kanji, {usable_cpu_count()} "
+                      "usable cores")
+    print(f"plot: {path}")
+    return 0
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -133,16 +177,26 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = TrainConfig(epochs=args.epochs, classes=args.classes,
                                  batch_size=args.batch_size, workers=args.workers,
-                                 seed=args.seed, out=args.out)
+                                 seed=args.seed, out=args.out, data=tuple(args.data))
         except ValueError as error:
             print(f"stoker train: {error}", file=sys.stderr)
             return 2
-        run(config)
+        try:
+            run(config)
+        except (ValueError, OSError) as error:
+            print(f"stoker train: {error}", file=sys.stderr)
+            return 2
     elif args.command == "preview":
         try:
             return _preview(args)
         except ValueError as error:
             print(f"stoker preview: {error}", file=sys.stderr)
+            return 2
+    elif args.command == "bench":
+        try:
+            return _bench(args)
+        except ValueError as error:
+            print(f"stoker bench: {error}", file=sys.stderr)
             return 2
     elif args.command == "ingest":
         try:

@@ -30,6 +30,7 @@ from .executors.processes import ProcessExecutor
 from .layout import BatchLayout
 from .plan import Purpose, batch_bounds, epoch_key, epoch_order, num_batches
 from .sources import as_source
+from .stats import LoaderStats, StatsRecorder
 
 __all__ = ["Loader", "LoaderOptions"]
 
@@ -162,6 +163,7 @@ class Loader:
         self._resume_at = 0
         self._delivered = 0
         self._closed = False
+        self._stats = StatsRecorder(workers=self.workers)
         self._iterators: weakref.WeakSet[Iterator[Any]] = weakref.WeakSet()
         self._finalizer = weakref.finalize(self, _close_executor, [None])
 
@@ -272,6 +274,7 @@ class Loader:
                     max_worker_restarts=self.options.max_worker_restarts,
                     timeout=self.options.timeout,
                     start_timeout=self.options.start_timeout,
+                    stats=self._stats,
                 )
             self._finalizer.detach()
             self._finalizer = weakref.finalize(self, _close_executor, [self._executor])
@@ -290,13 +293,31 @@ class Loader:
         layout = self.layout
         self._delivered = start
         total = len(self)
-        for arrays in executor.run(epoch, key, batches):
+        stats = self._stats
+        stats.workers = executor.workers
+        produced = executor.run(epoch, key, batches)
+        while True:
+            stats.requested()
+            try:
+                arrays = next(produced)
+            except StopIteration:
+                return
+            stats.delivered(len(arrays[0]))
             self._delivered += 1
             if self._delivered == total:
                 # Advance before handing over the last batch: a consumer that stops after
                 # exactly len(loader) batches (Keras does) must see the epoch as finished.
                 self._epoch, self._resume_at, self._delivered = epoch + 1, 0, 0
             yield layout.assemble(arrays)
+
+    def stats(self, *, reset: bool = False) -> LoaderStats:
+        """What the loader did so far: batches, samples/s, how long the consumer waited,
+        how busy the workers were (see ``LoaderStats.verdict()``). ``reset=True`` starts
+        the counters again after taking the snapshot."""
+        snapshot = self._stats.snapshot()
+        if reset:
+            self._stats.reset()
+        return snapshot
 
     # -- adapters ---------------------------------------------------------------------
 

@@ -57,3 +57,34 @@ class KerasDataset(keras.utils.PyDataset):
         except StopIteration:
             self._iterator = iter(self.loader)
             return next(self._iterator)
+
+
+class LoaderStatsCallback(keras.callbacks.Callback):
+    """Report, after every epoch, what the training loader did and whether training was
+    input-bound (the model waited for data) or model-bound, with the worker count that
+    would balance it. The answer to "why is my GPU at 15 %?" without reading GPU-Z.
+
+        model.fit(loader.keras(), epochs=10, callbacks=[LoaderStatsCallback(loader)])
+
+    Each epoch's statistics are kept in ``history`` (``LoaderStats`` objects).
+    """
+
+    def __init__(self, loader: Loader, print_fn: Any = print) -> None:
+        super().__init__()
+        self.loader = loader
+        self.print_fn = print_fn
+        self.history: list[Any] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.loader.stats(reset=True)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from .._system import usable_cpu_count
+
+        stats = self.loader.stats()
+        self.history.append(stats)
+        if logs is not None:
+            logs["loader_samples_per_s"] = stats.samples_per_s
+            logs["loader_wait_fraction"] = stats.wait_fraction
+        self.print_fn(f"  loader: {stats.samples_per_s:.0f} samples/s; "
+                      f"{stats.verdict(usable_cpu_count())}")

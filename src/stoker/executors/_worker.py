@@ -22,6 +22,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from enum import IntEnum
@@ -131,6 +132,7 @@ def run(payload: bytes, conn: Connection) -> None:
         if key is None:
             keys.clear()
             key = keys[(key0, key1)] = np.array([key0, key1], dtype=np.uint64)
+        started = time.perf_counter()
         try:
             producer.fill(spec.layout, key, indices, slot_views[slot], row)
         except SampleFailure as failure:
@@ -144,7 +146,7 @@ def run(payload: bytes, conn: Connection) -> None:
                 failure.traceback,
             )
         else:
-            reply = (Status.DONE, task_id)
+            reply = (Status.DONE, task_id, time.perf_counter() - started)
         try:
             conn.send(reply)
         except (BrokenPipeError, OSError):

@@ -35,6 +35,7 @@ from ..errors import LoaderError, WorkerCrashed, describe_exitcode
 from ..layout import BatchLayout
 from ..plan import split_into_chunks
 from ..shm import SharedBlock
+from ..stats import StatsRecorder
 from . import _worker
 from ._produce import Transform
 from ._spawning import WORKER_NAME_PREFIX, fork_safe_native_pools, worker_context
@@ -129,8 +130,10 @@ class ProcessExecutor:
         max_worker_restarts: int = 0,
         timeout: float | None = None,
         start_timeout: float = 120.0,
+        stats: StatsRecorder | None = None,
     ) -> None:
         self.workers = workers
+        self._stats = stats
         self._source = source
         self._transform = transform
         self._layout = layout
@@ -228,6 +231,8 @@ class ProcessExecutor:
                 slot_of[batch] = slot
                 remaining[batch] = self._dispatch(batch, batches[batch], slot, epoch, key_words)
             if remaining.get(next_batch) == 0:
+                if self._stats is not None:
+                    self._stats.queue(sum(1 for left in remaining.values() if left == 0))
                 slot = slot_of.pop(next_batch)
                 del remaining[next_batch]
                 count = len(batches[next_batch])
@@ -340,6 +345,8 @@ class ProcessExecutor:
         worker.last_progress = time.monotonic()
         if status == _worker.Status.DONE:
             done.append(task)
+            if self._stats is not None:
+                self._stats.worker_busy(message[2])
         else:
             failed.append((task, message[2:]))
 
