@@ -168,47 +168,32 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "train":
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from .train import TrainConfig, run
+def _train(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .train import TrainConfig, run
 
-        try:
-            config = TrainConfig(epochs=args.epochs, classes=args.classes,
-                                 batch_size=args.batch_size, workers=args.workers,
-                                 seed=args.seed, out=args.out, data=tuple(args.data))
-        except ValueError as error:
-            print(f"stoker train: {error}", file=sys.stderr)
-            return 2
-        try:
-            run(config)
-        except (ValueError, OSError) as error:
-            print(f"stoker train: {error}", file=sys.stderr)
-            return 2
-    elif args.command == "preview":
-        try:
-            return _preview(args)
-        except ValueError as error:
-            print(f"stoker preview: {error}", file=sys.stderr)
-            return 2
-    elif args.command == "bench":
-        try:
-            return _bench(args)
-        except ValueError as error:
-            print(f"stoker bench: {error}", file=sys.stderr)
-            return 2
-    elif args.command == "ingest":
-        try:
-            return _ingest(args)
-        except (ValueError, OSError) as error:
-            print(f"stoker ingest: {error}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print(f"stoker ingest: interrupted; nothing was written to {args.out}",
-                  file=sys.stderr)
-            return 130
+    run(TrainConfig(epochs=args.epochs, classes=args.classes, batch_size=args.batch_size,
+                    workers=args.workers, seed=args.seed, out=args.out,
+                    data=tuple(args.data)))
     return 0
+
+
+_COMMANDS = {"train": _train, "preview": _preview, "bench": _bench, "ingest": _ingest}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input is one line on stderr and exit status 2, never a
+    traceback; Ctrl-C is exit status 130 (whatever was being written is discarded)."""
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (ValueError, OSError) as error:
+        print(f"stoker {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"stoker {args.command}: interrupted; nothing half-written was left behind",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

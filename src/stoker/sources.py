@@ -32,6 +32,16 @@ class Source(Protocol):
     def __getitem__(self, index: int) -> Any: ...
 
 
+def structured(kind: str, names: Any, values: list[Any]) -> Any:
+    """``values`` (one per field) in a sample's structure: the value itself for
+    ``"array"``, a dict keyed by ``names`` for ``"dict"``, else a tuple."""
+    if kind == "array":
+        return values[0]
+    if kind == "dict":
+        return dict(zip(names, values, strict=True))
+    return tuple(values)
+
+
 class _Splittable:
     def split(
         self, fraction: float, *, seed: int = 0, shuffle: bool = True
@@ -74,19 +84,12 @@ class ArraySource(_Splittable):
     def __getitem__(self, index: int) -> Any:
         if self._kind == "array":
             return self._arrays[0][index]
-        row = [array[index] for array in self._arrays]
-        if self._kind == "dict":
-            return dict(zip(self._names, row, strict=True))
-        return tuple(row)
+        return structured(self._kind, self._names, [array[index] for array in self._arrays])
 
     @property
     def arrays(self) -> Any:
         """The read-only shared arrays, in the structure they were given."""
-        if self._kind == "array":
-            return self._arrays[0]
-        if self._kind == "dict":
-            return dict(zip(self._names, self._arrays, strict=True))
-        return tuple(self._arrays)
+        return structured(self._kind, self._names, self._arrays)
 
     @property
     def nbytes(self) -> int:

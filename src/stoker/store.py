@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .sources import _Splittable
+from .sources import _Splittable, structured
 
 __all__ = ["FORMAT", "VERSION", "StoreError", "StoreSource", "Writer", "open", "save", "verify"]
 
@@ -417,21 +417,12 @@ class StoreSource(_Splittable):
         return int(self._meta["count"])
 
     def __getitem__(self, index: int) -> Any:
-        row = [array[index] for array in self._arrays]
-        if self._kind == "array":
-            return row[0]
-        if self._kind == "dict":
-            return dict(zip(self._names, row, strict=True))
-        return tuple(row)
+        return structured(self._kind, self._names, [array[index] for array in self._arrays])
 
     @property
     def arrays(self) -> Any:
         """The memory-mapped arrays, in the store's structure."""
-        if self._kind == "array":
-            return self._arrays[0]
-        if self._kind == "dict":
-            return dict(zip(self._names, self._arrays, strict=True))
-        return tuple(self._arrays)
+        return structured(self._kind, self._names, self._arrays)
 
     @property
     def nbytes(self) -> int:
