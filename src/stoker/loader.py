@@ -335,6 +335,13 @@ class Loader:
         executor = self._executor
         return list(executor.pids) if isinstance(executor, ProcessExecutor) else []
 
+    @property
+    def crashes(self) -> list[tuple[int, int | None]]:
+        """Workers that died so far, as (worker id, exit code; negative: the signal),
+        whether they were replaced (``max_worker_restarts``) or not."""
+        executor = self._executor
+        return list(executor.crashes) if isinstance(executor, ProcessExecutor) else []
+
     def close(self) -> None:
         """Stop the workers and free the batch slots. Idempotent."""
         self._closed = True

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -357,22 +358,37 @@ def _read_meta(path: Path) -> dict[str, Any]:
             f"reads version {VERSION}. Re-create it with this version (stoker ingest)."
         )
     try:
-        count = int(meta["count"])
-        fields = [(str(f["name"]), str(f["file"]), np.dtype(f["dtype"]), tuple(f["shape"]))
-                  for f in meta["fields"]]
-        if meta["kind"] not in ("array", "tuple", "dict") or not fields or count < 1:
+        count = meta["count"]
+        fields = [_field(f, position) for position, f in enumerate(meta["fields"])]
+        if (type(count) is not int or count < 1 or not fields
+                or meta["kind"] not in ("array", "tuple", "dict")
+                or (meta["kind"] == "array" and len(fields) != 1)):
             raise ValueError("bad kind, fields or count")
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise StoreError(f"{meta_path} is corrupt: {error}") from None
     for _, file, dtype, shape in fields:
         _check_file(path / file, dtype, (count, *shape))
     return meta
 
 
+def _field(entry: Any, position: int) -> tuple[str, str, np.dtype, tuple[int, ...]]:
+    """One field of ``meta.json``, checked: a plain name, the file this version names
+    (never a path elsewhere), a numeric dtype, a shape of non-negative ints."""
+    name, file, shape = entry["name"], entry["file"], entry["shape"]
+    if not isinstance(name, str) or file != f"field_{position}.npy":
+        raise ValueError(f"field {position} has name {name!r} and file {file!r}")
+    if not isinstance(shape, list) or any(type(d) is not int or d < 0 for d in shape):
+        raise ValueError(f"field {position} has shape {shape!r}")
+    dtype = np.dtype(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+    if dtype is None or dtype.kind not in "biufc" or dtype.hasobject:
+        raise ValueError(f"field {position} has dtype {entry['dtype']!r}")
+    return name, file, dtype, tuple(shape)
+
+
 def _check_file(file: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
     if not file.exists():
         raise StoreError(f"{file} is missing from the store")
-    expected = HEADER_BYTES + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = HEADER_BYTES + math.prod(shape) * dtype.itemsize
     size = file.stat().st_size
     if size != expected:
         raise StoreError(
@@ -384,7 +400,7 @@ def _check_file(file: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
             version = np.lib.format.read_magic(handle)
             header = (np.lib.format.read_array_header_1_0(handle) if version == (1, 0)
                       else np.lib.format.read_array_header_2_0(handle))
-        except ValueError as error:
+        except Exception as error:  # numpy's header parser raises several kinds
             raise StoreError(f"{file} has a corrupt .npy header: {error}") from None
         if handle.tell() != HEADER_BYTES or header != (shape, False, dtype):
             raise StoreError(f"{file}'s header says {header}, the store's {META} says "
@@ -449,7 +465,7 @@ def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
     path = Path(path)
     meta = _read_meta(path)
     total = sum(HEADER_BYTES + meta["count"] * np.dtype(f["dtype"]).itemsize
-                * int(np.prod(f["shape"], dtype=np.int64)) for f in meta["fields"])
+                * math.prod(f["shape"]) for f in meta["fields"])
     with progress_bar(total, f"verifying {path.name}", progress) as bar:
         for field in meta["fields"]:
             digest = hashlib.sha256()
