@@ -346,7 +346,12 @@ class Loader:
         """Stop the workers and free the batch slots. Idempotent."""
         self._closed = True
         for iterator in list(self._iterators):
-            iterator.close()
+            try:
+                iterator.close()
+            except ValueError:
+                # Running in another thread right now (Keras' enqueuer, during Ctrl-C):
+                # closing the executor below makes it stop with a LoaderError.
+                pass
         self._finalizer()
         # A closed loader must not pin the dataset: frameworks (Keras, tf.data) may keep
         # a reference to the loader long after training.

@@ -19,6 +19,7 @@ Scheduling, all of it in the consumer's thread (no background threads):
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections import deque
@@ -143,6 +144,8 @@ class ProcessExecutor:
         self._max_restarts = max_worker_restarts
         self._timeout = timeout
         self._start_timeout = start_timeout
+        self._lock = threading.RLock()
+        self._closed = False
         self._resources = _Resources()
         self._finalizer = weakref.finalize(self, self._resources.shutdown)
         self._slot_views: list[list[np.ndarray]] = []
@@ -198,11 +201,15 @@ class ProcessExecutor:
         return _Worker(worker_id, process, parent_conn)
 
     def close(self) -> None:
-        """Stop every worker and free the slots. Idempotent."""
-        self._resources.shutdown()
-        self._tasks.clear()
-        self._slot_views = []
-        self._dirty = False
+        """Stop every worker and free the slots. Idempotent, and safe from any thread:
+        an epoch running in another thread (Keras' enqueuer) is let finish its current
+        step, then ends with a LoaderError instead of reading freed memory."""
+        self._closed = True
+        with self._lock:
+            self._resources.shutdown()
+            self._tasks.clear()
+            self._slot_views = []
+            self._dirty = False
 
     @property
     def pids(self) -> list[int]:
@@ -214,10 +221,12 @@ class ProcessExecutor:
         self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray]
     ) -> Iterator[list[np.ndarray]]:
         """Yield the batches of ``batches`` (index arrays) in order, as fresh arrays."""
-        if self._dirty:
-            self._drain()
-        self.start()
-        self._dirty = True
+        with self._lock:
+            if self._dirty:
+                self._drain()
+            self._closed = False
+            self.start()
+            self._dirty = True
         key_words = (int(key[0]), int(key[1]))
         pending = deque(range(len(batches)))
         free_slots = deque(range(len(self._slot_views)))
@@ -225,31 +234,40 @@ class ProcessExecutor:
         slot_of: dict[int, int] = {}
         next_batch = 0
         while next_batch < len(batches):
-            while free_slots and pending:
-                batch = pending.popleft()
-                slot = free_slots.popleft()
-                slot_of[batch] = slot
-                remaining[batch] = self._dispatch(batch, batches[batch], slot, epoch, key_words)
-            if remaining.get(next_batch) == 0:
-                if self._stats is not None:
-                    self._stats.queue(sum(1 for left in remaining.values() if left == 0))
-                slot = slot_of.pop(next_batch)
-                del remaining[next_batch]
-                count = len(batches[next_batch])
-                out = [view[:count].copy() for view in self._slot_views[slot]]
-                free_slots.append(slot)
-                next_batch += 1
-                if next_batch == len(batches):
-                    self._dirty = False
+            out = None
+            with self._lock:  # released at every yield and after every bounded wait
+                if self._closed:
+                    raise LoaderError(
+                        "the loader was closed while another thread was reading from it"
+                    )
+                while free_slots and pending:
+                    batch = pending.popleft()
+                    slot = free_slots.popleft()
+                    slot_of[batch] = slot
+                    remaining[batch] = self._dispatch(batch, batches[batch], slot, epoch,
+                                                      key_words)
+                if remaining.get(next_batch) == 0:
+                    if self._stats is not None:
+                        self._stats.queue(sum(1 for left in remaining.values() if left == 0))
+                    slot = slot_of.pop(next_batch)
+                    del remaining[next_batch]
+                    count = len(batches[next_batch])
+                    out = [view[:count].copy() for view in self._slot_views[slot]]
+                    free_slots.append(slot)
+                    next_batch += 1
+                    if next_batch == len(batches):
+                        self._dirty = False
+                else:
+                    done, failed = self._pump()
+                    for task in done:
+                        remaining[task.batch] -= 1
+                    if failed:
+                        task, (index, stage, data, summary, traceback_text) = failed[0]
+                        error = rebuild_exception(data, summary, traceback_text)
+                        raise transform_error(index, stage, error, traceback_text,
+                                              epoch) from error
+            if out is not None:
                 yield out
-                continue
-            done, failed = self._pump()
-            for task in done:
-                remaining[task.batch] -= 1
-            if failed:
-                task, (index, stage, data, summary, traceback_text) = failed[0]
-                error = rebuild_exception(data, summary, traceback_text)
-                raise transform_error(index, stage, error, traceback_text, epoch) from error
 
     def _dispatch(
         self, batch: int, indices: np.ndarray, slot: int, epoch: int, key: tuple[int, int]
