@@ -132,10 +132,10 @@ def test_many_loader_cycles_leak_nothing(images):
         cycle(i)
     gc.collect()
     fds, segments, rss = me.num_fds(), own_segments(), me.memory_info().rss
-    for i in range(300):
+    for i in range(1000):
         cycle(i)
     gc.collect()
     assert wait_until(lambda: children() == 0, 10), "worker processes left behind"
     assert wait_until(lambda: own_segments() == segments, 10), "segments left behind"
     assert me.num_fds() <= fds + 2
-    assert me.memory_info().rss - rss < 64 * 2**20, "memory grew"
+    assert me.memory_info().rss - rss < 64 * 2**20, "memory grew"  # 64 KiB a cycle at most
