@@ -259,3 +259,45 @@ def test_fork_workers_start_after_opencv_ran_threaded_in_the_parent(images):
         with stoker.Loader(stoker.from_arrays(x, y), batch_size=16, workers=2,
                            transform=_opencv_sample, start_method="fork", timeout=20) as loader:
             assert sum(len(labels) for _, labels in loader) == len(x)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shards_are_disjoint_and_together_cover_every_epoch(images, count, workers):
+    x, y = images
+    data = stoker.from_arrays(x, y)
+    for epoch in (0, 1):
+        seen = []
+        for index in range(count):
+            with stoker.Loader(data, batch_size=16, shard=(index, count), seed=5,
+                               workers=workers) as loader:
+                loader.set_epoch(epoch)
+                labels = np.concatenate([b for _, b in loader])
+                assert len(labels) == loader.samples_per_epoch
+                assert abs(len(labels) - len(x) / count) < 1
+                seen.append(labels)
+        everything = np.concatenate(seen)
+        assert sorted(everything.tolist()) == list(range(len(x)))  # disjoint and complete
+
+
+def test_shards_follow_the_unsharded_order_and_refuse_bad_arguments(images):
+    x, y = images
+    data = stoker.from_arrays(x, y)
+    whole = stoker.Loader(data, batch_size=1000, seed=2)
+    order = whole.epoch_batches(3)[0]
+    part = stoker.Loader(data, batch_size=1000, seed=2, shard=(1, 4))
+    np.testing.assert_array_equal(part.epoch_batches(3)[0], order[1::4])
+    assert part.state_dict()["shard"] == [1, 4]
+    with pytest.raises(ValueError, match="shard"):
+        stoker.Loader(data, batch_size=1000, seed=2, shard=(0, 2)).load_state_dict(
+            part.state_dict())
+    for shard, error, match in (((4, 4), ValueError, "below the count"),
+                                ((0, 0), ValueError, "shard count must be >= 1"),
+                                (3, TypeError, r"\(index, count\)")):
+        with pytest.raises(error, match=match):
+            stoker.Loader(data, batch_size=8, seed=2, shard=shard)
+    with pytest.raises(ValueError, match="explicit seed"):
+        stoker.Loader(data, batch_size=8, seed=None, shard=(0, 2))
+    whole.close()
+    part.close()
+    data.release()

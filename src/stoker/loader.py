@@ -28,7 +28,15 @@ from .executors.failures import transform_error
 from .executors.inline import InlineExecutor
 from .executors.processes import ProcessExecutor
 from .layout import BatchLayout
-from .plan import Purpose, batch_bounds, epoch_key, epoch_order, num_batches
+from .plan import (
+    Purpose,
+    batch_bounds,
+    epoch_key,
+    epoch_order,
+    num_batches,
+    shard_of,
+    shard_size,
+)
 from .sources import as_source
 from .stats import LoaderStats, StatsRecorder
 
@@ -53,6 +61,7 @@ class LoaderOptions:
     timeout: float | None = None
     start_method: str | None = None
     start_timeout: float = 120.0
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         def integer(name: str, value: Any, minimum: int) -> None:
@@ -73,6 +82,21 @@ class LoaderOptions:
             raise ValueError(
                 f"timeout must be a positive number of seconds or None, got {self.timeout}"
             )
+        if self.shard is not None:
+            try:
+                index, count = self.shard
+            except (TypeError, ValueError):
+                raise TypeError(f"shard must be (index, count), got {self.shard!r}") from None
+            integer("shard count", count, 1)
+            integer("shard index", index, 0)
+            if index >= count:
+                raise ValueError(f"shard index must be below the count, got {self.shard!r}")
+            object.__setattr__(self, "shard", (int(index), int(count)))
+            if self.seed is None:
+                raise ValueError(
+                    "shard= needs the same explicit seed in every training process (seed=None "
+                    "draws a different one in each, and the shards would overlap)"
+                )
         if not self.start_timeout > 0:
             raise ValueError(
                 f"start_timeout must be a positive number of seconds, got {self.start_timeout}"
@@ -130,6 +154,7 @@ class Loader:
         timeout: float | None = None,
         start_method: str | None = None,
         start_timeout: float = 120.0,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.options = LoaderOptions(
             batch_size=batch_size,
@@ -143,13 +168,15 @@ class Loader:
             timeout=timeout,
             start_method=start_method,
             start_timeout=start_timeout,
+            shard=shard,
         )
         self.source = as_source(source)
-        if drop_remainder and batch_size > len(self.source):
+        if drop_remainder and batch_size > self.samples_per_epoch:
             raise ValueError(
-                f"batch_size={batch_size} is larger than the source ({len(self.source)} "
-                "samples) and drop_remainder=True, so an epoch would have no batch; lower "
-                "batch_size or set drop_remainder=False"
+                f"batch_size={batch_size} is larger than the "
+                f"{'shard' if shard else 'source'} ({self.samples_per_epoch} samples) and "
+                "drop_remainder=True, so an epoch would have no batch; lower batch_size or "
+                "set drop_remainder=False"
             )
         self.seed = int(seed) if seed is not None else secrets.randbits(63)
         self._transform = Transform.wrap(transform)
@@ -169,8 +196,16 @@ class Loader:
 
     # -- the plan -------------------------------------------------------------------
 
+    @property
+    def samples_per_epoch(self) -> int:
+        """Samples an epoch visits: the source, or this loader's shard of it."""
+        if self.options.shard is None:
+            return len(self.source)
+        return shard_size(len(self.source), *self.options.shard)
+
     def __len__(self) -> int:
-        return num_batches(len(self.source), self.options.batch_size, self.options.drop_remainder)
+        return num_batches(self.samples_per_epoch, self.options.batch_size,
+                           self.options.drop_remainder)
 
     @property
     def epoch(self) -> int:
@@ -188,6 +223,8 @@ class Loader:
         order = epoch_order(
             len(self.source), seed=self.seed, epoch=epoch, shuffle=self.options.shuffle
         )
+        if self.options.shard is not None:
+            order = shard_of(order, *self.options.shard)
         bounds = batch_bounds(len(order), self.options.batch_size, self.options.drop_remainder)
         return [order[start:stop] for start, stop in bounds]
 
@@ -204,6 +241,7 @@ class Loader:
             "batch_size": self.options.batch_size,
             "shuffle": self.options.shuffle,
             "drop_remainder": self.options.drop_remainder,
+            "shard": list(self.options.shard) if self.options.shard else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -218,8 +256,9 @@ class Loader:
             ("batch_size", self.options.batch_size),
             ("shuffle", self.options.shuffle),
             ("drop_remainder", self.options.drop_remainder),
+            ("shard", list(self.options.shard) if self.options.shard else None),
         ):
-            if state[name] != mine:
+            if state.get(name) != mine:
                 raise ValueError(
                     f"the state was saved with {name}={state[name]!r} but this loader has "
                     f"{name}={mine!r}; resume with the same source and options"
@@ -326,6 +365,21 @@ class Loader:
         from .adapters.keras import KerasDataset
 
         return KerasDataset(self)
+
+    def tf_dataset(self) -> Any:
+        """This loader as a ``tf.data.Dataset``: one epoch per iteration, stoker's
+        prefetching, an ``element_spec`` from the batch layout."""
+        from .adapters.tf import tf_dataset
+
+        return tf_dataset(self)
+
+    def torch(self, *, pin_memory: bool = False) -> Any:
+        """This loader as a PyTorch iterable of tensor batches (one epoch per iteration,
+        zero-copy; ``pin_memory`` for fast copies to a CUDA device). For JAX, iterate the
+        loader itself: batches are numpy arrays, which ``jax.device_put`` takes as is."""
+        from .adapters.torch import TorchBatches
+
+        return TorchBatches(self, pin_memory=pin_memory)
 
     # -- clean-up ---------------------------------------------------------------------
 

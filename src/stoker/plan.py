@@ -58,6 +58,18 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     return _philox(epoch_key(seed, epoch, Purpose.ORDER)).permutation(n).astype(np.int64)
 
 
+def shard_of(order: np.ndarray, index: int, count: int) -> np.ndarray:
+    """Shard ``index`` of ``count`` of an epoch order: every ``count``-th sample from
+    position ``index``. The shards of one order are disjoint, together hold every
+    sample exactly once, and differ in size by at most one."""
+    return order[index::count]
+
+
+def shard_size(n: int, index: int, count: int) -> int:
+    """How many of ``n`` samples shard ``index`` of ``count`` gets."""
+    return len(range(index, n, count))
+
+
 def num_batches(n: int, batch_size: int, drop_remainder: bool) -> int:
     """Batches per epoch: the last, short batch counts unless ``drop_remainder``."""
     return n // batch_size if drop_remainder else -(-n // batch_size)

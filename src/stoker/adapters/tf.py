@@ -1,0 +1,40 @@
+"""``loader.tf_dataset()``: a Loader as a ``tf.data.Dataset``.
+
+Each iteration of the dataset is one epoch of the loader (so ``fit(dataset, epochs=N)``
+sees N fresh epochs); batches keep the sample's structure (a tensor, a tuple or a
+dict) with an ``element_spec`` read off the loader's layout, the batch axis unknown
+(the last batch may be short). Prefetching is stoker's (its ring of batch slots), so
+nothing is added on the tf.data side; add ``.prefetch()`` yourself if you want TF's too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import tensorflow as tf
+
+if TYPE_CHECKING:
+    from ..loader import Loader
+
+__all__ = ["tf_dataset"]
+
+
+def tf_dataset(loader: Loader) -> tf.data.Dataset:
+    layout = loader.layout
+    specs = [tf.TensorSpec(shape=(None, *field.shape), dtype=tf.as_dtype(field.dtype))
+             for field in layout.fields]
+    if layout.kind == "dict":
+        signature: Any = dict(zip(layout.keys, specs, strict=True))
+    elif layout.kind == "tuple":
+        signature = tuple(specs)
+    else:
+        signature = specs[0]
+
+    def batches() -> Iterator[Any]:
+        yield from loader
+
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    # Known length: Keras then counts steps per epoch instead of warning that the data
+    # "ran out" at the end of the first one.
+    return dataset.apply(tf.data.experimental.assert_cardinality(len(loader)))

@@ -1,0 +1,84 @@
+"""loader.torch() and loader.tf_dataset(): the same batches as the loader, in each
+framework's tensors, feeding a real training step."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+
+import stoker
+from conftest import as_float
+
+pytestmark = pytest.mark.slow
+
+
+def numpy_epochs(data, count, **kwargs):
+    with stoker.Loader(data, **kwargs) as loader:
+        return [[tuple(np.copy(a) for a in batch) for batch in loader] for _ in range(count)]
+
+
+def test_torch_batches_are_the_loaders_and_train_a_model(images):
+    x, y = images
+    data = stoker.from_arrays(x, y)
+    expected = numpy_epochs(data, 2, batch_size=32, transform=as_float, workers=2, seed=1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 203))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with stoker.Loader(data, batch_size=32, transform=as_float, workers=2, seed=1) as loader:
+        batches = loader.torch()
+        assert len(batches) == len(loader)
+        losses = []
+        for epoch in range(2):
+            for (images_t, labels_t), (images_np, labels_np) in zip(batches, expected[epoch],
+                                                                     strict=True):
+                assert images_t.dtype == torch.float32 and labels_t.dtype == torch.int64
+                np.testing.assert_array_equal(images_t.numpy(), images_np)
+                np.testing.assert_array_equal(labels_t.numpy(), labels_np)
+                optimizer.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(images_t), labels_t)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+        assert np.isfinite(losses).all()
+        if not torch.cuda.is_available():
+            with pytest.raises(ValueError, match="needs a CUDA device"):
+                loader.torch(pin_memory=True)
+
+
+def test_torch_keeps_dict_samples(images):
+    x, y = images
+    with stoker.Loader(stoker.from_arrays(image=x, label=y), batch_size=50, workers=0) as loader:
+        batch = next(iter(loader.torch()))
+    assert set(batch) == {"image", "label"} and tuple(batch["image"].shape) == (50, 8, 8, 1)
+
+
+def test_tf_dataset_has_the_layouts_spec_and_trains_keras(images):
+    x, y = images
+    data = stoker.from_arrays(x, y)
+    expected = numpy_epochs(data, 2, batch_size=32, transform=as_float, workers=2, seed=4)
+    with stoker.Loader(data, batch_size=32, transform=as_float, workers=2, seed=4) as loader:
+        dataset = loader.tf_dataset()
+        images_spec, labels_spec = dataset.element_spec
+        assert images_spec.shape.as_list() == [None, 8, 8, 1]
+        assert images_spec.dtype == tf.float32 and labels_spec.dtype == tf.int64
+        for epoch in range(2):  # one epoch per iteration of the dataset
+            got = [(a.numpy(), b.numpy()) for a, b in dataset]
+            assert len(got) == len(expected[epoch])
+            for (a, b), (c, d) in zip(got, expected[epoch], strict=True):
+                np.testing.assert_array_equal(a, c)
+                np.testing.assert_array_equal(b, d)
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(203, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        history = model.fit(dataset, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+
+
+def test_tf_dataset_of_dict_samples(images):
+    x, y = images
+    with stoker.Loader(stoker.from_arrays(image=x, label=y), batch_size=50,
+                       workers=0) as loader:
+        spec = loader.tf_dataset().element_spec
+    assert set(spec) == {"image", "label"} and spec["label"].dtype == tf.int64
