@@ -82,3 +82,32 @@ def test_tf_dataset_of_dict_samples(images):
                        workers=0) as loader:
         spec = loader.tf_dataset().element_spec
     assert set(spec) == {"image", "label"} and spec["label"].dtype == tf.int64
+
+
+KERAS_ON_TORCH = """
+import numpy as np, keras, stoker
+assert keras.backend.backend() == "torch"
+x = np.random.default_rng(0).integers(0, 256, (96, 8, 8, 1), dtype=np.uint8)
+y = np.arange(96) % 3
+def as_float(sample, rng):
+    return sample[0].astype(np.float32) / 255, sample[1]
+with stoker.Loader(stoker.from_arrays(x, y), batch_size=32, transform=as_float,
+                   workers=2) as train:
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    history = model.fit(train.keras(), epochs=2, verbose=0)
+    print("epochs", len(history.history["loss"]), "loader epoch", train.epoch)
+"""
+
+
+def test_keras_adapter_on_the_torch_backend():
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", KERAS_ON_TORCH], capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "torch"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "epochs 2 loader epoch 2" in done.stdout
