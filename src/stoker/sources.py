@@ -53,7 +53,30 @@ class _Splittable:
         return split(self, fraction, seed=seed, shuffle=shuffle)
 
 
-class ArraySource(_Splittable):
+class _ArrayFields(_Splittable):
+    """Samples made of equal-length arrays, one per field (``_kind``, ``_names`` and
+    ``_arrays`` set by the subclass): random access and the arrays themselves."""
+
+    _kind: str
+    _names: Any
+    _arrays: list[np.ndarray]
+
+    def __getitem__(self, index: int) -> Any:
+        if self._kind == "array":
+            return self._arrays[0][index]
+        return structured(self._kind, self._names, [array[index] for array in self._arrays])
+
+    @property
+    def arrays(self) -> Any:
+        """The read-only arrays, in the samples' structure."""
+        return structured(self._kind, self._names, self._arrays)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays)
+
+
+class ArraySource(_ArrayFields):
     """Equal-length numpy arrays held once in shared memory.
 
     Samples are ``x[i]`` for one array, ``(x[i], y[i], ...)`` for several positional
@@ -80,20 +103,6 @@ class ArraySource(_Splittable):
 
     def __len__(self) -> int:
         return self._length
-
-    def __getitem__(self, index: int) -> Any:
-        if self._kind == "array":
-            return self._arrays[0][index]
-        return structured(self._kind, self._names, [array[index] for array in self._arrays])
-
-    @property
-    def arrays(self) -> Any:
-        """The read-only shared arrays, in the structure they were given."""
-        return structured(self._kind, self._names, self._arrays)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._arrays)
 
     def release(self) -> None:
         """Free the shared memory now (the owner only). Loaders using it must be closed."""

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .sources import _Splittable, structured
+from .sources import _ArrayFields
 
 __all__ = ["FORMAT", "VERSION", "StoreError", "StoreSource", "Writer", "open", "save", "verify"]
 
@@ -407,7 +407,7 @@ def _check_file(file: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
                              f"{shape} {dtype}")
 
 
-class StoreSource(_Splittable):
+class StoreSource(_ArrayFields):
     """A store, memory-mapped: samples are read-only views into the page cache.
 
     Pickles as its path: each worker maps the same files, so the data is held once by
@@ -431,18 +431,6 @@ class StoreSource(_Splittable):
 
     def __len__(self) -> int:
         return int(self._meta["count"])
-
-    def __getitem__(self, index: int) -> Any:
-        return structured(self._kind, self._names, [array[index] for array in self._arrays])
-
-    @property
-    def arrays(self) -> Any:
-        """The memory-mapped arrays, in the store's structure."""
-        return structured(self._kind, self._names, self._arrays)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._arrays)
 
     def __reduce__(self):
         return (StoreSource, (str(self.path),))
