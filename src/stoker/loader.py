@@ -368,7 +368,8 @@ class Loader:
 
     def tf_dataset(self) -> Any:
         """This loader as a ``tf.data.Dataset``: one epoch per iteration, stoker's
-        prefetching, an ``element_spec`` from the batch layout."""
+        prefetching, an ``element_spec`` from the batch layout. Pass ``shuffle=False`` to
+        ``fit()`` (stoker shuffles; Keras only warns that it cannot)."""
         from .adapters.tf import tf_dataset
 
         return tf_dataset(self)
