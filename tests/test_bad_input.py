@@ -71,3 +71,52 @@ def test_object_arrays_cannot_be_stored(tmp_path):
     with pytest.raises(TypeError, match="numeric"):
         store.save(tmp_path / "s", (np.array([{}, {}], dtype=object),), progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_values_are_refused_when_asked(images):
+    x, y = images
+
+    def nan_at_17(sample, rng):
+        image, label = sample
+        image = image.astype(np.float32)
+        if label == 17:
+            image[0, 0, 0] = np.nan
+        return image, label
+
+    data = stoker.from_arrays(x, y)
+    try:
+        with stoker.Loader(data, batch_size=16, transform=nan_at_17, workers=0) as loader:
+            assert sum(len(b) for _, b in loader) == len(x)  # unchecked by default
+        for workers in (0, 2):
+            with stoker.Loader(data, batch_size=16, transform=nan_at_17, workers=workers,
+                               check_finite=True) as loader, \
+                    pytest.raises(stoker.TransformError, match="holds NaN or inf") as info:
+                list(loader)
+            assert info.value.index == 17
+    finally:
+        data.release()
+
+
+def test_labels_outside_the_classes_are_refused_by_the_store(tmp_path):
+    x = np.zeros((6, 4, 4), np.uint8)
+    with pytest.raises(ValueError, match=r"sample 4 has label 3, outside the 3 classes"):
+        store.save(tmp_path / "s", (x, np.array([0, 1, 2, 0, 3, 1])), classes=["a", "b", "c"],
+                   progress=False)
+    with pytest.raises(ValueError, match="sample 1 has label -1"):
+        store.save(tmp_path / "d", {"image": x[:2], "label": np.array([0, -1])},
+                   classes=["a", "b"], progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_target_is_an_error_and_leaves_nothing(tmp_path, capsys):
+    """sysfs refuses new directories even to root: a real OS refusal, as a read-only or
+    foreign directory gives."""
+    with pytest.raises(OSError):
+        store.save("/sys/stoker-test.stoker", np.zeros((2, 2), np.uint8), progress=False)
+    np.save(tmp_path / "x.npy", np.zeros((3, 2), np.uint8))
+    from stoker.cli import main
+
+    assert main(["ingest", str(tmp_path / "x.npy"), "--out", "/sys/stoker-test.stoker",
+                 "--no-progress"]) == 2
+    assert "stoker ingest:" in capsys.readouterr().err
+    assert not os.path.exists("/sys/stoker-test.stoker")

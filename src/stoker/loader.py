@@ -62,6 +62,7 @@ class LoaderOptions:
     start_method: str | None = None
     start_timeout: float = 120.0
     shard: tuple[int, int] | None = None
+    check_finite: bool = False
 
     def __post_init__(self) -> None:
         def integer(name: str, value: Any, minimum: int) -> None:
@@ -135,7 +136,9 @@ class Loader:
     keyed by (seed, epoch, index)), or a legacy ``f(sample)`` that draws from ``random``
     / ``np.random``, which are seeded the same way. ``workers=None`` uses every usable
     core; ``workers=0`` runs in this process. ``seed=None`` draws a seed once (recorded
-    in ``state_dict``). See DESIGN.md for the contract.
+    in ``state_dict``). ``shard=(index, count)`` visits one disjoint part of every epoch
+    (data-parallel training); ``check_finite=True`` refuses NaN/inf in float outputs,
+    naming the sample. See DESIGN.md for the contract.
     """
 
     def __init__(
@@ -155,6 +158,7 @@ class Loader:
         start_method: str | None = None,
         start_timeout: float = 120.0,
         shard: tuple[int, int] | None = None,
+        check_finite: bool = False,
     ) -> None:
         self.options = LoaderOptions(
             batch_size=batch_size,
@@ -169,6 +173,7 @@ class Loader:
             start_method=start_method,
             start_timeout=start_timeout,
             shard=shard,
+            check_finite=bool(check_finite),
         )
         self.source = as_source(source)
         if drop_remainder and batch_size > self.samples_per_epoch:
@@ -179,7 +184,7 @@ class Loader:
                 "set drop_remainder=False"
             )
         self.seed = int(seed) if seed is not None else secrets.randbits(63)
-        self._transform = Transform.wrap(transform)
+        self._transform = Transform.wrap(transform, check_finite=self.options.check_finite)
         self.workers = self.options.resolved_workers
         if self.workers > 0:
             _check_picklable(self._transform.fn, "transform")

@@ -127,6 +127,7 @@ class Writer:
         if self._kind is None:
             self._start(kind, fields)
         self._check(kind, fields)
+        self._check_labels(fields)
         for handle, digest, (_, array) in zip(self._files, self._hashes, fields, strict=True):
             data = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
             handle.write(data)
@@ -160,6 +161,32 @@ class Writer:
                     f"field {name!r} changed from {shape} {dtype} to {got_shape} {got_dtype}; "
                     "every batch must match the first (convert before appending)"
                 )
+
+    def _label_position(self) -> int | None:
+        """Which field holds class indices, when ``classes`` are given: the ``label``
+        entry of dict samples, the second of (image, label) tuples; integer scalars."""
+        if self.classes is None:
+            return None
+        names = [f["name"] for f in self._fields]
+        position = (names.index("label") if self._kind == "dict" and "label" in names
+                    else 1 if self._kind == "tuple" and len(names) == 2 else None)
+        if position is None:
+            return None
+        field = self._fields[position]
+        return position if not field["shape"] and np.dtype(field["dtype"]).kind in "iu" else None
+
+    def _check_labels(self, fields: list[tuple[str, np.ndarray]]) -> None:
+        position = self._label_position()
+        if position is None:
+            return
+        labels = fields[position][1]
+        bad = np.flatnonzero((labels < 0) | (labels >= len(self.classes)))
+        if len(bad):
+            raise ValueError(
+                f"sample {self.count + int(bad[0])} has label {labels[bad[0]]}, outside the "
+                f"{len(self.classes)} classes given (0..{len(self.classes) - 1}); pass the "
+                "full class list or fix the labels"
+            )
 
     def close(self) -> Path:
         """Finish the files, fsync, and rename the store into place. Returns its path."""

@@ -32,11 +32,12 @@ class Transform:
 
     fn: Callable[..., Any] | None
     takes_rng: bool
+    check_finite: bool = False  # refuse NaN/inf in float fields of the output
 
     @classmethod
-    def wrap(cls, fn: Callable[..., Any] | None) -> Transform:
+    def wrap(cls, fn: Callable[..., Any] | None, *, check_finite: bool = False) -> Transform:
         if fn is None:
-            return cls(None, False)
+            return cls(None, False, check_finite)
         if not callable(fn):
             raise TypeError(
                 "transform must be callable as f(sample, rng) or f(sample), "
@@ -45,13 +46,13 @@ class Transform:
         try:
             signature = inspect.signature(fn)
         except (TypeError, ValueError):
-            return cls(fn, True)
+            return cls(fn, True, check_finite)
         for arguments, takes_rng in (((None, None), True), ((None,), False)):
             try:
                 signature.bind(*arguments)
             except TypeError:
                 continue
-            return cls(fn, takes_rng)
+            return cls(fn, takes_rng, check_finite)
         raise TypeError(
             f"transform {getattr(fn, '__name__', fn)!r} has signature {signature}; it must "
             "accept (sample, rng) or (sample)"
@@ -119,6 +120,18 @@ class Producer:
         offset: int = 0,
     ) -> None:
         """Write the samples ``indices`` into rows ``offset...`` of the batch arrays ``out``."""
+        self._fill(layout, key, indices, out, offset)
+        if self.transform.check_finite:
+            _check_finite(layout, indices, out, offset)
+
+    def _fill(
+        self,
+        layout: BatchLayout,
+        key: np.ndarray,
+        indices: Sequence[int],
+        out: list[np.ndarray],
+        offset: int,
+    ) -> None:
         if self.batch_capable and len(indices) > 1:
             try:
                 self._fill_batch(layout, key, indices, out, offset)
@@ -155,6 +168,24 @@ class Producer:
             for target, leaf in zip(out, layout.leaves(fn.with_image(sample, image)),
                                     strict=True):
                 target[row] = leaf
+
+
+def _check_finite(layout: BatchLayout, indices: Sequence[int], out: list[np.ndarray],
+                  offset: int) -> None:
+    """Raise for the first sample whose float fields hold NaN or inf (``check_finite``)."""
+    for field, target in zip(layout.fields, out, strict=True):
+        if target.dtype.kind not in "fc":
+            continue
+        rows = target[offset:offset + len(indices)]
+        finite = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+        if not finite.all():
+            position = int(np.flatnonzero(~finite)[0])
+            index = int(indices[position])
+            error = ValueError(
+                f"{field.name} of sample {index} holds NaN or inf (check_finite=True); "
+                "look at the transform or the data of that sample"
+            )
+            raise SampleFailure(index, "checking", error)
 
 
 class preserved_global_rngs:
