@@ -76,7 +76,7 @@ def test_truncated_and_flipped_etl_files(folder, valid_etl, which, cut, flips):
 def valid_store(folder):
     x = np.arange(5 * 6 * 4, dtype=np.uint8).reshape(5, 6, 4)
     return store.save(folder / "valid.stoker", {"image": x, "label": np.arange(5)},
-                      classes=["a", "b"], progress=False)
+                      classes=list("abcde"), progress=False)
 
 
 def open_and_read(path: Path) -> None:

@@ -30,10 +30,11 @@ def samples():
 
 def test_tuple_samples_round_trip_with_classes(tmp_path, samples):
     x, y = samples
-    path = store.save(tmp_path / "data.stoker", (x, y), classes=["亜", "唖", 3],
+    names = ["亜", "唖", 3, *(f"class {i}" for i in range(3, 3000))]  # any JSON values
+    path = store.save(tmp_path / "data.stoker", (x, y), classes=names,
                       progress=False)
     data = store.open(path)
-    assert len(data) == 57 and data.classes == ["亜", "唖", 3]
+    assert len(data) == 57 and data.classes == names
     for i in (0, 13, 56):
         image, label = data[i]
         np.testing.assert_array_equal(image, x[i])
