@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--images", type=int, default=6, help="rows: how many images")
     preview.add_argument("--from", dest="source", type=Path, default=None,
                          help=".npy file of images (N, H, W[, C]); default: the built-in "
-                         "glyphs")
+                         "kanji")
     preview.add_argument("--augmentations", type=int, default=8, help="columns beside each "
                          "original")
     preview.add_argument("--seed", type=int, default=0)
