@@ -13,7 +13,6 @@ from Pillow (grey levels, uint8) with the same parameters.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -29,7 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFilter
 
-from common import ROOT, glyph_like_images, machine_line, write_section
+from common import glyph_like_images, machine_line, write_results, write_section
 from question import distort_sample, question_transform
 from stoker import augment
 from stoker.augment import functional as F
@@ -286,11 +285,8 @@ def main() -> None:
     print(text)
     if args.no_write:
         return
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "augment.json").write_text(json.dumps(
-        {"machine": machine_line(), "images": args.images, "results": results,
-         "mae_vs_pillow": errors}, indent=1))
+    write_results("augment", {"images": args.images, "results": results,
+                              "mae_vs_pillow": errors})
     write_section("augment", text)
 
 

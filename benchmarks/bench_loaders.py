@@ -15,7 +15,6 @@ growth over the consumer alone before the loader existed).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import resource
@@ -32,12 +31,12 @@ import psutil
 
 import stoker
 from common import (
-    ROOT,
     glyph_like_images,
     machine_line,
     median,
     percentiles,
     tree_pss_mib,
+    write_results,
     write_section,
 )
 from question import QuestionPoolGenerator, question_transform
@@ -340,11 +339,7 @@ def main() -> None:
         print(table(rows, "inline (one process)"))
     if args.no_write:
         return
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "loaders.json").write_text(json.dumps(
-        {"machine": machine_line(), "samples": args.samples, "batch": BATCH, "results": results},
-        indent=1))
+    write_results("loaders", {"samples": args.samples, "batch": BATCH, "results": results})
     text = [
         "## Loaders side by side (`benchmarks/bench_loaders.py`)",
         "",

@@ -12,7 +12,6 @@ against the data's size. Each batch is checked (labels) so nothing is optimised 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -26,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
 
 import stoker
-from common import ROOT, machine_line, median, tree_pss_mib, write_section
+from common import machine_line, median, tree_pss_mib, write_results, write_section
 from stoker import store
 
 IMAGE = (64, 64, 1)
@@ -175,12 +174,9 @@ def main() -> None:
     print(text)
     if args.no_write:
         return
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "store.json").write_text(json.dumps(
-        {"machine": machine_line(), "samples": samples, "size_mib": size_mib,
-         "write_s": write_s, "verify_s": verify_s, "store": from_store,
-         "shared_memory": from_shm, "baseline_pss_mib": baseline}, indent=1))
+    write_results("store", {"samples": samples, "size_mib": size_mib, "write_s": write_s,
+                            "verify_s": verify_s, "store": from_store,
+                            "shared_memory": from_shm, "baseline_pss_mib": baseline})
     write_section("store", text)
 
 

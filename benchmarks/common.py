@@ -66,6 +66,15 @@ def machine_line() -> str:
     )
 
 
+def write_results(name: str, data: dict) -> None:
+    """``benchmarks/results/<name>.json``: the raw numbers, with the machine they came from."""
+    import json
+
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"machine": machine_line(), **data}, indent=1))
+
+
 def write_section(name: str, text: str) -> None:
     """Replace (or append) the section between ``<!-- name:begin -->`` and ``end`` markers."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"

@@ -28,7 +28,7 @@ import numpy as np
 import psutil
 
 import stoker
-from common import ROOT, machine_line, write_section
+from common import machine_line, write_results, write_section
 
 SIGNALS = (signal.SIGKILL, signal.SIGSEGV, signal.SIGSTOP)
 
@@ -137,9 +137,7 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     if args.no_write:
         return
-    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "soak.json").write_text(json.dumps(
-        {"machine": machine_line(), **result}, indent=1))
+    write_results("soak", result)
     sent = ", ".join(f"{n} {k}" for k, n in sorted(killer.sent.items()))
     write_section("soak", "\n".join([
         "## Soak: workers killed at random (`benchmarks/soak.py`)",

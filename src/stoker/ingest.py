@@ -130,7 +130,7 @@ def from_folder(root: str | os.PathLike, *, size: int | None = None, color: bool
 def from_etl(paths: Sequence[str | os.PathLike], *, size: int = 64,
              characters: str | Iterable[str] | None = None, format: str | None = None) -> Plan:
     paths = [Path(p) for p in paths]
-    keep = etl._selector(characters)
+    keep = etl.selector(characters)
     found: set[str] = set()
     total = 0
     for path in paths:  # first pass: the characters only, so labels are known up front

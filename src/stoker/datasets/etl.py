@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 __all__ = ["FORMATS", "EtlFormat", "EtlRecord", "character_group", "characters",
-           "detect_format", "load", "records"]
+           "detect_format", "load", "records", "selector"]
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,9 @@ def character_group(name: str) -> Any:
         raise ValueError(f"unknown character group {name!r}; one of {sorted(_GROUPS)}") from None
 
 
-def _selector(characters: str | Iterable[str] | None) -> Any:
+def selector(characters: str | Iterable[str] | None) -> Any:
+    """A predicate keeping ``characters``: a group name, the characters themselves, or
+    every decodable character for ``None``."""
     if characters is None:
         return lambda c: bool(c)
     if isinstance(characters, str) and characters in _GROUPS:
@@ -218,7 +220,7 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], *, size: int = 
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("etl.load needs at least one file")
-    keep = _selector(characters)
+    keep = selector(characters)
     images, chars = [], []
     for path in paths:
         for record in records(path, format=format, size=size):
