@@ -245,12 +245,13 @@ def test_a_worker_that_never_starts_is_an_error_not_a_hang(images):
     assert wait_until(lambda: not any(gone(pid) is False for pid in workers() - before), 10)
 
 
-def run_script(body: str, timeout: float = 120, env_extra: dict | None = None, **popen):
+def run_script(body: str, timeout: float = 120, env_extra: dict | None = None,
+               args: tuple[str, ...] = (), **popen):
     script = textwrap.dedent(body)
     env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src"), "PYTHONUNBUFFERED": "1",
            **(env_extra or {})}
     return subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=env, **popen,
     )
 

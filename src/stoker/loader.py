@@ -402,6 +402,11 @@ class Loader:
         executor = self._executor
         return list(executor.crashes) if isinstance(executor, ProcessExecutor) else []
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called (a closed loader delivers nothing more)."""
+        return self._closed
+
     def close(self) -> None:
         """Stop the workers and free the batch slots. Idempotent."""
         self._closed = True

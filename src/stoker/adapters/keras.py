@@ -14,6 +14,8 @@ Choices, and why:
   ``dataset[1]`` to infer tensor specs; outside an epoch those calls get zero batches
   of the right shape and dtype instead of real ones.
 * **No threads or processes of Keras' own:** ``workers=1, use_multiprocessing=False``.
+  On the TensorFlow backend tf.data still reads it from a thread of its own, so the
+  loader is registered for a safe exit (``_tf_exit``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import keras
+
+from ._tf_exit import read_by_tensorflow, tensorflow_call
 
 if TYPE_CHECKING:
     from ..loader import Loader
@@ -37,6 +41,8 @@ class KerasDataset(keras.utils.PyDataset):
         self.loader = loader
         self._iterator: Iterator[Any] | None = None
         self._in_epoch = False
+        if keras.backend.backend() == "tensorflow":
+            read_by_tensorflow(loader)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -48,6 +54,10 @@ class KerasDataset(keras.utils.PyDataset):
         self._in_epoch = False
 
     def __getitem__(self, index: int) -> Any:
+        with tensorflow_call():
+            return self._next_batch()
+
+    def _next_batch(self) -> Any:
         if not self._in_epoch and self._iterator is None:
             return self.loader.layout.zeros(self.loader.options.batch_size)
         if self._iterator is None:

@@ -5,6 +5,8 @@ sees N fresh epochs); batches keep the sample's structure (a tensor, a tuple or 
 dict) with an ``element_spec`` read off the loader's layout, the batch axis unknown
 (the last batch may be short). Prefetching is stoker's (its ring of batch slots), so
 nothing is added on the tf.data side; add ``.prefetch()`` yourself if you want TF's too.
+tf.data reads the loader from threads of its own, so the loader is registered for a safe
+exit (``_tf_exit``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
+
+from ._tf_exit import read_by_tensorflow, tensorflow_call
 
 if TYPE_CHECKING:
     from ..loader import Loader
@@ -32,7 +36,18 @@ def tf_dataset(loader: Loader) -> tf.data.Dataset:
         signature = specs[0]
 
     def batches() -> Iterator[Any]:
-        yield from loader
+        epoch = iter(loader)
+        try:
+            while True:
+                with tensorflow_call():
+                    batch = next(epoch, None)
+                if batch is None:
+                    return
+                yield batch
+        finally:
+            epoch.close()  # type: ignore[attr-defined]
+
+    read_by_tensorflow(loader)
 
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
     # Known length: Keras then counts steps per epoch instead of warning that the data
