@@ -204,6 +204,8 @@ def test_a_forgotten_loader_is_cleaned_up_by_the_garbage_collector(images):
     ({"batch_size": 8, "backend": "threads"}, ValueError, "backend must be one of"),
     ({"batch_size": 8, "backend": "inline", "workers": 2}, ValueError, "inline"),
     ({"batch_size": 8, "start_method": "magic"}, ValueError, "start_method"),
+    ({"batch_size": 8, "backend": "ray", "workers": 0}, ValueError, "workers must be >= 1"),
+    ({"batch_size": 8, "backend": "ray", "start_method": "fork"}, ValueError, "Ray starts"),
     ({"batch_size": 8, "timeout": 0}, ValueError, "timeout"),
     ({"batch_size": 8, "start_timeout": -1}, ValueError, "start_timeout"),
     ({"batch_size": 500, "drop_remainder": True}, ValueError, "larger than the source"),

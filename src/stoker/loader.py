@@ -16,7 +16,7 @@ import secrets
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 import numpy as np
@@ -39,6 +39,9 @@ from .plan import (
 )
 from .sources import as_source
 from .stats import LoaderStats, StatsRecorder
+
+if TYPE_CHECKING:
+    from .executors.ray import RayExecutor
 
 __all__ = ["Loader", "LoaderOptions"]
 
@@ -104,10 +107,15 @@ class LoaderOptions:
             )
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.backend == "ray":
+        if self.backend == "ray" and self.workers == 0:
             raise ValueError(
-                "backend='ray' is not available in this version of stoker; use "
-                "backend='processes' (all cores of this machine)"
+                "backend='ray' runs the work on Ray actors, so workers must be >= 1 (or None "
+                "for every CPU of the cluster); use backend='inline' to run in this process"
+            )
+        if self.backend == "ray" and self.start_method is not None:
+            raise ValueError(
+                "start_method applies to backend='processes'; Ray starts its own workers, "
+                "so leave it None with backend='ray'"
             )
         if self.backend == "inline" and self.workers not in (None, 0):
             raise ValueError(
@@ -121,9 +129,18 @@ class LoaderOptions:
 
     @property
     def resolved_workers(self) -> int:
+        """The worker count: ``workers``, or every usable core (every CPU of the Ray
+        cluster with backend='ray', which connects to it)."""
         if self.backend == "inline":
             return 0
-        return usable_cpu_count() if self.workers is None else int(self.workers)
+        if self.workers is not None:
+            return int(self.workers)
+        if self.backend == "ray":
+            from .executors import ray as ray_executor
+
+            ray_executor.connect()
+            return ray_executor.cluster_cpus()
+        return usable_cpu_count()
 
     def resolved_prefetch(self, workers: int) -> int:
         return int(self.prefetch) if self.prefetch is not None else max(2, 2 * workers)
@@ -135,7 +152,9 @@ class Loader:
     ``transform`` is ``f(sample, rng) -> sample`` (``rng`` a ``numpy.random.Generator``
     keyed by (seed, epoch, index)), or a legacy ``f(sample)`` that draws from ``random``
     / ``np.random``, which are seeded the same way. ``workers=None`` uses every usable
-    core; ``workers=0`` runs in this process. ``seed=None`` draws a seed once (recorded
+    core; ``workers=0`` runs in this process. ``backend="ray"`` runs the workers as Ray
+    actors on the cluster ``ray.init()`` connected to (every CPU of it by default), with
+    the same batches. ``seed=None`` draws a seed once (recorded
     in ``state_dict``). ``shard=(index, count)`` visits one disjoint part of every epoch
     (data-parallel training); ``check_finite=True`` refuses NaN/inf in float outputs,
     naming the sample. See DESIGN.md for the contract.
@@ -185,12 +204,16 @@ class Loader:
             )
         self.seed = int(seed) if seed is not None else secrets.randbits(63)
         self._transform = Transform.wrap(transform, check_finite=self.options.check_finite)
+        if self.options.backend == "ray":
+            from .executors import ray as ray_executor  # a clear error if Ray is missing
+
+            ray_executor.connect()
         self.workers = self.options.resolved_workers
         if self.workers > 0:
             _check_picklable(self._transform.fn, "transform")
             _check_picklable(self.source, "source")
         self._layout: BatchLayout | None = None
-        self._executor: InlineExecutor | ProcessExecutor | None = None
+        self._executor: InlineExecutor | ProcessExecutor | RayExecutor | None = None
         self._epoch = 0
         self._resume_at = 0
         self._delivered = 0
@@ -299,13 +322,27 @@ class Loader:
         except ValueError as error:
             raise transform_error(index, "checking", error, "", 0) from error
 
-    def _get_executor(self) -> InlineExecutor | ProcessExecutor:
+    def _get_executor(self) -> InlineExecutor | ProcessExecutor | RayExecutor:
         if self._closed:
             raise RuntimeError("this Loader is closed; create a new one")
         if self._executor is None:
             layout = self.layout
             if self.workers == 0:
                 self._executor = InlineExecutor(self.source, self._transform, layout)
+            elif self.options.backend == "ray":
+                from .executors.ray import RayExecutor
+
+                self._executor = RayExecutor(
+                    source=self.source,
+                    transform=self._transform,
+                    layout=layout,
+                    workers=self.workers,
+                    prefetch=self.options.resolved_prefetch(self.workers),
+                    max_worker_restarts=self.options.max_worker_restarts,
+                    timeout=self.options.timeout,
+                    start_timeout=self.options.start_timeout,
+                    stats=self._stats,
+                )
             else:
                 self._executor = ProcessExecutor(
                     source=self.source,
@@ -393,14 +430,15 @@ class Loader:
     def worker_pids(self) -> list[int]:
         """Process ids of the running workers (empty before the first batch)."""
         executor = self._executor
-        return list(executor.pids) if isinstance(executor, ProcessExecutor) else []
+        return list(getattr(executor, "pids", []))
 
     @property
     def crashes(self) -> list[tuple[int, int | None]]:
-        """Workers that died so far, as (worker id, exit code; negative: the signal),
-        whether they were replaced (``max_worker_restarts``) or not."""
+        """Workers that died so far, as (worker id, exit code; negative: the signal;
+        None on Ray, which does not report it), whether they were replaced
+        (``max_worker_restarts``) or not."""
         executor = self._executor
-        return list(executor.crashes) if isinstance(executor, ProcessExecutor) else []
+        return list(getattr(executor, "crashes", []))
 
     @property
     def closed(self) -> bool:

@@ -35,7 +35,7 @@ from ..layout import BatchLayout
 from ..shm import SharedBlock
 from ._produce import Producer, SampleFailure, Transform
 
-__all__ = ["Cmd", "Status", "WorkerSpec", "run"]
+__all__ = ["Cmd", "Status", "WorkerSpec", "quiet_native_threads", "run"]
 
 _POLL_SECONDS = 1.0
 
@@ -84,7 +84,7 @@ def _exit_when_parent_dies() -> None:
     threading.Thread(target=watch, name="stoker-parent-watchdog", daemon=True).start()
 
 
-def _quiet_native_threads() -> None:
+def quiet_native_threads() -> None:
     """The worker processes are the parallelism: keep OpenCV to one thread per worker
     (its own pool on top of N workers oversubscribes the cores and is a known source of
     loader hangs, albumentations#1825). Imported here, so that it holds however the
@@ -107,7 +107,7 @@ def run(payload: bytes, conn: Connection) -> None:
     _exit_when_parent_dies()
     try:
         spec: WorkerSpec = pickle.loads(payload)
-        _quiet_native_threads()
+        quiet_native_threads()
         producer = Producer(spec.source, spec.transform)
         slot_views = [
             spec.layout.views(block.ndarray((block.size,), np.uint8), spec.batch_size)

@@ -1,0 +1,467 @@
+"""The Ray executor: the same plan, source and transform, run by Ray actors on the
+cluster that ``ray.init()`` connected to (a local one is started if none is).
+
+* **Data, once.** An in-memory source (``from_arrays``, or a split of one) is put in
+  Ray's object store once per Ray session, and later loaders over the same arrays (the
+  validation split, say) reuse it; each actor maps it zero-copy, read-only. A store
+  (``stoker.store``) travels as its path and is memory-mapped on each node, so it must
+  be on storage every node sees. Any other source is pickled into the object store once.
+* **Work.** One Ray task per batch, ``produce(key, indices)``, sent to the actor with
+  the fewest batches queued; at most ``prefetch`` batches are in flight (backpressure)
+  and results are taken in plan order, copied out of the object store so that it is
+  freed at once and the consumer may keep or modify them.
+* **Failures.** Ray restarts a dead actor (``max_restarts``) and retries its tasks
+  (``max_task_retries``); a batch depends only on (seed, epoch, indices), so a retried
+  batch is the same bytes, and each batch is taken once. Every reply names the process
+  that made it, so restarts are seen, recorded in ``crashes`` and counted against
+  ``max_worker_restarts`` (a total, as with processes). A batch that makes no progress
+  for ``timeout`` seconds has its actor killed, and restarted, the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import LoaderError, WorkerCrashed
+from ..layout import BatchLayout
+from ..sources import ArraySource, Subset, _ArrayFields
+from ..stats import StatsRecorder
+from ._produce import Producer, SampleFailure, Transform
+from .failures import rebuild_exception, transform_error
+
+try:
+    import ray
+    import ray.exceptions
+except ImportError as error:  # pragma: no cover - exercised in a subprocess test
+    raise ModuleNotFoundError(
+        "backend='ray' needs Ray, which is not installed here: pip install 'stoker[ray]' "
+        "(on every node of the cluster)",
+        name="ray",
+    ) from error
+
+__all__ = ["ObjectStoreArrays", "RayExecutor", "cluster_cpus", "connect", "portable"]
+
+_POLL_SECONDS = 0.5
+
+
+# -- the cluster --------------------------------------------------------------------
+
+
+def connect() -> None:
+    """Use the Ray cluster this process is connected to; connect (``RAY_ADDRESS``) or
+    start a local one if there is none, as ``ray.init()`` does."""
+    if not ray.is_initialized():
+        ray.init()
+
+
+def cluster_cpus() -> int:
+    """The CPUs of the whole cluster: the default number of workers."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _session() -> tuple[str, str]:
+    context = ray.get_runtime_context()
+    return context.gcs_address, context.get_job_id()
+
+
+# -- the data, once in the object store -------------------------------------------------
+
+
+class ObjectStoreArrays(_ArrayFields):
+    """The arrays of a ``from_arrays`` source, held in Ray's object store.
+
+    Pickles as a reference: each worker maps the arrays on first use, zero-copy and
+    read-only, so a node holds them once however many actors read them.
+    """
+
+    def __init__(self, kind: str, names: Any, length: int, ref: Any,
+                 arrays: list[np.ndarray] | None = None) -> None:
+        self._kind = kind
+        self._names = names
+        self._length = length
+        self._ref = ref
+        self._loaded = arrays
+
+    @property
+    def _arrays(self) -> list[np.ndarray]:  # type: ignore[override]
+        if self._loaded is None:
+            self._loaded = list(ray.get(self._ref))
+        return self._loaded
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __reduce__(self):
+        return (ObjectStoreArrays, (self._kind, self._names, self._length, self._ref))
+
+    def __repr__(self) -> str:
+        return f"<ObjectStoreArrays {self._length} samples in Ray's object store>"
+
+
+_placed: weakref.WeakKeyDictionary[ArraySource, tuple[tuple[str, str], ObjectStoreArrays]] = (
+    weakref.WeakKeyDictionary()
+)
+_placed_lock = threading.Lock()
+
+
+def portable(source: Any) -> Any:
+    """``source`` as Ray workers on any node can read it (see the module docstring)."""
+    if isinstance(source, ArraySource):
+        session = _session()
+        with _placed_lock:
+            placed = _placed.get(source)
+            if placed is None or placed[0] != session:
+                arrays = list(source._arrays)
+                ref = ray.put(arrays)
+                placed = (session, ObjectStoreArrays(source._kind, source._names, len(source),
+                                                     ref, arrays))
+                _placed[source] = placed
+        return placed[1]
+    if isinstance(source, Subset):
+        return Subset(portable(source.base), source.indices)
+    return source
+
+
+# -- the actor ------------------------------------------------------------------------
+
+
+def _exception_bytes(error: BaseException) -> bytes | None:
+    import pickle
+
+    try:
+        return pickle.dumps(error)
+    except Exception:
+        return None
+
+
+class BatchActor:
+    """One Ray worker: makes whole batches with the same ``Producer`` as every executor."""
+
+    def __init__(self, source: Any, transform: Transform, layout: BatchLayout) -> None:
+        from ._worker import quiet_native_threads
+
+        quiet_native_threads()
+        self._producer = Producer(source, transform)
+        self._layout = layout
+        self._keys: dict[tuple[int, int], np.ndarray] = {}
+        self._where = (os.getpid(), ray.get_runtime_context().get_node_id())
+
+    def ready(self) -> tuple[int, str]:
+        """Where this actor runs: (pid, Ray node id)."""
+        return self._where
+
+    def produce(self, key0: int, key1: int, indices: np.ndarray) -> tuple:
+        """``(where, True, (busy_seconds, arrays))``, or ``(where, False, failure)`` when
+        a sample failed: the transform's errors are the consumer's to raise, not Ray's to
+        retry. ``where`` (pid, node) tells the consumer when Ray restarted the actor."""
+        key = self._keys.get((key0, key1))
+        if key is None:
+            self._keys.clear()
+            key = self._keys[(key0, key1)] = np.array([key0, key1], dtype=np.uint64)
+        out = self._layout.empty(len(indices))
+        started = time.perf_counter()
+        try:
+            self._producer.fill(self._layout, key, indices, out)
+        except SampleFailure as failure:
+            error = failure.error
+            return (self._where, False, (failure.index, failure.stage, _exception_bytes(error),
+                                         f"{type(error).__name__}: {error}", failure.traceback))
+        return (self._where, True, (time.perf_counter() - started, out))
+
+
+_RemoteBatchActor = ray.remote(BatchActor)
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL a hung actor's process, on its node. ``ray.kill`` asks the actor itself
+    to exit, which a stopped or deadlocked process never does; a killed one is what Ray
+    knows how to recover from (restart, retry its tasks)."""
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+_remote_kill = ray.remote(num_cpus=0, max_retries=0)(_kill)
+
+
+# -- the executor -----------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Actor:
+    worker_id: int
+    handle: Any
+    pid: int | None = None
+    node_id: str | None = None
+    queued: int = 0
+
+
+@dataclass(slots=True)
+class _InFlight:
+    ref: Any
+    actor: _Actor
+    since: float = field(default_factory=time.monotonic)
+
+
+class RayExecutor:
+    """Runs the plan on ``workers`` Ray actors; see the module docstring for how."""
+
+    def __init__(
+        self,
+        *,
+        source: Any,
+        transform: Transform,
+        layout: BatchLayout,
+        workers: int,
+        prefetch: int,
+        max_worker_restarts: int = 0,
+        timeout: float | None = None,
+        start_timeout: float = 120.0,
+        stats: StatsRecorder | None = None,
+    ) -> None:
+        self.workers = workers
+        self._source = source
+        self._transform = transform
+        self._layout = layout
+        self._prefetch = prefetch
+        self._max_restarts = max_worker_restarts
+        self._timeout = timeout
+        self._start_timeout = start_timeout
+        self._stats = stats
+        self._lock = threading.RLock()
+        self._closed = False
+        self._actors: list[_Actor] = []
+        self._arguments: tuple[Any, ...] = ()
+        self._in_flight: dict[int, _InFlight] = {}
+        self._restarts_used = 0
+        self.crashes: list[tuple[int, int | None]] = []
+
+    # -- life cycle ---------------------------------------------------------------
+
+    @property
+    def pids(self) -> list[int]:
+        return [actor.pid for actor in self._actors if actor.pid is not None]
+
+    def start(self) -> None:
+        """Create the actors and wait until each has loaded the source and transform."""
+        if self._actors:
+            return
+        connect()
+        available = cluster_cpus()
+        if self.workers > available:
+            warnings.warn(
+                f"workers={self.workers} but the Ray cluster has {available} CPUs: the other "
+                "actors wait for CPUs to appear (an autoscaler, or nodes joining)",
+                stacklevel=4,
+            )
+        # Held for the executor's life: Ray re-reads an actor's arguments to restart it.
+        self._arguments = source_ref, transform_ref = (ray.put(portable(self._source)),
+                                                       ray.put(self._transform))
+        options = {
+            "num_cpus": 1,
+            "max_restarts": self._max_restarts,
+            "max_task_retries": -1,
+        }
+        self._actors = [
+            _Actor(worker_id, _RemoteBatchActor.options(**options).remote(
+                source_ref, transform_ref, self._layout))
+            for worker_id in range(self.workers)
+        ]
+        ready = {actor.handle.ready.remote(): actor for actor in self._actors}
+        done, waiting = ray.wait(list(ready), num_returns=len(ready),
+                                 timeout=self._start_timeout)
+        for ref in done:
+            try:
+                ready[ref].pid, ready[ref].node_id = ray.get(ref)
+            except ray.exceptions.RayError as error:
+                self.close()
+                raise LoaderError(
+                    f"a Ray worker could not start: {_first_line(error)}. The source or "
+                    "transform failed to load in the actor: the modules they need must be "
+                    "importable on every node (install them there, or pass "
+                    "ray.init(runtime_env={'py_modules': [...]}) or {'working_dir': ...}), "
+                    "and a store must be at the same path on every node."
+                    f"\n\n{error}"
+                ) from None
+        if waiting:
+            self.close()
+            raise LoaderError(
+                f"{len(waiting)} of {self.workers} Ray workers did not start within "
+                f"{self._start_timeout:g} s (start_timeout); the cluster has {available} CPUs "
+                "and each worker takes one. Lower workers=, add nodes, or raise start_timeout."
+            )
+
+    def close(self) -> None:
+        """Kill the actors; an epoch running in another thread ends with a LoaderError.
+        The cluster itself is left running (it may be the user's, and is shut down at
+        exit if stoker started it)."""
+        self._closed = True
+        with self._lock:
+            actors, self._actors = self._actors, []
+            self._arguments = ()
+            self._cancel_in_flight()
+            for actor in actors:
+                try:
+                    ray.kill(actor.handle)
+                except Exception:  # the actor or the whole cluster is gone already
+                    pass
+
+    def _cancel_in_flight(self) -> None:
+        for flight in self._in_flight.values():
+            flight.actor.queued -= 1
+            try:
+                ray.cancel(flight.ref)
+            except Exception:  # finished, or its actor is gone: nothing to cancel
+                pass
+        self._in_flight.clear()
+
+    # -- one epoch ----------------------------------------------------------------
+
+    def run(
+        self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray]
+    ) -> Iterator[list[np.ndarray]]:
+        """Yield the batches of ``batches`` (index arrays) in order, as fresh arrays."""
+        with self._lock:
+            self._cancel_in_flight()  # an abandoned epoch's work
+            self._closed = False
+            self.start()
+        key0, key1 = int(key[0]), int(key[1])
+        next_submit = next_batch = 0
+        try:
+            while next_batch < len(batches):
+                out = None
+                with self._lock:  # released at every yield and after every bounded wait
+                    if self._closed:
+                        raise LoaderError(
+                            "the loader was closed while another thread was reading from it"
+                        )
+                    while next_submit < len(batches) and next_submit - next_batch < self._prefetch:
+                        actor = min(self._actors, key=lambda a: (a.queued, a.worker_id))
+                        ref = actor.handle.produce.remote(key0, key1, batches[next_submit])
+                        self._in_flight[next_submit] = _InFlight(ref, actor)
+                        actor.queued += 1
+                        next_submit += 1
+                    flight = self._in_flight[next_batch]
+                    ready, _ = ray.wait([flight.ref], timeout=_POLL_SECONDS, fetch_local=True)
+                    if ready:
+                        out = self._take(next_batch, epoch)
+                        next_batch += 1
+                    else:
+                        self._check_progress(flight, next_batch, epoch)
+                if out is not None:
+                    yield out
+        finally:
+            with self._lock:
+                self._cancel_in_flight()
+
+    def _take(self, batch: int, epoch: int) -> list[np.ndarray]:
+        flight = self._in_flight.pop(batch)
+        flight.actor.queued -= 1
+        if self._stats is not None:
+            pending = [f.ref for f in self._in_flight.values()]
+            done, _ = ray.wait(pending, num_returns=len(pending), timeout=0, fetch_local=False)
+            self._stats.queue(len(done))
+        try:
+            where, ok, payload = ray.get(flight.ref)
+        except ray.exceptions.RayActorError as error:
+            self._crashed(flight.actor, batch, epoch, error)
+        except ray.exceptions.RayError as error:
+            self.close()
+            raise LoaderError(f"Ray could not produce batch {batch} of epoch {epoch}: "
+                              f"{error}") from error
+        self._note_where(flight.actor, where)
+        if not ok:
+            index, stage, data, summary, traceback_text = payload
+            error = rebuild_exception(data, summary, traceback_text)
+            raise transform_error(index, stage, error, traceback_text, epoch) from error
+        busy, arrays = payload
+        if self._stats is not None:
+            self._stats.worker_busy(busy)
+        # Copies: the object store is freed at once, and the consumer may write to them.
+        return [np.array(array) for array in arrays]
+
+    # -- failures -------------------------------------------------------------------
+
+    def _note_where(self, actor: _Actor, where: tuple[int, str]) -> None:
+        """A reply from another process than before: Ray restarted the actor."""
+        pid, node_id = where
+        if actor.pid is not None and (pid, node_id) != (actor.pid, actor.node_id):
+            self._count_restart(actor)
+        actor.pid, actor.node_id = pid, node_id
+
+    def _count_restart(self, actor: _Actor) -> None:
+        self.crashes.append((actor.worker_id, None))
+        self._restarts_used += 1
+        if self._restarts_used > self._max_restarts:
+            self.close()
+            raise WorkerCrashed(
+                f"Ray worker {actor.worker_id} was restarted, and all "
+                f"{self._max_restarts} restarts allowed by max_worker_restarts are used up. "
+                f"Crashes so far (worker, exit code): {self.crashes}",
+                exitcode=None, worker_id=actor.worker_id, crashes=tuple(self.crashes),
+            )
+
+    def _check_progress(self, flight: _InFlight, batch: int, epoch: int) -> None:
+        """The batch at the head of the plan is the oldest task of its actor: if it has
+        not come back within ``timeout`` seconds, the actor hangs; kill it, and Ray
+        restarts it and retries its batches (or the crash is final)."""
+        if self._timeout is None or time.monotonic() - flight.since <= self._timeout:
+            return
+        actor = flight.actor
+        self.crashes.append((actor.worker_id, None))
+        self._restarts_used += 1
+        if self._restarts_used > self._max_restarts:
+            self.close()
+            raise WorkerCrashed(
+                f"Ray worker {actor.worker_id} (pid {actor.pid}) made no progress on batch "
+                f"{batch} of epoch {epoch} for {self._timeout} s; "
+                f"{_restart_advice(self._max_restarts)}. "
+                f"Crashes so far (worker, exit code): {self.crashes}",
+                exitcode=None, worker_id=actor.worker_id, crashes=tuple(self.crashes),
+            )
+        if actor.pid is not None and actor.node_id is not None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            on_its_node = NodeAffinitySchedulingStrategy(actor.node_id, soft=False)
+            _remote_kill.options(scheduling_strategy=on_its_node).remote(actor.pid)
+        else:
+            ray.kill(actor.handle, no_restart=False)
+        actor.pid = None  # the restart it causes is counted here, not again on its reply
+        for other in self._in_flight.values():
+            if other.actor is actor:
+                other.since = time.monotonic()
+
+    def _crashed(self, actor: _Actor, batch: int, epoch: int, error: Exception) -> None:
+        self.crashes.append((actor.worker_id, None))
+        self.close()
+        raise WorkerCrashed(
+            f"Ray worker {actor.worker_id} (pid {actor.pid}) died while producing batch "
+            f"{batch} of epoch {epoch}: {_first_line(error)}; "
+            f"{_restart_advice(self._max_restarts)}. "
+            f"Crashes so far (worker, exit code): {self.crashes}",
+            exitcode=None, worker_id=actor.worker_id, crashes=tuple(self.crashes),
+        ) from error
+
+
+def _restart_advice(max_restarts: int) -> str:
+    if max_restarts:
+        return f"all {max_restarts} restarts allowed by max_worker_restarts are used up"
+    return ("pass max_worker_restarts=N to have Ray restart crashed workers and recompute "
+            "their batches")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

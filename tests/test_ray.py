@@ -1,0 +1,264 @@
+"""backend='ray' on a real local Ray cluster (ray.init(num_cpus=2)): the same batches as
+the inline reference, the data put in the object store once, crashed and hung actors
+recovered exactly once, and every failure a clear error.
+
+Ray listens on the host's addresses unless loopback is all there is, so these tests run
+only in a private network namespace (`make test` runs the suite in one, through
+tests/in-private-network); elsewhere they are skipped, saying so. The two-node cluster
+is in test_ray_cluster.py (one Ray connection per process at a time).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import stoker
+import stoker.store
+from conftest import gone, noisy, wait_until
+from test_loader import assert_same, epochs_of, legacy_distort
+
+ray = pytest.importorskip("ray")
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+TESTS = Path(__file__).resolve().parent
+
+
+def only_loopback() -> bool:
+    """Whether every IPv4 address of this network namespace is a loopback one."""
+    import socket
+
+    import psutil
+
+    return all(a.address.startswith("127.") for addrs in psutil.net_if_addrs().values()
+               for a in addrs if a.family == socket.AF_INET)
+
+
+def start_ray(**init) -> None:
+    """Connect this process to a Ray cluster whose workers can import the test modules
+    (transforms defined here travel by reference, as a user's own modules would)."""
+    if not only_loopback():
+        pytest.skip("Ray tests run in a private network namespace: make test, or "
+                    "tests/in-private-network python -m pytest tests/test_ray.py")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}}, **init)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_cluster():
+    start_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def reference(images):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=32, transform=noisy, seed=11, workers=0) as loader:
+        return epochs_of(loader, 2)
+
+
+@pytest.mark.parametrize("workers", [1, 2, None])
+def test_batches_are_bit_identical_to_the_inline_reference(images, reference, workers):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=32, transform=noisy, seed=11, backend="ray",
+                       workers=workers) as loader:
+        assert loader.workers == (workers or 2)  # None: every CPU of the cluster
+        assert_same(epochs_of(loader, 2), reference)
+
+
+def test_legacy_transforms_dict_samples_and_shards_match_inline(images):
+    x, y = images
+    data = stoker.from_arrays(image=x, label=y)
+
+    def legacy(sample):
+        image, label = legacy_distort((sample["image"], sample["label"]))
+        return {"image": image, "label": label}
+
+    for options in ({"transform": legacy}, {"transform": None, "shard": (1, 3)}):
+        with stoker.Loader(data, batch_size=24, seed=4, workers=0, **options) as loader:
+            expected = epochs_of(loader, 2)
+        with stoker.Loader(data, batch_size=24, seed=4, backend="ray", **options) as loader:
+            assert_same(epochs_of(loader, 2), expected)
+
+
+def test_the_data_is_put_in_the_object_store_once_and_read_zero_copy(images):
+    from stoker.executors.ray import portable
+
+    data = stoker.from_arrays(*images)
+    train, validation = data.split(0.75, seed=0)
+    assert portable(train).base is portable(validation).base  # one copy for both splits
+
+    def writes(sample, rng):
+        sample[0][0, 0, 0] = 1
+        return sample
+
+    with stoker.Loader(train, batch_size=16, transform=writes, backend="ray") as loader:
+        with pytest.raises(stoker.TransformError, match="read-only"):
+            next(iter(loader))
+
+
+def test_a_store_is_memory_mapped_by_each_actor(images, tmp_path):
+    x, y = images
+    stoker.store.save(tmp_path / "s", stoker.from_arrays(x, y), progress=False)
+    source = stoker.store.open(tmp_path / "s")
+    with stoker.Loader(source, batch_size=50, transform=noisy, seed=2, workers=0) as loader:
+        expected = epochs_of(loader, 1)
+    with stoker.Loader(source, batch_size=50, transform=noisy, seed=2, backend="ray") as loader:
+        assert_same(epochs_of(loader, 1), expected)
+
+
+def slow_noisy(sample, rng):
+    time.sleep(0.004)
+    return noisy(sample, rng)
+
+
+def test_a_killed_actor_is_restarted_by_ray_and_nothing_is_lost_or_repeated(images):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=16, transform=slow_noisy, seed=5, workers=0) as loader:
+        expected = epochs_of(loader, 2)
+    with stoker.Loader(data, batch_size=16, transform=slow_noisy, seed=5, backend="ray",
+                       max_worker_restarts=4) as loader:
+        epoch = iter(loader)
+        got = [tuple(np.copy(a) for a in next(epoch))]
+        victim = loader.worker_pids[0]
+        os.kill(victim, signal.SIGKILL)
+        got += [tuple(np.copy(a) for a in batch) for batch in epoch]
+        got = [got, *epochs_of(loader, 1)]
+        assert_same(got, expected)
+        assert loader.crashes == [(0, None)]
+        assert victim not in loader.worker_pids
+
+
+def test_without_restarts_a_killed_actor_is_worker_crashed_with_advice(images):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=16, transform=slow_noisy, backend="ray") as loader:
+        epoch = iter(loader)
+        next(epoch)
+        os.kill(loader.worker_pids[0], signal.SIGKILL)
+        with pytest.raises(stoker.WorkerCrashed, match="max_worker_restarts=N") as caught:
+            for _ in epoch:
+                pass
+        assert caught.value.crashes
+
+
+def test_a_stopped_actor_is_killed_after_the_timeout_and_its_batches_redone(images):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=16, transform=slow_noisy, seed=6, workers=0) as loader:
+        expected = epochs_of(loader, 1)
+    with stoker.Loader(data, batch_size=16, transform=slow_noisy, seed=6, backend="ray",
+                       timeout=2, max_worker_restarts=2) as loader:
+        epoch = iter(loader)
+        got = [tuple(np.copy(a) for a in next(epoch))]
+        stopped = loader.worker_pids[1]
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            got += [tuple(np.copy(a) for a in batch) for batch in epoch]
+        finally:
+            if not gone(stopped):
+                os.kill(stopped, signal.SIGCONT)
+        assert_same([got], expected)
+        assert (1, None) in loader.crashes
+
+
+def fails_on_17(sample, rng):
+    if sample[1] == 17:
+        raise ValueError("bad sample")
+    return sample
+
+
+def test_a_transform_error_names_the_sample_as_with_processes(images):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=32, transform=fails_on_17, backend="ray") as loader:
+        with pytest.raises(stoker.TransformError, match="sample 17") as caught:
+            epochs_of(loader, 1)
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert "Traceback in the worker" in str(caught.value)
+
+
+class ImportsOnlyHere:
+    """Unpickles as a module the Ray workers cannot import."""
+
+    def __call__(self, sample, rng):
+        return sample
+
+    def __reduce__(self):
+        import importlib
+
+        return (importlib.import_module, ("module_only_the_driver_has",))
+
+
+def test_a_worker_that_cannot_load_the_transform_says_how_to_ship_it(images):
+    data = stoker.from_arrays(*images)
+    loader = stoker.Loader(data, batch_size=8, transform=ImportsOnlyHere(), backend="ray")
+    with pytest.raises(stoker.LoaderError, match=r"could not start.*runtime_env"):
+        next(iter(loader))
+    loader.close()
+
+
+def test_more_workers_than_cluster_cpus_is_an_error_after_start_timeout(images):
+    data = stoker.from_arrays(*images)
+    with pytest.warns(UserWarning, match="cluster has 2 CPUs"):
+        loader = stoker.Loader(data, batch_size=8, backend="ray", workers=3, start_timeout=3)
+        with pytest.raises(stoker.LoaderError, match=r"1 of 3 Ray workers did not start"):
+            next(iter(loader))
+    loader.close()
+
+
+def test_close_from_another_thread_ends_the_epoch_and_kills_the_actors(images):
+    data = stoker.from_arrays(*images)
+    loader = stoker.Loader(data, batch_size=4, transform=slow_noisy, backend="ray")
+    epoch = iter(loader)
+    next(epoch)
+    pids = loader.worker_pids
+    threading.Timer(0.2, loader.close).start()
+    with pytest.raises(stoker.LoaderError, match="closed"):
+        for _ in epoch:
+            pass
+    assert wait_until(lambda: all(gone(pid) for pid in pids), 15), "actors left running"
+
+
+def test_an_abandoned_epoch_does_not_disturb_the_next(images, reference):
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=32, transform=noisy, seed=11, backend="ray") as loader:
+        epoch = iter(loader)
+        next(epoch)
+        epoch.close()  # the next iteration starts epoch 0 again
+        assert_same(epochs_of(loader, 2), reference)
+
+
+def test_keras_fits_on_ray_batches(images):
+    import keras
+
+    x, y = images
+    data = stoker.from_arrays(x.astype(np.float32) / 255, y % 4)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(4, activation="softmax")])
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+    with stoker.Loader(data, batch_size=32, backend="ray") as loader:
+        history = model.fit(loader.keras(), epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+
+
+def test_without_ray_installed_the_error_says_how_to_install_it():
+    script = (
+        "import sys; sys.modules['ray'] = None\n"
+        "import numpy as np, stoker\n"
+        "try:\n"
+        "    stoker.Loader(stoker.from_arrays(np.zeros((8, 2))), batch_size=4, backend='ray')\n"
+        "except ModuleNotFoundError as error:\n"
+        "    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert "pip install 'stoker[ray]'" in done.stdout
