@@ -22,7 +22,7 @@ test: $(STAMP)
 	tests/in-private-network $(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

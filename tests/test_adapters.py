@@ -84,9 +84,9 @@ def test_tf_dataset_of_dict_samples(images):
     assert set(spec) == {"image", "label"} and spec["label"].dtype == tf.int64
 
 
-KERAS_ON_TORCH = """
-import numpy as np, keras, stoker
-assert keras.backend.backend() == "torch"
+KERAS_ON_BACKEND = """
+import os, numpy as np, keras, stoker
+assert keras.backend.backend() == os.environ["KERAS_BACKEND"]
 x = np.random.default_rng(0).integers(0, 256, (96, 8, 8, 1), dtype=np.uint8)
 y = np.arange(96) % 3
 def as_float(sample, rng):
@@ -101,13 +101,39 @@ with stoker.Loader(stoker.from_arrays(x, y), batch_size=32, transform=as_float,
 """
 
 
-def test_keras_adapter_on_the_torch_backend():
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_keras_adapter_on_the_torch_and_jax_backends(backend):
     import os
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", KERAS_ON_TORCH], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", KERAS_ON_BACKEND], capture_output=True,
                           text=True, timeout=300,
-                          env={**os.environ, "KERAS_BACKEND": "torch"})
+                          env={**os.environ, "KERAS_BACKEND": backend})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "epochs 2 loader epoch 2" in done.stdout
+
+
+def test_jax_trains_on_the_loaders_numpy_batches(images):
+    """JAX needs no adapter: batches are numpy arrays, which jax.device_put takes as is."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    x, y = images
+    data = stoker.from_arrays(x, y % 4)
+
+    def loss_fn(weights, images, labels):
+        logits = images.reshape(len(images), -1) @ weights
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(labels)), labels])
+
+    step = jax.jit(lambda w, a, b: w - 0.05 * jax.grad(loss_fn)(w, a, b))
+    weights = jnp.zeros((64, 4))
+    epoch_losses = []
+    with stoker.Loader(data, batch_size=32, transform=as_float, workers=2, seed=0) as loader:
+        for _ in range(8):
+            losses = []
+            for images_np, labels_np in loader:
+                images_d, labels_d = jax.device_put((images_np, labels_np))
+                losses.append(float(loss_fn(weights, images_d, labels_d)))
+                weights = step(weights, images_d, labels_d)
+            epoch_losses.append(np.mean(losses))
+    assert np.isfinite(epoch_losses).all() and epoch_losses[-1] < epoch_losses[0]

@@ -262,3 +262,15 @@ def test_without_ray_installed_the_error_says_how_to_install_it():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, check=True)
     assert "pip install 'stoker[ray]'" in done.stdout
+
+
+def test_the_readme_scaling_out_example_runs():
+    """The README's example, as written, in a fresh process (its own ray.init())."""
+    readme = (TESTS.parent / "README.md").read_text()
+    marker = "tested by tests/test_ray.py::test_the_readme_scaling_out_example_runs"
+    block = readme.split(marker, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True,
+                          timeout=280, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "accuracy" in done.stdout and "Epoch 2/2" in done.stdout

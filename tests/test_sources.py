@@ -61,6 +61,18 @@ def test_split_views_are_disjoint_and_nest(images):
     assert {int(inner[i][1]) for i in range(len(inner))} <= train_labels
 
 
+def test_a_split_of_arrays_gives_its_own_rows_as_new_arrays(images):
+    x, y = images
+    train, _ = stoker.from_arrays(x, y).split(0.8, seed=0)
+    images_, labels = train.arrays
+    np.testing.assert_array_equal(images_, x[labels])
+    assert images_.flags.writeable  # a copy, not a view of the shared memory
+    named, _ = stoker.from_arrays(image=x, label=y).split(0.5, seed=2)
+    np.testing.assert_array_equal(named.arrays["image"], x[named.arrays["label"]])
+    with pytest.raises(AttributeError, match="no arrays"):
+        _ = stoker.split(list(range(10)), 0.5)[0].arrays
+
+
 def test_any_sequence_is_a_source_and_bad_ones_are_refused():
     samples = [(np.full(3, i, np.float32), i) for i in range(10)]
     a, b = stoker.split(samples, 0.5, seed=0)

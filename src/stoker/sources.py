@@ -184,6 +184,19 @@ class Subset(_Splittable):
     def classes(self) -> Any:
         return getattr(self.base, "classes", None)
 
+    @property
+    def arrays(self) -> Any:
+        """This subset's rows of the base's arrays, in the samples' structure: new
+        arrays (a copy), for a base made of arrays (``from_arrays``, a store)."""
+        base_arrays = getattr(self.base, "arrays", None)
+        if base_arrays is None:
+            raise AttributeError(f"the base of this subset has no arrays: {self.base!r}")
+        if isinstance(base_arrays, dict):
+            return {name: array[self.indices] for name, array in base_arrays.items()}
+        if isinstance(base_arrays, tuple):
+            return tuple(array[self.indices] for array in base_arrays)
+        return base_arrays[self.indices]
+
     def __repr__(self) -> str:
         return f"<Subset of {len(self)} from {self.base!r}>"
 
