@@ -376,7 +376,9 @@ class RayExecutor:
         try:
             where, ok, payload = ray.get(flight.ref)
         except ray.exceptions.RayActorError as error:
-            self._crashed(flight.actor, batch, epoch, error)
+            self._record_crash(flight.actor, f"died while producing batch {batch} of epoch "
+                                             f"{epoch}: {_first_line(error)}",
+                               final=True, cause=error)
         except ray.exceptions.RayError as error:
             self.close()
             raise LoaderError(f"Ray could not produce batch {batch} of epoch {epoch}: "
@@ -402,16 +404,22 @@ class RayExecutor:
         actor.pid, actor.node_id = pid, node_id
 
     def _count_restart(self, actor: _Actor) -> None:
+        self._record_crash(actor, "was restarted by Ray")
+
+    def _record_crash(self, actor: _Actor, what: str, *, final: bool = False,
+                      cause: BaseException | None = None) -> None:
+        """Record a crash of ``actor``. Past the restarts allowed, or when Ray gave up on
+        the actor (``final``), close and raise WorkerCrashed saying ``what`` happened."""
         self.crashes.append((actor.worker_id, None))
         self._restarts_used += 1
-        if self._restarts_used > self._max_restarts:
+        if final or self._restarts_used > self._max_restarts:
             self.close()
             raise WorkerCrashed(
-                f"Ray worker {actor.worker_id} was restarted, and all "
-                f"{self._max_restarts} restarts allowed by max_worker_restarts are used up. "
+                f"Ray worker {actor.worker_id} (pid {actor.pid}) {what}; "
+                f"{_restart_advice(self._max_restarts)}. "
                 f"Crashes so far (worker, exit code): {self.crashes}",
                 exitcode=None, worker_id=actor.worker_id, crashes=tuple(self.crashes),
-            )
+            ) from cause
 
     def _check_progress(self, flight: _InFlight, batch: int, epoch: int) -> None:
         """The batch at the head of the plan is the oldest task of its actor: if it has
@@ -420,17 +428,8 @@ class RayExecutor:
         if self._timeout is None or time.monotonic() - flight.since <= self._timeout:
             return
         actor = flight.actor
-        self.crashes.append((actor.worker_id, None))
-        self._restarts_used += 1
-        if self._restarts_used > self._max_restarts:
-            self.close()
-            raise WorkerCrashed(
-                f"Ray worker {actor.worker_id} (pid {actor.pid}) made no progress on batch "
-                f"{batch} of epoch {epoch} for {self._timeout} s; "
-                f"{_restart_advice(self._max_restarts)}. "
-                f"Crashes so far (worker, exit code): {self.crashes}",
-                exitcode=None, worker_id=actor.worker_id, crashes=tuple(self.crashes),
-            )
+        self._record_crash(actor, f"made no progress on batch {batch} of epoch {epoch} "
+                                  f"for {self._timeout} s")
         if actor.pid is not None and actor.node_id is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -443,17 +442,6 @@ class RayExecutor:
             if other.actor is actor:
                 other.since = time.monotonic()
 
-    def _crashed(self, actor: _Actor, batch: int, epoch: int, error: Exception) -> None:
-        self.crashes.append((actor.worker_id, None))
-        self.close()
-        raise WorkerCrashed(
-            f"Ray worker {actor.worker_id} (pid {actor.pid}) died while producing batch "
-            f"{batch} of epoch {epoch}: {_first_line(error)}; "
-            f"{_restart_advice(self._max_restarts)}. "
-            f"Crashes so far (worker, exit code): {self.crashes}",
-            exitcode=None, worker_id=actor.worker_id, crashes=tuple(self.crashes),
-        ) from error
-
 
 def _restart_advice(max_restarts: int) -> str:
     if max_restarts:
@@ -464,4 +452,4 @@ def _restart_advice(max_restarts: int) -> str:
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return text.splitlines()[0].rstrip(".") if text else type(error).__name__
