@@ -209,8 +209,9 @@ def test_a_worker_that_cannot_load_the_transform_says_how_to_ship_it(images):
 def test_more_workers_than_cluster_cpus_is_an_error_after_start_timeout(images):
     data = stoker.from_arrays(*images)
     with pytest.warns(UserWarning, match="cluster has 2 CPUs"):
-        loader = stoker.Loader(data, batch_size=8, backend="ray", workers=3, start_timeout=3)
-        with pytest.raises(stoker.LoaderError, match=r"1 of 3 Ray workers did not start"):
+        loader = stoker.Loader(data, batch_size=8, backend="ray", workers=3, start_timeout=5)
+        # 1 of 3, or 2 of 3 on a machine so loaded that an actor takes 5 s to start
+        with pytest.raises(stoker.LoaderError, match=r"[12] of 3 Ray workers did not start"):
             next(iter(loader))
     loader.close()
 
