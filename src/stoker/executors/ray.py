@@ -206,6 +206,7 @@ class _Actor:
     pid: int | None = None
     node_id: str | None = None
     queued: int = 0
+    last_progress: float = field(default_factory=time.monotonic)  # its last batch taken
 
 
 @dataclass(slots=True)
@@ -384,6 +385,7 @@ class RayExecutor:
             raise LoaderError(f"Ray could not produce batch {batch} of epoch {epoch}: "
                               f"{error}") from error
         self._note_where(flight.actor, where)
+        flight.actor.last_progress = time.monotonic()
         if not ok:
             index, stage, data, summary, traceback_text = payload
             error = rebuild_exception(data, summary, traceback_text)
@@ -423,11 +425,13 @@ class RayExecutor:
 
     def _check_progress(self, flight: _InFlight, batch: int, epoch: int) -> None:
         """The batch at the head of the plan is the oldest task of its actor: if it has
-        not come back within ``timeout`` seconds, the actor hangs; kill it, and Ray
-        restarts it and retries its batches (or the crash is final)."""
-        if self._timeout is None or time.monotonic() - flight.since <= self._timeout:
-            return
+        not come back ``timeout`` seconds after it was sent or after the actor's last
+        batch, whichever is later, the actor hangs; kill it, and Ray restarts it and
+        retries its batches (or the crash is final)."""
         actor = flight.actor
+        waiting = time.monotonic() - max(flight.since, actor.last_progress)
+        if self._timeout is None or waiting <= self._timeout:
+            return
         self._record_crash(actor, f"made no progress on batch {batch} of epoch {epoch} "
                                   f"for {self._timeout} s")
         if actor.pid is not None and actor.node_id is not None:
@@ -438,9 +442,8 @@ class RayExecutor:
         else:
             ray.kill(actor.handle, no_restart=False)
         actor.pid = None  # the restart it causes is counted here, not again on its reply
-        for other in self._in_flight.values():
-            if other.actor is actor:
-                other.since = time.monotonic()
+        # Restarting takes a new process, imports and the source: start_timeout's time.
+        actor.last_progress = time.monotonic() + self._start_timeout
 
 
 def _restart_advice(max_restarts: int) -> str:
