@@ -22,6 +22,7 @@ def test_wind_down_closes_open_loaders_and_waits_out_tensorflows_last_calls():
 
 
 def test_wind_down_waits_for_nothing_once_tensorflow_has_been_quiet():
+    _tf_exit.wind_down()  # whatever earlier tests left open is closed (and waited out)
     with _tf_exit.tensorflow_call():
         pass
     time.sleep(_tf_exit.GRACE_S)
