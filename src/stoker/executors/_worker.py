@@ -34,6 +34,7 @@ import numpy as np
 from ..layout import BatchLayout
 from ..shm import SharedBlock
 from ._produce import Producer, SampleFailure, Transform
+from .failures import exception_bytes
 
 __all__ = ["Cmd", "Status", "WorkerSpec", "quiet_native_threads", "run"]
 
@@ -94,13 +95,6 @@ def quiet_native_threads() -> None:
     cv2.setNumThreads(1)
 
 
-def _exception_bytes(error: BaseException) -> bytes | None:
-    try:
-        return pickle.dumps(error)
-    except Exception:
-        return None
-
-
 def run(payload: bytes, conn: Connection) -> None:
     """Entry point of a worker process (see the state diagram above)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -141,7 +135,7 @@ def run(payload: bytes, conn: Connection) -> None:
                 task_id,
                 failure.index,
                 failure.stage,
-                _exception_bytes(failure.error),
+                exception_bytes(failure.error),
                 f"{type(failure.error).__name__}: {failure.error}",
                 failure.traceback,
             )

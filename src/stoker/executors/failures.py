@@ -6,7 +6,7 @@ import pickle
 
 from ..errors import RemoteTraceback, TransformError
 
-__all__ = ["rebuild_exception", "transform_error"]
+__all__ = ["exception_bytes", "rebuild_exception", "transform_error"]
 
 _HINTS = {
     "assignment destination is read-only": (
@@ -14,6 +14,14 @@ _HINTS = {
         "before modifying in place (e.g. image = image.copy())"
     ),
 }
+
+
+def exception_bytes(error: BaseException) -> bytes | None:
+    """The worker's exception, pickled for the consumer (None if it cannot be)."""
+    try:
+        return pickle.dumps(error)
+    except Exception:
+        return None
 
 
 def rebuild_exception(data: bytes | None, summary: str, traceback_text: str) -> BaseException:

@@ -36,7 +36,7 @@ from ..layout import BatchLayout
 from ..sources import ArraySource, Subset, _ArrayFields
 from ..stats import StatsRecorder
 from ._produce import Producer, SampleFailure, Transform
-from .failures import rebuild_exception, transform_error
+from .failures import exception_bytes, rebuild_exception, transform_error
 
 try:
     import ray
@@ -134,15 +134,6 @@ def portable(source: Any) -> Any:
 # -- the actor ------------------------------------------------------------------------
 
 
-def _exception_bytes(error: BaseException) -> bytes | None:
-    import pickle
-
-    try:
-        return pickle.dumps(error)
-    except Exception:
-        return None
-
-
 class BatchActor:
     """One Ray worker: makes whole batches with the same ``Producer`` as every executor."""
 
@@ -173,7 +164,7 @@ class BatchActor:
             self._producer.fill(self._layout, key, indices, out)
         except SampleFailure as failure:
             error = failure.error
-            return (self._where, False, (failure.index, failure.stage, _exception_bytes(error),
+            return (self._where, False, (failure.index, failure.stage, exception_bytes(error),
                                          f"{type(error).__name__}: {error}", failure.traceback))
         return (self._where, True, (time.perf_counter() - started, out))
 
