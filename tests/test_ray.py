@@ -56,7 +56,9 @@ def start_ray(**init) -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def local_cluster():
-    start_ray(num_cpus=2)
+    # address="local": a new cluster of our own, never one that another run left
+    # registered in /tmp/ray (ray.init() would try to join that one)
+    start_ray(address="local", num_cpus=2)
     yield
     ray.shutdown()
 
@@ -270,7 +272,8 @@ def test_the_readme_scaling_out_example_runs():
     readme = (TESTS.parent / "README.md").read_text()
     marker = "tested by tests/test_ray.py::test_the_readme_scaling_out_example_runs"
     block = readme.split(marker, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "RAY_AUTH_MODE": "disabled",
+           "RAY_ADDRESS": "local"}  # its own new cluster, as on a machine without one
     done = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True,
                           timeout=280, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
