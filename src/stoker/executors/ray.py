@@ -393,11 +393,8 @@ class RayExecutor:
         """A reply from another process than before: Ray restarted the actor."""
         pid, node_id = where
         if actor.pid is not None and (pid, node_id) != (actor.pid, actor.node_id):
-            self._count_restart(actor)
+            self._record_crash(actor, "was restarted by Ray")
         actor.pid, actor.node_id = pid, node_id
-
-    def _count_restart(self, actor: _Actor) -> None:
-        self._record_crash(actor, "was restarted by Ray")
 
     def _record_crash(self, actor: _Actor, what: str, *, final: bool = False,
                       cause: BaseException | None = None) -> None:
