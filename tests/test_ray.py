@@ -24,6 +24,7 @@ import pytest
 import stoker
 import stoker.store
 from conftest import gone, noisy, wait_until
+from test_cursor import SCENARIOS
 from test_loader import assert_same, epochs_of, legacy_distort
 
 ray = pytest.importorskip("ray")
@@ -235,9 +236,16 @@ def test_an_abandoned_epoch_does_not_disturb_the_next(images, reference):
     data = stoker.from_arrays(*images)
     with stoker.Loader(data, batch_size=32, transform=noisy, seed=11, backend="ray") as loader:
         epoch = iter(loader)
-        next(epoch)
-        epoch.close()  # the next iteration starts epoch 0 again
-        assert_same(epochs_of(loader, 2), reference)
+        first = tuple(np.copy(a) for a in next(epoch))
+        epoch.close()  # the next iteration continues epoch 0 after the batch taken
+        assert_same([[first, *epochs_of(loader, 1)[0]]], reference[:1])
+        assert_same(epochs_of(loader, 1), reference[1:])
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__[9:])
+def test_the_cursor_contract_on_ray(images, scenario):
+    """The cursor contract of test_cursor.py, on Ray actors."""
+    scenario(images, {"backend": "ray", "workers": 2})
 
 
 def test_keras_fits_on_ray_batches(images):

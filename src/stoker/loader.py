@@ -5,9 +5,10 @@
             for images, labels in loader:   # one epoch, a new order each time
                 ...
 
-Iterating runs one epoch. A completed epoch advances the epoch number (so a plain loop
-sees a new order every epoch); an epoch abandoned half-way is not advanced, and the next
-iteration starts it again, unless ``load_state_dict`` set a resume point.
+Iterating runs the rest of the current epoch, from the consumer cursor (``cursor.py``):
+a completed epoch moves it to the next epoch (so a plain loop sees a new order every
+epoch); after a ``break`` the next iteration continues with the batch after the last one
+taken. ``set_epoch`` and ``load_state_dict`` move the cursor; ``state_dict`` saves it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import cloudpickle
 import numpy as np
 
 from ._system import usable_cpu_count
+from .cursor import STATE_VERSION, Position, parse_state, superseded
+from .errors import LoaderError
 from .executors._produce import Producer, SampleFailure, Transform, preserved_global_rngs
 from .executors._spawning import START_METHODS
 from .executors.failures import transform_error
@@ -46,7 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["Loader", "LoaderOptions"]
 
 BACKENDS = ("processes", "inline", "ray")
-_STATE_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,6 +197,14 @@ class Loader:
             check_finite=bool(check_finite),
         )
         self.source = as_source(source)
+        if self.samples_per_epoch == 0:
+            index, count = self.options.shard or (0, 1)
+            raise ValueError(
+                f"shard={self.options.shard!r} of a source of {len(self.source)} samples is "
+                f"empty, so every epoch would be empty; use at most {len(self.source)} "
+                "shards (one per training process), or give each process more data"
+                if self.options.shard else "the source is empty (0 samples)"
+            )
         if drop_remainder and batch_size > self.samples_per_epoch:
             raise ValueError(
                 f"batch_size={batch_size} is larger than the "
@@ -214,12 +224,12 @@ class Loader:
             _check_picklable(self.source, "source")
         self._layout: BatchLayout | None = None
         self._executor: InlineExecutor | ProcessExecutor | RayExecutor | None = None
-        self._epoch = 0
-        self._resume_at = 0
-        self._delivered = 0
+        self._cursor = Position(0, 0)
+        self._run_id = 0
+        self._run_ended = ""
+        self._adapters: weakref.WeakSet[Any] = weakref.WeakSet()
         self._closed = False
         self._stats = StatsRecorder(workers=self.workers)
-        self._iterators: weakref.WeakSet[Iterator[Any]] = weakref.WeakSet()
         self._finalizer = weakref.finalize(self, _close_executor, [None])
 
     # -- the plan -------------------------------------------------------------------
@@ -237,14 +247,21 @@ class Loader:
 
     @property
     def epoch(self) -> int:
-        return self._epoch
+        """The epoch the cursor is in: the one the next batch comes from."""
+        return self._cursor.epoch
+
+    @property
+    def position(self) -> Position:
+        """The cursor: the epoch, and how many of its batches the consumer took."""
+        return self._cursor
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration run ``epoch`` (from its start)."""
+        """Make the next iteration run ``epoch`` from its start. An iteration still
+        running ends (its next step raises LoaderError)."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self._epoch = int(epoch)
-        self._resume_at = 0
+        self._end_run("set_epoch() moved the loader's cursor")
+        self._cursor = Position(int(epoch), 0)
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         """The source indices of every batch of ``epoch``, in order (pure; for tests)."""
@@ -258,45 +275,37 @@ class Loader:
 
     # -- state ------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        """Where the loader is: enough to resume mid-epoch with the same batches."""
+    def _fixed_state(self) -> dict[str, Any]:
+        """What a state must match to resume this loader."""
         return {
-            "version": _STATE_VERSION,
-            "seed": self.seed,
-            "epoch": self._epoch,
-            "batches_done": self._delivered if self._delivered else self._resume_at,
             "num_samples": len(self.source),
-            "batch_size": self.options.batch_size,
-            "shuffle": self.options.shuffle,
-            "drop_remainder": self.options.drop_remainder,
+            "batch_size": int(self.options.batch_size),
+            "shuffle": bool(self.options.shuffle),
+            "drop_remainder": bool(self.options.drop_remainder),
             "shard": list(self.options.shard) if self.options.shard else None,
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        """The cursor, saved: the epoch and how many of its batches the consumer took
+        (with Keras: trained on). ``load_state_dict`` of it gives the same batches next."""
+        for adapter in list(self._adapters):
+            adapter.check_state()
+        return {
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "epoch": self._cursor.epoch,
+            "batches_done": self._cursor.batch,
+            **self._fixed_state(),
+        }
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from ``state_dict()``: the next iteration continues that epoch."""
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(
-                f"state version {state.get('version')!r} is not {_STATE_VERSION}; it was saved "
-                "by another version of stoker"
-            )
-        for name, mine in (
-            ("num_samples", len(self.source)),
-            ("batch_size", self.options.batch_size),
-            ("shuffle", self.options.shuffle),
-            ("drop_remainder", self.options.drop_remainder),
-            ("shard", list(self.options.shard) if self.options.shard else None),
-        ):
-            if state.get(name) != mine:
-                raise ValueError(
-                    f"the state was saved with {name}={state[name]!r} but this loader has "
-                    f"{name}={mine!r}; resume with the same source and options"
-                )
-        if not 0 <= state["batches_done"] <= len(self):
-            raise ValueError(f"batches_done={state['batches_done']} is outside 0..{len(self)}")
-        self.seed = int(state["seed"])
-        self._epoch = int(state["epoch"])
-        self._resume_at = int(state["batches_done"])
-        self._delivered = 0
+        """Resume from ``state_dict()``: the next iteration continues that epoch after the
+        last batch taken. Checked completely before anything changes; an iteration still
+        running ends (its next step raises LoaderError)."""
+        seed, cursor = parse_state(state, self._fixed_state(), len(self))
+        self._end_run("load_state_dict() moved the loader's cursor")
+        self.seed = seed
+        self._cursor = cursor
 
     # -- iteration ------------------------------------------------------------------
 
@@ -324,7 +333,7 @@ class Loader:
 
     def _get_executor(self) -> InlineExecutor | ProcessExecutor | RayExecutor:
         if self._closed:
-            raise RuntimeError("this Loader is closed; create a new one")
+            raise LoaderError("this Loader is closed; create a new one")
         if self._executor is None:
             layout = self.layout
             if self.workers == 0:
@@ -362,34 +371,67 @@ class Loader:
         return self._executor
 
     def __iter__(self) -> Iterator[Any]:
-        iterator = self._run_epoch()
-        self._iterators.add(iterator)
-        return iterator
+        """The rest of the current epoch, from the cursor; each batch taken moves it.
+        Starting an iteration ends the one before (see ``cursor.py``)."""
+        return self._run(self._start_run(), commit=True)
 
-    def _run_epoch(self) -> Iterator[Any]:
+    def _start_run(self) -> tuple[int, Position]:
+        """Claim the loader for a new run at the cursor; the run before it ends."""
+        if self._closed:
+            raise LoaderError("this Loader is closed; create a new one")
+        self._end_run("a newer iteration of this loader started")
+        return self._run_id, self._cursor
+
+    def _end_run(self, why: str) -> None:
+        self._run_id += 1
+        self._run_ended = why
+
+    def _consumed(self, position: Position) -> None:
+        """An adapter that runs ahead reports what its consumer took (``cursor.py``)."""
+        self._cursor = position
+
+    def _run(self, claim: tuple[int, Position], *, commit: bool) -> Iterator[Any]:
+        """One run from ``claim``'s position to the end of that epoch. Yields batches and
+        moves the cursor (``commit``), or yields ``(position after, batch)`` and leaves
+        the cursor to the adapter."""
+        run_id, start = claim
+        if self._run_id != run_id:
+            raise superseded(self._run_ended)
         executor = self._get_executor()
-        epoch, start = self._epoch, self._resume_at
-        batches = self.epoch_batches(epoch)[start:]
-        key = epoch_key(self.seed, epoch, Purpose.SAMPLES)
+        batches = self.epoch_batches(start.epoch)[start.batch:]
+        key = epoch_key(self.seed, start.epoch, Purpose.SAMPLES)
         layout = self.layout
-        self._delivered = start
         total = len(self)
         stats = self._stats
         stats.workers = executor.workers
-        produced = executor.run(epoch, key, batches)
-        while True:
-            stats.requested()
-            try:
-                arrays = next(produced)
-            except StopIteration:
-                return
-            stats.delivered(len(arrays[0]))
-            self._delivered += 1
-            if self._delivered == total:
-                # Advance before handing over the last batch: a consumer that stops after
-                # exactly len(loader) batches (Keras does) must see the epoch as finished.
-                self._epoch, self._resume_at, self._delivered = epoch + 1, 0, 0
-            yield layout.assemble(arrays)
+        produced = executor.run(start.epoch, key, batches)
+        position = start
+        try:
+            while True:
+                if self._closed:
+                    raise LoaderError(
+                        "the loader was closed while this iteration was running (by close(), "
+                        "the with-block's end, or Ctrl-C in another thread)"
+                    )
+                if self._run_id != run_id:
+                    raise superseded(self._run_ended)
+                stats.requested()
+                try:
+                    arrays = next(produced)
+                except StopIteration:
+                    return
+                stats.delivered(len(arrays[0]))
+                position = position.after(1, total)
+                batch = layout.assemble(arrays)
+                if commit:
+                    if self._run_id != run_id:
+                        raise superseded(self._run_ended)
+                    self._cursor = position
+                    yield batch
+                else:
+                    yield position, batch
+        finally:
+            produced.close()
 
     def stats(self, *, reset: bool = False) -> LoaderStats:
         """What the loader did so far: batches, samples/s, how long the consumer waited,
@@ -448,13 +490,8 @@ class Loader:
     def close(self) -> None:
         """Stop the workers and free the batch slots. Idempotent."""
         self._closed = True
-        for iterator in list(self._iterators):
-            try:
-                iterator.close()
-            except ValueError:
-                # Running in another thread right now (Keras' enqueuer, during Ctrl-C):
-                # closing the executor below makes it stop with a LoaderError.
-                pass
+        # An iteration running in another thread (Keras', tf.data's) ends with a
+        # LoaderError: its executor stops below, and its next step sees the loader closed.
         self._finalizer()
         # A closed loader must not pin the dataset: frameworks (Keras, tf.data) may keep
         # a reference to the loader long after training.
@@ -470,7 +507,8 @@ class Loader:
     def __repr__(self) -> str:
         return (
             f"<stoker.Loader {len(self.source)} samples, batch_size={self.options.batch_size}, "
-            f"{len(self)} batches/epoch, workers={self.workers}, epoch={self._epoch}>"
+            f"{len(self)} batches/epoch, workers={self.workers}, epoch={self._cursor.epoch}, "
+            f"batch={self._cursor.batch}>"
         )
 
 

@@ -12,6 +12,9 @@ Scheduling, all of it in the consumer's thread (no background threads):
 * A finished batch is copied out of its slot (the caller may keep it), the slot goes
   back to the ring and is refilled with new work before the batch is handed over, so
   the workers keep going while the consumer trains.
+* Every run (one call of ``run``) has a generation. A new run first lets the work of
+  the one before finish (its slots may still be written to) and ignores its results;
+  the older run, if resumed, raises LoaderError: two runs never share the ring.
 * The consumer knows which worker holds which chunk. A crashed worker is replaced (up
   to ``max_worker_restarts``) and its chunks are recomputed by the replacement: same
   keys, same rows, so the epoch is bit-identical to an undisturbed one.
@@ -57,6 +60,7 @@ class _Task:
     indices: np.ndarray
     epoch: int
     key: tuple[int, int]
+    generation: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -156,6 +160,7 @@ class ProcessExecutor:
         self._payload: bytes | None = None
         self._context = None
         self._dirty = False
+        self._generation = 0
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -220,8 +225,11 @@ class ProcessExecutor:
     def run(
         self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray]
     ) -> Iterator[list[np.ndarray]]:
-        """Yield the batches of ``batches`` (index arrays) in order, as fresh arrays."""
+        """Yield the batches of ``batches`` (index arrays) in order, as fresh arrays.
+        Starting a run ends the one before it (module docstring)."""
         with self._lock:
+            self._generation += 1
+            generation = self._generation
             if self._dirty:
                 self._drain()
             self._closed = False
@@ -240,12 +248,16 @@ class ProcessExecutor:
                     raise LoaderError(
                         "the loader was closed while another thread was reading from it"
                     )
+                if self._generation != generation:
+                    raise LoaderError(
+                        "a newer iteration of this loader started, which ended this one"
+                    )
                 while free_slots and pending:
                     batch = pending.popleft()
                     slot = free_slots.popleft()
                     slot_of[batch] = slot
                     remaining[batch] = self._dispatch(batch, batches[batch], slot, epoch,
-                                                      key_words)
+                                                      key_words, generation)
                 if remaining.get(next_batch) == 0:
                     if self._stats is not None:
                         self._stats.queue(sum(1 for left in remaining.values() if left == 0))
@@ -260,7 +272,9 @@ class ProcessExecutor:
                 else:
                     done, failed = self._pump()
                     for task in done:
-                        remaining[task.batch] -= 1
+                        if task.generation == generation:
+                            remaining[task.batch] -= 1
+                    failed = [f for f in failed if f[0].generation == generation]
                     if failed:
                         task, (index, stage, data, summary, traceback_text) = failed[0]
                         error = rebuild_exception(data, summary, traceback_text)
@@ -270,12 +284,14 @@ class ProcessExecutor:
                 yield out
 
     def _dispatch(
-        self, batch: int, indices: np.ndarray, slot: int, epoch: int, key: tuple[int, int]
+        self, batch: int, indices: np.ndarray, slot: int, epoch: int, key: tuple[int, int],
+        generation: int,
     ) -> int:
         """Send one batch's chunks to the least-loaded workers; return the chunk count."""
         chunks = split_into_chunks(len(indices), len(self._resources.workers))
         for start, stop in chunks:
-            task = _Task(self._next_task_id, batch, slot, start, indices[start:stop], epoch, key)
+            task = _Task(self._next_task_id, batch, slot, start, indices[start:stop], epoch, key,
+                         generation)
             self._next_task_id += 1
             worker = min(self._resources.workers, key=lambda w: (w.queued, w.worker_id))
             self._assign(worker, task)
@@ -357,7 +373,9 @@ class ProcessExecutor:
                 "in the worker process (a module it needs may be missing there).\n\n"
                 f"Traceback in the worker:\n{traceback_text.rstrip()}"
             )
-        task = self._tasks.pop(message[1])
+        task = self._tasks.pop(message[1], None)
+        if task is None:  # a task of a pool that close() already cleared
+            return
         del worker.tasks[task.task_id]
         worker.queued -= len(task.indices)
         worker.last_progress = time.monotonic()

@@ -237,6 +237,7 @@ class RayExecutor:
         self._actors: list[_Actor] = []
         self._arguments: tuple[Any, ...] = ()
         self._in_flight: dict[int, _InFlight] = {}
+        self._generation = 0
         self._restarts_used = 0
         self.crashes: list[tuple[int, int | None]] = []
 
@@ -324,8 +325,12 @@ class RayExecutor:
     def run(
         self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray]
     ) -> Iterator[list[np.ndarray]]:
-        """Yield the batches of ``batches`` (index arrays) in order, as fresh arrays."""
+        """Yield the batches of ``batches`` (index arrays) in order, as fresh arrays.
+        Starting a run ends the one before it: its batches in flight are cancelled, and
+        it raises LoaderError if resumed."""
         with self._lock:
+            self._generation += 1
+            generation = self._generation
             self._cancel_in_flight()  # an abandoned epoch's work
             self._closed = False
             self.start()
@@ -338,6 +343,10 @@ class RayExecutor:
                     if self._closed:
                         raise LoaderError(
                             "the loader was closed while another thread was reading from it"
+                        )
+                    if self._generation != generation:
+                        raise LoaderError(
+                            "a newer iteration of this loader started, which ended this one"
                         )
                     while next_submit < len(batches) and next_submit - next_batch < self._prefetch:
                         actor = min(self._actors, key=lambda a: (a.queued, a.worker_id))
@@ -356,7 +365,8 @@ class RayExecutor:
                     yield out
         finally:
             with self._lock:
-                self._cancel_in_flight()
+                if self._generation == generation:  # never a newer run's batches
+                    self._cancel_in_flight()
 
     def _take(self, batch: int, epoch: int) -> list[np.ndarray]:
         flight = self._in_flight.pop(batch)
