@@ -198,7 +198,6 @@ class Loader:
         )
         self.source = as_source(source)
         if self.samples_per_epoch == 0:
-            index, count = self.options.shard or (0, 1)
             raise ValueError(
                 f"shard={self.options.shard!r} of a source of {len(self.source)} samples is "
                 f"empty, so every epoch would be empty; use at most {len(self.source)} "
