@@ -153,3 +153,38 @@ def test_jax_trains_on_the_loaders_numpy_batches():
     assert done.returncode == 0, done.stderr[-3000:]
     losses = [float(v) for v in done.stdout.split("losses", 1)[1].split()]
     assert len(losses) == 8 and np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_tf_dataset_after_a_mid_epoch_resume_declares_what_remains(images):
+    x, y = images
+    data = stoker.from_arrays(x, y)
+    expected = numpy_epochs(data, 1, batch_size=32, workers=0, seed=4)[0]
+    with stoker.Loader(data, batch_size=32, workers=2, seed=4) as first:
+        epoch = iter(first)
+        next(epoch), next(epoch)
+        state = first.state_dict()
+    with stoker.Loader(data, batch_size=32, workers=2, seed=4) as loader:
+        loader.load_state_dict(state)
+        dataset = loader.tf_dataset()
+        assert int(dataset.cardinality()) == len(loader) - 2
+        got = [(a.numpy(), b.numpy()) for a, b in dataset]  # no cardinality error at the end
+        assert len(got) == len(loader) - 2
+        for (a, b), (c, d) in zip(got, expected[2:], strict=True):
+            np.testing.assert_array_equal(a, c)
+            np.testing.assert_array_equal(b, d)
+        with pytest.raises(Exception, match="call loader.tf_dataset.. again"):
+            list(dataset)  # a whole epoch now: another number of batches than declared
+        assert len(list(loader.tf_dataset())) == len(loader)
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_a_torch_dataloader_with_workers_is_refused_with_the_fix(images, context):
+    x, y = images
+    with stoker.Loader(stoker.from_arrays(x, y), batch_size=50, workers=2) as loader:
+        wrapped = torch.utils.data.DataLoader(loader.torch(), batch_size=None, num_workers=2,
+                                              multiprocessing_context=context)
+        with pytest.raises(Exception, match="num_workers=0") as caught:
+            list(wrapped)
+        assert "stoker already runs the workers" in str(caught.value)
+        plain = torch.utils.data.DataLoader(loader.torch(), batch_size=None, num_workers=0)
+        assert sum(len(labels) for _, labels in plain) == len(x)

@@ -227,6 +227,7 @@ class Loader:
         self._run_id = 0
         self._run_ended = ""
         self._adapters: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._keras: Any = None
         self._closed = False
         self._stats = StatsRecorder(workers=self.workers)
         self._finalizer = weakref.finalize(self, _close_executor, [None])
@@ -444,10 +445,14 @@ class Loader:
     # -- adapters ---------------------------------------------------------------------
 
     def keras(self) -> Any:
-        """This loader as a ``keras.utils.PyDataset`` for ``model.fit()`` / ``evaluate()``."""
+        """This loader as a ``keras.utils.PyDataset`` for ``model.fit()`` / ``evaluate()`` /
+        ``predict()``: each pass is one loader epoch from the cursor (``adapters.keras``).
+        One view per loader: every call returns the same object."""
         from .adapters.keras import KerasDataset
 
-        return KerasDataset(self)
+        if self._keras is None:
+            self._keras = KerasDataset(self)
+        return self._keras
 
     def tf_dataset(self) -> Any:
         """This loader as a ``tf.data.Dataset``: one epoch per iteration, stoker's

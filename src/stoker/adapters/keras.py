@@ -1,72 +1,354 @@
-"""``loader.keras()``: a Loader as a ``keras.utils.PyDataset`` for ``fit()`` / ``evaluate()``.
+"""``loader.keras()``: a Loader as a ``keras.utils.PyDataset`` for ``fit()`` /
+``evaluate()`` / ``predict()``, exact under every call pattern.
 
-Choices, and why:
+How Keras reads a PyDataset, and what this adapter makes of it:
 
-* **stoker owns the order.** Keras 3 ``fit(shuffle=True)`` (its default) asks a
-  PyDataset for batch indices in a random order. A stream of prefetched batches cannot
-  honour that without losing its lead, and the loader already shuffles per epoch with
-  its own seed. So ``__getitem__`` ignores the index Keras asks for and returns the
-  loader's next batch: full speed, each sample exactly once per epoch, reproducible.
-* **The stream spans epochs.** Batch ``k`` of the stream is batch ``k % len`` of epoch
-  ``k // len``, so every Keras epoch (``fit`` and each ``evaluate`` on validation data)
-  gets exactly ``len(loader)`` fresh batches, whatever Keras prefetches.
-* **Peeks don't consume.** Before an epoch starts, Keras calls ``dataset[0]`` and
-  ``dataset[1]`` to infer tensor specs; outside an epoch those calls get zero batches
-  of the right shape and dtype instead of real ones.
+* **Shape peeks.** On the TensorFlow backend each ``fit``/``evaluate``/``predict`` first
+  calls ``dataset[0]`` and ``dataset[1]`` (in ``get_tf_dataset``) to infer tensor specs;
+  on the torch and JAX backends ``fit`` pulls a batch to build the model's metrics
+  (``_symbolic_build``). Those calls get zero batches of the right dtypes and field
+  shapes (one and two rows, so the batch axis stays open for a short last batch) and
+  never consume anything.
+* **Readers.** Every other call comes from one of Keras' per-iteration generators (a
+  *reader*: a new one for every pass over the data). Each reader is served one run of
+  the loader from the cursor, so each ``fit`` epoch, each validation pass, each
+  ``evaluate`` and each ``predict`` is one loader epoch; ``predict`` on an unshuffled
+  loader gives one row per sample in source order. With ``steps_per_epoch`` below
+  ``len(loader)`` one reader spans several Keras epochs, and loader epochs are walked
+  exactly once. A reader that starts mid-epoch (after a resume) is told the batches
+  that remain, so that Keras epoch ends after them.
+* **What the model consumed.** Keras reads ahead (tf.data's prefetch), so a batch
+  handed out is not yet trained on. The adapter keeps the positions it handed out and
+  moves the loader's cursor when it knows the model consumed them: at the end of a
+  Keras epoch for a reader that was read to its end, or at every step with the
+  ``LoaderCursor`` callback (which ``BackupAndRestore`` includes). What a reader handed
+  out and the model never took (the next epoch's prefetch when ``fit`` ends, the batch
+  Keras pulls to build an unbuilt model) is given back: the next reader starts at the
+  cursor. Without ``LoaderCursor``, ``loader.state_dict()`` in the middle of a Keras
+  epoch is refused (LoaderError) rather than answered wrongly.
+* **stoker owns the order.** ``fit(shuffle=True)`` (Keras' default) asks for batch
+  indices in a random order; the loader already shuffles per epoch with its own seed,
+  so the index is ignored and the reader's next batch is returned.
 * **No threads or processes of Keras' own:** ``workers=1, use_multiprocessing=False``.
-  On the TensorFlow backend tf.data still reads it from a thread of its own, so the
-  loader is registered for a safe exit (``_tf_exit``).
+  On the TensorFlow backend tf.data reads from a thread of its own, so the loader is
+  registered for a safe exit (``_tf_exit``).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import threading
+import warnings
+from collections import deque
 from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import keras
 
+from ..cursor import Position
+from ..errors import LoaderError
 from ._tf_exit import read_by_tensorflow, tensorflow_call
 
 if TYPE_CHECKING:
     from ..loader import Loader
 
-__all__ = ["KerasDataset"]
+__all__ = ["BackupAndRestore", "KerasDataset", "LoaderCursor", "LoaderStatsCallback"]
+
+# Keras' generators that read a PyDataset once per pass, and the methods that peek.
+_READERS = ("_finite_generator", "_infinite_generator")
+_PEEKERS = ("get_tf_dataset", "_symbolic_build")
+_RAN_OUT = "Your input ran out of data"
+
+
+def _keras_frame(frame: FrameType | None, names: tuple[str, ...], depth: int) -> FrameType | None:
+    """The first of ``depth`` frames from ``frame`` up that runs one of Keras' ``names``."""
+    for _ in range(depth):
+        if frame is None:
+            return None
+        if frame.f_code.co_name in names and frame.f_globals.get("__name__", "").startswith(
+            "keras"
+        ):
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def is_peek(frame: FrameType | None) -> bool:
+    """Whether a call comes from Keras looking at shapes and dtypes, not training: the
+    spec inference of ``get_tf_dataset``, or the build of an unbuilt model (torch and
+    JAX backends, in this thread)."""
+    return _keras_frame(frame, _PEEKERS, 12) is not None
 
 
 class KerasDataset(keras.utils.PyDataset):
-    """A view of a Loader that Keras can consume; see the module docstring."""
+    """A view of a Loader that Keras can consume; see the module docstring. Get it with
+    ``loader.keras()`` (one view per loader)."""
 
     def __init__(self, loader: Loader) -> None:
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=1)
         self.loader = loader
-        self._iterator: Iterator[Any] | None = None
-        self._in_epoch = False
+        self._lock = threading.RLock()
+        self._reader: FrameType | None = None  # the Keras generator being served
+        self._run: Iterator[Any] | None = None
+        self._reader_left = 0  # batches the current reader may still take
+        self._pending: deque[Position] = deque()  # handed out, not known consumed
+        self._tracked = False  # a LoaderCursor acknowledges every step
+        self._filter: tuple | None = None
+        loader._adapters.add(self)
         if keras.backend.backend() == "tensorflow":
             read_by_tensorflow(loader)
+
+    # -- what Keras asks ------------------------------------------------------------------
 
     def __len__(self) -> int:
         return len(self.loader)
 
-    def on_epoch_begin(self) -> None:
-        self._in_epoch = True
+    @property
+    def num_batches(self) -> int:
+        """``len(loader)``; a reader starting mid-epoch is told the batches that remain."""
+        if _keras_frame(sys._getframe(1), _READERS, 4) is not None:
+            return len(self.loader) - self.loader.position.batch
+        return len(self.loader)
 
     def on_epoch_end(self) -> None:
-        self._in_epoch = False
+        with self._lock:
+            if self._run is not None and self._reader_left == 0:
+                # Keras read this reader to its end and ended the epoch: it trained on it all.
+                self._commit(len(self._pending))
+                self._run = None
+                self._reader = None
+            if self._filter is not None:
+                try:
+                    warnings.filters.remove(self._filter)
+                    warnings._filters_mutated()  # type: ignore[attr-defined]
+                except ValueError:
+                    pass
+                self._filter = None
 
     def __getitem__(self, index: int) -> Any:
-        with tensorflow_call():
-            return self._next_batch()
+        caller = sys._getframe(1)
+        if is_peek(caller):
+            return self._peek(index)
+        reader = _keras_frame(caller, _READERS, 4)
+        with tensorflow_call(), self._lock:
+            if self._run is None or (reader is not None and reader is not self._reader):
+                self._start_reader(reader)
+            return self._next()
 
-    def _next_batch(self) -> Any:
-        if not self._in_epoch and self._iterator is None:
-            return self.loader.layout.zeros(self.loader.options.batch_size)
-        if self._iterator is None:
-            self._iterator = iter(self.loader)
+    # -- serving readers ------------------------------------------------------------------
+
+    def _peek(self, index: int) -> Any:
+        rows = 1 + min(int(index), 1)
+        if len(self.loader) == 1:
+            rows = len(self.loader.epoch_batches(self.loader.epoch)[0])
+        return self.loader.layout.zeros(rows)
+
+    def _start_reader(self, reader: FrameType | None) -> None:
+        """A new pass: what the last one handed out and the model did not take is given
+        back, and a run starts at the cursor."""
+        if self._run is not None:
+            self._run.close()  # type: ignore[attr-defined]
+        self._pending.clear()
+        self._reader = reader
+        if self.loader.position.batch and reader is not None and self._filter is None:
+            # This reader starts mid-epoch (a resume) and runs out early, on purpose, until
+            # the epoch's end: Keras' "ran out of data" warning would only mislead.
+            warnings.filterwarnings("ignore", message=_RAN_OUT, category=UserWarning)
+            self._filter = warnings.filters[0]
+        self._reader_left = len(self.loader) - self.loader.position.batch
+        self._run = self.loader._run(self.loader._start_run(), commit=False)
+
+    def _next(self) -> Any:
+        assert self._run is not None
         try:
-            return next(self._iterator)
+            position, batch = next(self._run)
         except StopIteration:
-            self._iterator = iter(self.loader)
-            return next(self._iterator)
+            # A reader outside Keras' generators (a user indexing the dataset) runs on
+            # into the next epoch.
+            self._run = self.loader._run(self.loader._start_run(), commit=False)
+            position, batch = next(self._run)
+        self._pending.append(position)
+        self._reader_left = max(0, self._reader_left - 1)
+        if self._reader is None and not self._tracked:
+            self._commit(len(self._pending))  # no look-ahead to account for
+        return batch
+
+    def _commit(self, count: int) -> None:
+        """The model consumed the next ``count`` batches handed out."""
+        position = None
+        for _ in range(min(count, len(self._pending))):
+            position = self._pending.popleft()
+        if position is not None:
+            self.loader._consumed(position)
+
+    # -- for LoaderCursor and Loader.state_dict ---------------------------------------------
+
+    def acknowledge(self, steps: int) -> None:
+        """Keras finished ``steps`` training steps on this dataset's batches."""
+        with self._lock:
+            self._commit(steps)
+
+    def check_state(self) -> None:
+        """Refuse a state that cannot be known: mid-epoch, with look-ahead, untracked."""
+        with self._lock:
+            if self._pending and not self._tracked and self._reader is not None:
+                raise LoaderError(
+                    "loader.state_dict() was called in the middle of a Keras epoch of this "
+                    "loader; Keras reads ahead, so the loader cannot tell which batches the "
+                    "model trained on. Add stoker.adapters.keras.LoaderCursor(loader) (or "
+                    "BackupAndRestore) to fit(callbacks=[...]) and the state is exact at "
+                    "every step"
+                )
+
+
+class LoaderCursor(keras.callbacks.Callback):
+    """Keeps ``loader.state_dict()`` exact at every step of ``fit()``: tells the
+    loader's Keras view which batches each training step consumed. Also honours
+    ``fit(initial_epoch=N)``: a loader at the start of an earlier epoch jumps to N.
+
+        model.fit(loader.keras(), epochs=10, callbacks=[LoaderCursor(loader)])
+    """
+
+    def __init__(self, loader: Loader) -> None:
+        super().__init__()
+        self.loader = loader
+        self._begin = 0
+        self._first_epoch = True
+
+    def _views(self) -> list[KerasDataset]:
+        return [view for view in list(self.loader._adapters) if isinstance(view, KerasDataset)]
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        for view in self._views():
+            view._tracked = True
+        self._first_epoch = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        for view in self._views():
+            view._tracked = False
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self._first_epoch and epoch > self.loader.epoch and not self.loader.position.batch:
+            self.loader.set_epoch(epoch)  # initial_epoch
+        self._first_epoch = False
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._begin = batch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        for view in self._views():
+            if view._reader is not None:  # the view Keras is training on
+                view.acknowledge(batch - self._begin + 1)
+
+
+class BackupAndRestore(LoaderCursor):
+    """Keras' ``BackupAndRestore`` with the loader's cursor: a ``fit()`` killed
+    mid-epoch (even by SIGKILL) and started again continues with exactly the batches
+    the undisturbed run would have trained on after the last backup, and the
+    interrupted epoch ends after ``len(loader)`` batches in all.
+
+        backup = BackupAndRestore("backup", loader, save_freq=100)   # or "epoch"
+        model.fit(loader.keras(), epochs=10, callbacks=[backup])
+
+    A backup is the model's weights and a manifest (``latest.json``: the Keras epoch and
+    the loader's state) naming them; the manifest is replaced atomically after the
+    weights are written, so a kill at any moment leaves the previous backup or the new
+    one, never a mix. The model must be built before ``fit()``, as for Keras' own. The
+    backup is deleted when training ends (``delete_checkpoint=False`` keeps it).
+    """
+
+    def __init__(self, backup_dir: str | os.PathLike, loader: Loader, *,
+                 save_freq: int | str = "epoch", delete_checkpoint: bool = True) -> None:
+        super().__init__(loader)
+        if save_freq != "epoch" and (isinstance(save_freq, bool)
+                                     or not isinstance(save_freq, int) or save_freq < 1):
+            raise ValueError(
+                f"save_freq must be 'epoch' or a number of batches >= 1, got {save_freq!r}"
+            )
+        self.backup_dir = Path(backup_dir)
+        self.save_freq = save_freq
+        self.delete_checkpoint = bool(delete_checkpoint)
+        self._epoch = 0
+        self._since_save = 0
+        self._saves = 0
+
+    @property
+    def manifest(self) -> Path:
+        return self.backup_dir / "latest.json"
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        if not self.manifest.exists():
+            return
+        if not self.model.built:
+            raise ValueError(
+                "BackupAndRestore needs the model built before fit() to restore it: call "
+                "model.build(input_shape) or use keras.Input"
+            )
+        meta = json.loads(self.manifest.read_text())
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(self.backup_dir / meta["weights"])
+        self.loader.load_state_dict(meta["loader"])
+        self._saves = int(meta["saves"])
+        self._first_epoch = False  # the loader's epoch comes from the backup
+        self.model._initial_epoch = int(meta["epoch"])  # Keras' own callback does this
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_begin(epoch, logs)
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        super().on_train_batch_end(batch, logs)
+        if self.save_freq == "epoch":
+            return
+        self._since_save += batch - self._begin + 1
+        if self._since_save >= self.save_freq:
+            self._since_save = 0
+            self._save(self._epoch)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.save_freq == "epoch":
+            self._save(epoch + 1)
+
+    def _save(self, epoch: int) -> None:
+        """Weights first, then the manifest that names them (atomic), then old weights go."""
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        self._saves += 1
+        weights = f"weights-{self._saves}.weights.h5"
+        self.model.save_weights(self.backup_dir / weights, overwrite=True)
+        _fsync(self.backup_dir / weights)
+        meta = {"epoch": epoch, "loader": self.loader.state_dict(), "weights": weights,
+                "saves": self._saves}
+        temporary = self.backup_dir / f".latest.json.{os.getpid()}"
+        with open(temporary, "w") as handle:
+            json.dump(meta, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.manifest)
+        _fsync(self.backup_dir)
+        for old in self.backup_dir.glob("weights-*.weights.h5"):
+            if old.name != weights:
+                old.unlink(missing_ok=True)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        super().on_train_end(logs)
+        if self.delete_checkpoint and self.backup_dir.exists():
+            import shutil
+
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class LoaderStatsCallback(keras.callbacks.Callback):

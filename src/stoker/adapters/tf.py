@@ -1,7 +1,10 @@
 """``loader.tf_dataset()``: a Loader as a ``tf.data.Dataset``.
 
-Each iteration of the dataset is one epoch of the loader (so ``fit(dataset, epochs=N)``
-sees N fresh epochs); batches keep the sample's structure (a tensor, a tuple or a
+Each iteration of the dataset is the rest of the loader's current epoch, from its
+cursor (so ``fit(dataset, epochs=N)`` sees N fresh epochs); its declared cardinality is
+the batches the first iteration has (fewer than ``len(loader)`` after a mid-epoch
+resume), and an iteration that would have another number is refused with a LoaderError
+saying to make a new dataset, never cut short by tf.data's assertion. Batches keep the sample's structure (a tensor, a tuple or a
 dict) with an ``element_spec`` read off the loader's layout, the batch axis unknown
 (the last batch may be short). Prefetching is stoker's (its ring of batch slots), so
 nothing is added on the tf.data side; add ``.prefetch()`` yourself if you want TF's too.
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
+from ..errors import LoaderError
 from ._tf_exit import read_by_tensorflow, tensorflow_call
 
 if TYPE_CHECKING:
@@ -35,7 +39,17 @@ def tf_dataset(loader: Loader) -> tf.data.Dataset:
     else:
         signature = specs[0]
 
+    declared = len(loader) - loader.position.batch
+
     def batches() -> Iterator[Any]:
+        position = loader.position
+        if len(loader) - position.batch != declared:
+            raise LoaderError(
+                f"this tf.data.Dataset was made for {declared} batches an iteration, but the "
+                f"loader's cursor is at batch {position.batch} of epoch {position.epoch} (a "
+                f"resume, or an iteration left early), so the next iteration has "
+                f"{len(loader) - position.batch}; call loader.tf_dataset() again for it"
+            )
         epoch = iter(loader)
         try:
             while True:
@@ -52,4 +66,4 @@ def tf_dataset(loader: Loader) -> tf.data.Dataset:
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
     # Known length: Keras then counts steps per epoch instead of warning that the data
     # "ran out" at the end of the first one.
-    return dataset.apply(tf.data.experimental.assert_cardinality(len(loader)))
+    return dataset.apply(tf.data.experimental.assert_cardinality(declared))

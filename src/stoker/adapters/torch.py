@@ -6,7 +6,8 @@ structure. ``pin_memory=True`` pins each batch for fast, asynchronous copies to 
 accelerator. It is a ``torch.utils.data.IterableDataset`` with ``len`` (batches per
 epoch), so it also fits where PyTorch code expects one; stoker does the batching, the
 shuffling and the parallelism, so wrap it in no ``DataLoader`` (or one with
-``batch_size=None, num_workers=0``).
+``batch_size=None, num_workers=0``); a ``DataLoader`` with workers is refused with that
+advice the moment it starts them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ if TYPE_CHECKING:
 __all__ = ["TorchBatches"]
 
 
+_NO_DATALOADER_WORKERS = (
+    "loader.torch() was handed to a torch DataLoader with num_workers > 0; stoker already "
+    "runs the workers, the batching and the shuffling, and a loader cannot run inside "
+    "DataLoader workers. Iterate loader.torch() directly, or use DataLoader(loader.torch(), "
+    "batch_size=None, num_workers=0), and set the worker count with Loader(workers=N)"
+)
+
+
 class TorchBatches(IterableDataset):
     def __init__(self, loader: Loader, *, pin_memory: bool = False) -> None:
         if pin_memory and not torch.cuda.is_available():
@@ -37,11 +46,17 @@ class TorchBatches(IterableDataset):
     def __len__(self) -> int:
         return len(self.loader)
 
+    def __reduce__(self) -> Any:
+        # DataLoader workers started by spawn/forkserver get the dataset pickled.
+        raise TypeError(_NO_DATALOADER_WORKERS)
+
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
         return tensor.pin_memory() if self.pin_memory else tensor
 
     def __iter__(self) -> Iterator[Any]:
+        if torch.utils.data.get_worker_info() is not None:
+            raise TypeError(_NO_DATALOADER_WORKERS)
         for batch in self.loader:
             if isinstance(batch, dict):
                 yield {key: self._tensor(value) for key, value in batch.items()}

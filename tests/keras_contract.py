@@ -1,0 +1,168 @@
+"""The Keras consumer contract, as a script: run by test_keras_cursor.py once per Keras
+backend (KERAS_BACKEND) and executor (argv[1]: the worker count), in a fresh process
+each, since a process has one Keras backend. Prints OK when every check passed.
+
+Labels are the samples' own indices, so every batch says which samples it holds."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import keras
+import numpy as np
+
+import stoker
+from stoker.adapters.keras import KerasDataset, LoaderCursor, is_peek
+from stoker.cursor import Position
+
+assert keras.backend.backend() == os.environ.get("KERAS_BACKEND", "tensorflow")
+WORKERS = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+N, BATCH = 100, 20  # 5 batches an epoch
+rng = np.random.default_rng(0)
+X = rng.random((N, 4, 4, 1)).astype(np.float32)
+Y = np.arange(N, dtype=np.float32)
+
+
+class Recording(KerasDataset):
+    """Keeps the labels of every batch handed to Keras, except shape peeks."""
+
+    def __init__(self, loader):
+        super().__init__(loader)
+        self.seen: list[np.ndarray] = []
+
+    def __getitem__(self, index):
+        peek = is_peek(sys._getframe(1))
+        batch = super().__getitem__(index)
+        if not peek:
+            self.seen.append(np.asarray(batch[1]).astype(int).copy())
+        return batch
+
+
+def loader(**options):
+    return stoker.Loader(stoker.from_arrays(X, Y), batch_size=BATCH, workers=WORKERS, seed=3,
+                         **options)
+
+
+def model():
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    m.compile("sgd", "mse")
+    return m
+
+
+def plan(source_loader, epoch):
+    return np.concatenate(source_loader.epoch_batches(epoch)).tolist()
+
+
+def epochs_of(seen, count):
+    """``seen`` cut into ``count`` loader epochs, each checked to hold every sample once."""
+    flat = np.concatenate(seen).tolist() if seen else []
+    assert len(flat) == count * N, (len(flat), count * N)
+    parts = [flat[e * N:(e + 1) * N] for e in range(count)]
+    for part in parts:
+        assert sorted(part) == list(range(N)), "a sample missed or repeated"
+    return parts
+
+
+def fit_evaluate_predict_again_and_again():
+    """Two fit()s with validation, evaluate(), predict(): every pass one loader epoch."""
+    with loader() as train, loader(shuffle=False) as val:
+        ds, vds = Recording(train), Recording(val)
+        m = model()
+        m.fit(ds, validation_data=vds, epochs=2, verbose=0)
+        m.fit(ds, validation_data=vds, epochs=1, verbose=0)
+        assert train.epoch == 3 and val.epoch == 3, (train.epoch, val.epoch)
+        assert epochs_of(ds.seen, 3) == [plan(train, e) for e in range(3)]
+        assert epochs_of(vds.seen, 3) == [list(range(N))] * 3
+        vds.seen.clear()
+        m.evaluate(vds, verbose=0)
+        predicted = m.predict(vds, verbose=0)
+        assert epochs_of(vds.seen, 2) == [list(range(N))] * 2
+        assert predicted.shape == (N, 1)
+        np.testing.assert_allclose(predicted, keras.ops.convert_to_numpy(m(X)), rtol=1e-5, atol=1e-6)
+        assert val.epoch == 5
+
+
+class Steps(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.count += 1
+
+
+def steps_per_epoch_walks_whole_epochs():
+    """steps_per_epoch=3 of 5 batches (Keras ends an epoch early where its reader runs
+    out): the batches trained are loader epochs in order, each sample once, and the
+    next fit() continues after the last batch trained."""
+    with loader() as train:
+        ds = Recording(train)
+        m, steps = model(), Steps()
+        m.fit(ds, steps_per_epoch=3, epochs=5, verbose=0, callbacks=[LoaderCursor(train), steps])
+        assert train.position == Position(steps.count // 5, steps.count % 5), train.position
+        trained = np.concatenate(ds.seen)[:steps.count * BATCH].tolist()
+        ds.seen.clear()
+        m.fit(ds, epochs=1, verbose=0)  # the rest of the epoch the first fit() was in
+        assert train.position == Position(steps.count // 5 + 1, 0)
+        trained += np.concatenate(ds.seen).tolist()
+        whole = len(trained) // N
+        assert epochs_of([np.array(trained)], whole) == [plan(train, e) for e in range(whole)]
+
+
+class StateEveryStep(keras.callbacks.Callback):
+    def __init__(self, loader):
+        super().__init__()
+        self.loader, self.states = loader, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.states.append(self.loader.state_dict())
+
+
+def state_during_fit_is_what_the_model_trained_on():
+    with loader() as train:
+        states = StateEveryStep(train)
+        model().fit(train.keras(), epochs=2, verbose=0, callbacks=[LoaderCursor(train), states])
+        got = [(s["epoch"], s["batches_done"]) for s in states.states]
+        steps = range(1, 11)
+        assert got == [(step // 5, step % 5) for step in steps], got
+    with loader() as train:
+        try:
+            model().fit(train.keras(), epochs=1, verbose=0, callbacks=[StateEveryStep(train)])
+        except stoker.LoaderError as error:
+            assert "LoaderCursor" in str(error), error
+        else:
+            raise AssertionError("state_dict() without LoaderCursor mid-epoch must refuse")
+
+
+def initial_epoch_is_honoured():
+    with loader() as train:
+        ds = Recording(train)
+        model().fit(ds, initial_epoch=2, epochs=3, verbose=0, callbacks=[LoaderCursor(train)])
+        assert epochs_of(ds.seen, 1) == [plan(train, 2)] and train.epoch == 3
+
+
+def a_resumed_epoch_ends_after_the_batches_that_remain():
+    with loader() as first:
+        state = {**first.state_dict(), "epoch": 1, "batches_done": 2}
+    with loader() as train:
+        train.load_state_dict(state)
+        ds = Recording(train)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = model().fit(ds, epochs=2, verbose=0)
+        assert len(history.history["loss"]) == 2
+        flat = np.concatenate(ds.seen).tolist()
+        assert flat == plan(train, 1)[2 * BATCH:] + plan(train, 2), "not the undisturbed rest"
+        assert not [w for w in caught if "ran out of data" in str(w.message)], caught
+
+
+if __name__ == "__main__":
+    fit_evaluate_predict_again_and_again()
+    steps_per_epoch_walks_whole_epochs()
+    state_during_fit_is_what_the_model_trained_on()
+    initial_epoch_is_honoured()
+    a_resumed_epoch_ends_after_the_batches_that_remain()
+    print("OK")
