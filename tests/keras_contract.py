@@ -81,7 +81,8 @@ def fit_evaluate_predict_again_and_again():
         predicted = m.predict(vds, verbose=0)
         assert epochs_of(vds.seen, 2) == [list(range(N))] * 2
         assert predicted.shape == (N, 1)
-        np.testing.assert_allclose(predicted, keras.ops.convert_to_numpy(m(X)), rtol=1e-5, atol=1e-6)
+        direct = keras.ops.convert_to_numpy(m(X))
+        np.testing.assert_allclose(predicted, direct, rtol=1e-5, atol=1e-6)
         assert val.epoch == 5
 
 

@@ -172,7 +172,7 @@ def test_tf_dataset_after_a_mid_epoch_resume_declares_what_remains(images):
         for (a, b), (c, d) in zip(got, expected[2:], strict=True):
             np.testing.assert_array_equal(a, c)
             np.testing.assert_array_equal(b, d)
-        with pytest.raises(Exception, match="call loader.tf_dataset.. again"):
+        with pytest.raises(Exception, match=r"call loader\.tf_dataset\(\) again"):
             list(dataset)  # a whole epoch now: another number of batches than declared
         assert len(list(loader.tf_dataset())) == len(loader)
 

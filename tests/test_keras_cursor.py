@@ -66,14 +66,22 @@ y = np.arange(100, dtype=np.float32)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 assert strategy.num_replicas_in_sync == 2
 with stoker.Loader(stoker.from_arrays(x, y), batch_size=20, workers=2, seed=3) as loader:
+    import numpy as np
     with strategy.scope():
         model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
                                   keras.layers.Dense(1)])
         model.compile("sgd", "mse")
     ds = Recording(loader)
     model.fit(ds, epochs=2, verbose=0)
-    assert epochs_of(ds.seen, 2) == [plan(loader, 0), plan(loader, 1)]
+    # under the strategy Keras builds the model from a whole pass it then drops (given
+    # back: it was read in tf.data's threads, so it is not seen as a peek)
+    assert len(ds.seen) in (10, 15)
+    trained = [np.concatenate(ds.seen)[-200:]]
+    assert epochs_of(trained, 2) == [plan(loader, 0), plan(loader, 1)]
     assert loader.epoch == 2
+    ds.seen.clear()
+    model.fit(ds, epochs=1, verbose=0)
+    assert epochs_of([np.concatenate(ds.seen)[:100]], 1) == [plan(loader, 2)]
 print("OK")
 """
 
@@ -86,3 +94,28 @@ def test_fit_under_a_mirrored_strategy_on_two_devices(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=400, env=env)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stderr[-4000:]
+
+
+def test_backup_and_restore_refuses_a_bad_save_freq(images):
+    import stoker
+    from stoker.adapters.keras import BackupAndRestore
+
+    with stoker.Loader(stoker.from_arrays(*images), batch_size=32, workers=0) as loader:
+        for bad in (0, -3, 1.5, True, "batch"):
+            with pytest.raises(ValueError, match="save_freq must be 'epoch' or a number"):
+                BackupAndRestore("unused", loader, save_freq=bad)
+
+
+def test_the_readmes_resume_example_runs_as_written(tmp_path):
+    readme = (TESTS.parent / "README.md").read_text()
+    start = readme.index("**Resuming a killed `fit()` mid-epoch.**")
+    body = readme.index("```python\n", start) + len("```python\n")
+    block = readme[body:readme.index("\n```", body)]
+    assert "BackupAndRestore" in block
+    script = tmp_path / "resume_example.py"
+    script.write_text(block)
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=400, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert not (tmp_path / "backup").exists()  # deleted when training ended

@@ -98,6 +98,7 @@ class KerasDataset(keras.utils.PyDataset):
         self._pending: deque[Position] = deque()  # handed out, not known consumed
         self._tracked = False  # a LoaderCursor acknowledges every step
         self._filter: tuple | None = None
+        self._complete: deque[Position] = deque()  # passes read to the end, not yet trained
         loader._adapters.add(self)
         if keras.backend.backend() == "tensorflow":
             read_by_tensorflow(loader)
@@ -116,11 +117,20 @@ class KerasDataset(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         with self._lock:
-            if self._run is not None and self._reader_left == 0:
-                # Keras read this reader to its end and ended the epoch: it trained on it all.
-                self._commit(len(self._pending))
-                self._run = None
-                self._reader = None
+            if _keras_frame(sys._getframe(1), ("reset",), 3) is not None:
+                # Keras starting over (fit/evaluate/predict after building the model from
+                # a batch it pulled): nothing read so far was trained on.
+                self._abandon()
+            elif not self._tracked:
+                # Keras ended an epoch: it trained on the oldest pass read to its end (a
+                # distribution strategy prefetches the next pass before that, so there
+                # may be a newer one, read but not trained on yet).
+                if self._complete:
+                    self.loader._consumed(self._complete.popleft())
+                elif self._run is not None and self._reader_left == 0:
+                    self._commit(len(self._pending))
+                    self._run = None
+                    self._reader = None
             if self._filter is not None:
                 try:
                     warnings.filters.remove(self._filter)
@@ -132,6 +142,8 @@ class KerasDataset(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> Any:
         caller = sys._getframe(1)
         if is_peek(caller):
+            with self._lock:
+                self._abandon()  # a new fit/evaluate/predict: the passes before are over
             return self._peek(index)
         reader = _keras_frame(caller, _READERS, 4)
         with tensorflow_call(), self._lock:
@@ -147,10 +159,22 @@ class KerasDataset(keras.utils.PyDataset):
             rows = len(self.loader.epoch_batches(self.loader.epoch)[0])
         return self.loader.layout.zeros(rows)
 
-    def _start_reader(self, reader: FrameType | None) -> None:
-        """A new pass: what the last one handed out and the model did not take is given
-        back, and a run starts at the cursor."""
+    def _abandon(self) -> None:
+        """Whatever was handed out and not known consumed is given back."""
         if self._run is not None:
+            self._run.close()  # type: ignore[attr-defined]
+        self._run, self._reader = None, None
+        self._pending.clear()
+        self._complete.clear()
+
+    def _start_reader(self, reader: FrameType | None) -> None:
+        """A new pass, at the cursor. A pass read to its end before it waits for the end
+        of its Keras epoch (``on_epoch_end``); what an unfinished one handed out and the
+        model did not take is given back."""
+        if self._run is not None:
+            if (self._reader is not None and self._reader_left == 0 and not self._tracked
+                    and self._pending):
+                self._complete.append(self._pending[-1])
             self._run.close()  # type: ignore[attr-defined]
         self._pending.clear()
         self._reader = reader
@@ -159,8 +183,9 @@ class KerasDataset(keras.utils.PyDataset):
             # the epoch's end: Keras' "ran out of data" warning would only mislead.
             warnings.filterwarnings("ignore", message=_RAN_OUT, category=UserWarning)
             self._filter = warnings.filters[0]
-        self._reader_left = len(self.loader) - self.loader.position.batch
-        self._run = self.loader._run(self.loader._start_run(), commit=False)
+        start = self._complete[-1] if self._complete else self.loader.position
+        self._reader_left = len(self.loader) - start.batch
+        self._run = self.loader._run((self.loader._start_run()[0], start), commit=False)
 
     def _next(self) -> Any:
         assert self._run is not None

@@ -1,14 +1,15 @@
 """``loader.tf_dataset()``: a Loader as a ``tf.data.Dataset``.
 
 Each iteration of the dataset is the rest of the loader's current epoch, from its
-cursor (so ``fit(dataset, epochs=N)`` sees N fresh epochs); its declared cardinality is
-the batches the first iteration has (fewer than ``len(loader)`` after a mid-epoch
-resume), and an iteration that would have another number is refused with a LoaderError
-saying to make a new dataset, never cut short by tf.data's assertion. Batches keep the sample's structure (a tensor, a tuple or a
-dict) with an ``element_spec`` read off the loader's layout, the batch axis unknown
-(the last batch may be short). Prefetching is stoker's (its ring of batch slots), so
-nothing is added on the tf.data side; add ``.prefetch()`` yourself if you want TF's too.
-tf.data reads the loader from threads of its own, so the loader is registered for a safe
+cursor (so ``fit(dataset, epochs=N)`` sees N fresh epochs). Its declared cardinality is
+what the first iteration has (fewer than ``len(loader)`` after a mid-epoch resume); an
+iteration that would have another number is refused with a LoaderError saying to make
+a new dataset, never cut short by tf.data's assertion. Batches keep the sample's
+structure (a tensor, a tuple or a dict) with an ``element_spec`` read off the loader's
+layout, the batch axis unknown (the last batch may be short). Prefetching is stoker's
+(its ring of batch slots), so nothing is added on the tf.data side; add ``.prefetch()``
+yourself if you want TF's too. tf.data reads the loader from threads of its own, so the
+loader is registered for a safe
 exit (``_tf_exit``).
 """
 
