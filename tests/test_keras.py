@@ -1,5 +1,7 @@
 """Real Keras 3 fit() on the TensorFlow backend, fed by stoker loaders."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -8,7 +10,7 @@ from conftest import as_float
 
 pytestmark = pytest.mark.slow
 keras = pytest.importorskip("keras")
-from stoker.adapters.keras import KerasDataset  # noqa: E402
+from stoker.adapters.keras import KerasDataset, is_peek  # noqa: E402
 
 
 def small_model(shape, classes):
@@ -30,8 +32,9 @@ class Recording(KerasDataset):
         self.seen = []
 
     def __getitem__(self, index):
+        peek = is_peek(sys._getframe(1))
         batch = super().__getitem__(index)
-        if self._in_epoch:
+        if not peek:
             self.seen.append(batch[1].copy())
         return batch
 
