@@ -7,10 +7,11 @@ iteration that would have another number is refused with a LoaderError saying to
 a new dataset, never cut short by tf.data's assertion. Batches keep the sample's
 structure (a tensor, a tuple or a dict) with an ``element_spec`` read off the loader's
 layout, the batch axis unknown (the last batch may be short). Prefetching is stoker's
-(its ring of batch slots), so nothing is added on the tf.data side; add ``.prefetch()``
-yourself if you want TF's too. tf.data reads the loader from threads of its own, so the
-loader is registered for a safe
-exit (``_tf_exit``).
+(its ring of batch slots), and tf.data's own (injected by its optimizer) is turned off,
+so a batch leaves the loader when it is asked for and the loader's cursor is what the
+consumer took; a ``.prefetch()`` of your own runs ahead of the cursor. tf.data reads
+the loader from threads of its own, so the loader is registered for a safe exit
+(``_tf_exit``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ def tf_dataset(loader: Loader) -> tf.data.Dataset:
     read_by_tensorflow(loader)
 
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    # No prefetch that tf.data would inject by itself: a batch leaves the loader when the
+    # consumer asks for it, so the loader's cursor is what the consumer took (stoker's
+    # workers already run ahead).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_optimization.inject_prefetch = False
+    dataset = dataset.with_options(options)
     # Known length: Keras then counts steps per epoch instead of warning that the data
     # "ran out" at the end of the first one.
     return dataset.apply(tf.data.experimental.assert_cardinality(declared))
