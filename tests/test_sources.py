@@ -81,3 +81,41 @@ def test_any_sequence_is_a_source_and_bad_ones_are_refused():
         stoker.Loader(object(), batch_size=2)
     with pytest.raises(ValueError, match="empty"):
         stoker.Loader([], batch_size=2)
+
+
+OUTLIVE = r"""
+import gc, os, numpy as np, stoker
+fds = len(os.listdir("/proc/self/fd"))
+x, y = stoker.from_arrays(np.ones((1000, 8), np.float32), np.arange(1000)).arrays
+gc.collect()  # the source is gone, and its block was released under the views
+assert x.sum() == 8000 and y.sum() == 499500 and x[5:].sum() == 7960
+source = stoker.from_arrays(np.full((10, 8), 2, np.float32))
+row = source[3]
+del source
+gc.collect()
+assert row.sum() == 16
+with stoker.Loader(stoker.from_arrays(np.ones((64, 4), np.float32), np.arange(64)),
+                   batch_size=8, workers=2) as loader:
+    kept = loader.source[5]
+    batches = list(loader)
+gc.collect()  # close() dropped the source: the sample kept from it still reads
+assert kept[0].sum() == 4 and int(kept[1]) == 5 and len(batches) == 8
+del x, y, row, kept
+gc.collect()
+assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"stoker_{os.getpid()}_")]
+assert len(os.listdir("/proc/self/fd")) <= fds + 2, "descriptors leaked"
+print("OK")
+"""
+
+
+def test_arrays_and_samples_outlive_their_source_without_a_segfault():
+    """Views keep the shared-memory mapping alive (shm.py): reading them after the source
+    was collected, or after Loader.close(), reads the data instead of crashing (exit 139
+    before), and the segments are unlinked and the descriptors closed all the same."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", OUTLIVE], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "OK", (done.returncode,
+                                                                  done.stderr[-3000:])

@@ -10,6 +10,11 @@ Ownership rules (DESIGN.md, invariant 5):
 * ``release`` is idempotent, and a ``weakref.finalize`` calls it when an owner is
   garbage-collected or the interpreter exits; if the owning process is killed outright,
   multiprocessing's resource tracker unlinks what was left.
+* **Unlinking may be eager; unmapping never happens under a live view.** Every numpy
+  view ``ndarray`` hands out holds a buffer export on the mapping, so ``release`` cannot
+  unmap while one is alive: it closes the file descriptor and unlinks (the owner) at
+  once, and the mapping goes with the last view. An array stoker hands out can never
+  point into unmapped memory (a segfault), whoever dropped the block first.
 * Space is reserved when a block is created (``posix_fallocate``), so a full /dev/shm
   raises a clear ``OSError`` here instead of a SIGBUS in a worker later.
 """
@@ -35,8 +40,16 @@ def _release(shm: shared_memory.SharedMemory, unlink: bool) -> None:
     try:
         shm.close()
     except BufferError:
-        # Views into the block are still alive; the mapping goes when they do.
-        pass
+        # Views into the block are still alive: the mapping goes when the last one does
+        # (each holds an export on it). The descriptor is not needed by the mapping.
+        # The views keep the mmap object alive through their exports; the block lets go
+        # of it (and of the descriptor, which the mapping does not need) now.
+        fd = getattr(shm, "_fd", -1)
+        if fd >= 0:
+            os.close(fd)
+            shm._fd = -1  # type: ignore[attr-defined]
+        shm._buf = None  # type: ignore[attr-defined]
+        shm._mmap = None  # type: ignore[attr-defined]
     if unlink:
         try:
             shm.unlink()
@@ -94,8 +107,12 @@ class SharedBlock:
         return self._shm.size
 
     def ndarray(self, shape: tuple[int, ...], dtype: np.dtype, offset: int = 0) -> np.ndarray:
-        """A numpy view of part of the block (no copy)."""
-        return np.ndarray(shape, dtype=dtype, buffer=self._shm.buf, offset=offset)
+        """A numpy view of part of the block (no copy) that keeps the mapping alive: it
+        holds a buffer export on it for as long as it (or any view of it) lives."""
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        flat = np.frombuffer(self._shm.buf, dtype=dtype, count=count, offset=offset)
+        return flat.reshape(shape)
 
     def release(self) -> None:
         """Unmap, and unlink if this is the owner. Safe to call more than once."""
