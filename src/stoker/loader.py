@@ -311,14 +311,22 @@ class Loader:
 
     @property
     def layout(self) -> BatchLayout:
-        """The batch layout, read off the first transformed sample of epoch 0."""
+        """The batch layout, read off the first transformed sample of epoch 0: by a
+        worker (user code never runs in this process, except with ``workers=0``), so
+        asking for it starts the workers."""
         if self._layout is None:
-            self._layout = self._probe_layout()
+            if self.workers == 0:
+                self._layout = self._probe_layout()
+            else:
+                self._layout = self._get_executor().layout
         return self._layout
 
+    def _probe(self) -> tuple[int, np.ndarray]:
+        """Which sample shows the layout, and its key: the first one of epoch 0."""
+        return int(self.epoch_batches(0)[0][0]), epoch_key(self.seed, 0, Purpose.SAMPLES)
+
     def _probe_layout(self) -> BatchLayout:
-        index = int(self.epoch_batches(0)[0][0])
-        key = epoch_key(self.seed, 0, Purpose.SAMPLES)
+        index, key = self._probe()
         producer = Producer(self.source, self._transform)
         try:
             with preserved_global_rngs():
@@ -335,16 +343,15 @@ class Loader:
         if self._closed:
             raise LoaderError("this Loader is closed; create a new one")
         if self._executor is None:
-            layout = self.layout
             if self.workers == 0:
-                self._executor = InlineExecutor(self.source, self._transform, layout)
+                self._executor = InlineExecutor(self.source, self._transform, self.layout)
             elif self.options.backend == "ray":
                 from .executors.ray import RayExecutor
 
                 self._executor = RayExecutor(
                     source=self.source,
                     transform=self._transform,
-                    layout=layout,
+                    probe=self._probe(),
                     workers=self.workers,
                     prefetch=self.options.resolved_prefetch(self.workers),
                     max_worker_restarts=self.options.max_worker_restarts,
@@ -356,7 +363,7 @@ class Loader:
                 self._executor = ProcessExecutor(
                     source=self.source,
                     transform=self._transform,
-                    layout=layout,
+                    probe=self._probe(),
                     batch_size=self.options.batch_size,
                     workers=self.workers,
                     prefetch=self.options.resolved_prefetch(self.workers),
@@ -400,11 +407,11 @@ class Loader:
         executor = self._get_executor()
         batches = self.epoch_batches(start.epoch)[start.batch:]
         key = epoch_key(self.seed, start.epoch, Purpose.SAMPLES)
-        layout = self.layout
         total = len(self)
         stats = self._stats
         stats.workers = executor.workers
         produced = executor.run(start.epoch, key, batches)
+        layout = None
         position = start
         try:
             while True:
@@ -422,6 +429,8 @@ class Loader:
                     return
                 stats.delivered(len(arrays[0]))
                 position = position.after(1, total)
+                if layout is None:
+                    layout = self.layout
                 batch = layout.assemble(arrays)
                 if commit:
                     if self._run_id != run_id:

@@ -2,17 +2,21 @@
 
 State diagram of one worker::
 
-    start ──> INIT ──(spec loaded, slots attached)──> send READY ──> IDLE
-                │                                                    │ recv TASK
-                └─(error)──> send INIT_FAILED ──> exit               v
-    IDLE <──── send DONE / FAILED(index, error, traceback) ──── WORKING
+    start ──> INIT ──(spec loaded)──> send READY ──> IDLE
+                │                                     │ recv PROBE / ATTACH / TASK
+                └─(error)──> send INIT_FAILED ──> exit v
+    IDLE <── send LAYOUT / DONE / FAILED(index, error, traceback) ── WORKING
       │ recv STOP, or the pipe closes, or the parent dies
       v
      exit
 
-A TASK names a batch slot, a row offset and the sample indices to produce; the worker
-writes the samples straight into the slot's shared memory and answers with one small
-message. Samples never travel through the pipe. The worker ignores SIGINT (Ctrl-C is
+The batch layout is learnt here, never in the consumer: a PROBE asks one worker to make
+the first sample and answer with its ``BatchLayout`` (or the failure), under the same
+crash detection and timeouts as any task. The consumer then creates the batch slots and
+sends ATTACH (the layout and the slots) to every worker, and to every replacement first
+thing. A TASK names a batch slot, a row offset and the sample indices to produce; the
+worker writes the samples straight into the slot's shared memory and answers with one
+small message. Samples never travel through the pipe. The worker ignores SIGINT (Ctrl-C is
 the consumer's to handle) and a watchdog thread exits as soon as the parent is gone.
 """
 
@@ -42,15 +46,19 @@ _POLL_SECONDS = 1.0
 
 
 class Cmd(IntEnum):
-    """Consumer -> worker. ``(TASK, task_id, epoch, key0, key1, slot, row, indices)``
-    or ``(STOP,)``."""
+    """Consumer -> worker. ``(TASK, task_id, epoch, key0, key1, slot, row, indices)``,
+    ``(PROBE, task_id, key0, key1, index)``, ``(ATTACH, layout, slots)`` or
+    ``(STOP,)``."""
 
     TASK = 1
     STOP = 2
+    PROBE = 3
+    ATTACH = 4
 
 
 class Status(IntEnum):
-    """Worker -> consumer. ``(READY, pid)``, ``(DONE, task_id)``,
+    """Worker -> consumer. ``(READY, pid)``, ``(DONE, task_id, busy_seconds)``,
+    ``(LAYOUT, task_id, layout)``,
     ``(FAILED, task_id, index, stage, exception_bytes, summary, traceback_text)``,
     ``(INIT_FAILED, summary, traceback_text)``."""
 
@@ -58,17 +66,17 @@ class Status(IntEnum):
     DONE = 2
     FAILED = 3
     INIT_FAILED = 4
+    LAYOUT = 5
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
-    """Everything a worker needs, serialized once with cloudpickle at start-up."""
+    """What a worker needs to start, serialized once with cloudpickle; the layout and
+    the batch slots come later (ATTACH)."""
 
     source: Any
     transform: Transform
-    layout: BatchLayout
     batch_size: int
-    slots: tuple[SharedBlock, ...]
 
 
 def _exit_when_parent_dies() -> None:
@@ -103,15 +111,14 @@ def run(payload: bytes, conn: Connection) -> None:
         spec: WorkerSpec = pickle.loads(payload)
         quiet_native_threads()
         producer = Producer(spec.source, spec.transform)
-        slot_views = [
-            spec.layout.views(block.ndarray((block.size,), np.uint8), spec.batch_size)
-            for block in spec.slots
-        ]
     except BaseException as error:  # report anything, even SystemExit from user code
         conn.send((Status.INIT_FAILED, f"{type(error).__name__}: {error}", traceback.format_exc()))
         return
     conn.send((Status.READY, os.getpid()))
     keys: dict[tuple[int, int], np.ndarray] = {}
+    layout: BatchLayout | None = None
+    slots: tuple[SharedBlock, ...] = ()
+    slot_views: list[list[np.ndarray]] = []
     while True:
         try:
             if not conn.poll(_POLL_SECONDS):
@@ -119,29 +126,55 @@ def run(payload: bytes, conn: Connection) -> None:
             message = conn.recv()
         except (EOFError, OSError):
             return
-        if message[0] == Cmd.STOP:
+        command = message[0]
+        if command == Cmd.STOP:
             return
-        _, task_id, _epoch, key0, key1, slot, row, indices = message
-        key = keys.get((key0, key1))
-        if key is None:
-            keys.clear()
-            key = keys[(key0, key1)] = np.array([key0, key1], dtype=np.uint64)
-        started = time.perf_counter()
-        try:
-            producer.fill(spec.layout, key, indices, slot_views[slot], row)
-        except SampleFailure as failure:
-            reply = (
-                Status.FAILED,
-                task_id,
-                failure.index,
-                failure.stage,
-                exception_bytes(failure.error),
-                f"{type(failure.error).__name__}: {failure.error}",
-                failure.traceback,
-            )
+        if command == Cmd.ATTACH:
+            _, layout, slots = message
+            slot_views = [layout.views(block.ndarray((block.size,), np.uint8), spec.batch_size)
+                          for block in slots]
+            continue
+        if command == Cmd.PROBE:
+            _, task_id, key0, key1, index = message
+            reply = _probe(producer, np.array([key0, key1], dtype=np.uint64), task_id, index)
         else:
-            reply = (Status.DONE, task_id, time.perf_counter() - started)
+            _, task_id, _epoch, key0, key1, slot, row, indices = message
+            key = keys.get((key0, key1))
+            if key is None:
+                keys.clear()
+                key = keys[(key0, key1)] = np.array([key0, key1], dtype=np.uint64)
+            started = time.perf_counter()
+            try:
+                producer.fill(layout, key, indices, slot_views[slot], row)
+            except SampleFailure as failure:
+                reply = _failed(task_id, failure)
+            else:
+                reply = (Status.DONE, task_id, time.perf_counter() - started)
         try:
             conn.send(reply)
         except (BrokenPipeError, OSError):
             return
+
+
+def _failed(task_id: int, failure: SampleFailure) -> tuple:
+    return (
+        Status.FAILED,
+        task_id,
+        failure.index,
+        failure.stage,
+        exception_bytes(failure.error),
+        f"{type(failure.error).__name__}: {failure.error}",
+        failure.traceback,
+    )
+
+
+def _probe(producer: Producer, key: np.ndarray, task_id: int, index: int) -> tuple:
+    """The layout of the first sample, or why it could not be made."""
+    try:
+        sample = producer.sample(key, index)
+    except SampleFailure as failure:
+        return _failed(task_id, failure)
+    try:
+        return (Status.LAYOUT, task_id, BatchLayout.of(sample))
+    except ValueError as error:
+        return _failed(task_id, SampleFailure(index, "checking", error))

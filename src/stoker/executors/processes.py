@@ -2,6 +2,10 @@
 
 Scheduling, all of it in the consumer's thread (no background threads):
 
+* The batch layout is learnt from worker 0, which makes the first sample (a PROBE task,
+  with the crash detection, restarts and timeouts of any task): user code never runs
+  in the consumer. Then the slots are created and every worker attaches to them.
+
 * The ring has ``prefetch`` slots, one batch each. When a slot is free, the next batch
   of the plan is cut into one chunk per worker, and each chunk is sent to the worker
   with the fewest samples queued. Every batch is thus shared by all workers and batches
@@ -61,6 +65,7 @@ class _Task:
     epoch: int
     key: tuple[int, int]
     generation: int = 0
+    layout: Any = None  # a probe's answer
 
 
 @dataclass(slots=True, eq=False)
@@ -127,7 +132,7 @@ class ProcessExecutor:
         *,
         source: Any,
         transform: Transform,
-        layout: BatchLayout,
+        probe: tuple[int, np.ndarray],
         batch_size: int,
         workers: int,
         prefetch: int,
@@ -141,7 +146,9 @@ class ProcessExecutor:
         self._stats = stats
         self._source = source
         self._transform = transform
-        self._layout = layout
+        self._probe = probe
+        self._layout: BatchLayout | None = None
+        self._attach: tuple | None = None
         self._batch_size = batch_size
         self._prefetch = prefetch
         self._start_method = start_method
@@ -168,29 +175,63 @@ class ProcessExecutor:
     def started(self) -> bool:
         return bool(self._resources.workers)
 
+    @property
+    def layout(self) -> BatchLayout:
+        """The batch layout, learnt from a worker (starting the pool if needed)."""
+        with self._lock:
+            self.start()
+            assert self._layout is not None
+            return self._layout
+
     def start(self) -> None:
-        """Create the batch slots and start the workers (done lazily by ``run``)."""
+        """Start the workers, learn the layout from one, create the batch slots and
+        attach every worker to them (done lazily by ``run`` and ``layout``)."""
         if self.started:
             return
         self._context = worker_context(self._start_method)
-        nbytes = self._layout.batch_nbytes(self._batch_size)
-        slots = self._resources.slots
+        self._closed = False
         try:
+            spec = _worker.WorkerSpec(self._source, self._transform, self._batch_size)
+            self._payload = cloudpickle.dumps(spec)
+            for worker_id in range(self.workers):
+                self._resources.workers.append(self._spawn(worker_id))
+            if self._layout is None:
+                self._layout = self._learn_layout()
+            nbytes = self._layout.batch_nbytes(self._batch_size)
+            slots = self._resources.slots
             for _ in range(self._prefetch):
                 slots.append(SharedBlock.create(nbytes, purpose="batch slots"))
             self._slot_views = [
                 self._layout.views(s.ndarray((s.size,), np.uint8), self._batch_size)
                 for s in slots
             ]
-            spec = _worker.WorkerSpec(
-                self._source, self._transform, self._layout, self._batch_size, tuple(slots)
-            )
-            self._payload = cloudpickle.dumps(spec)
-            for worker_id in range(self.workers):
-                self._resources.workers.append(self._spawn(worker_id))
+            self._attach = (_worker.Cmd.ATTACH, self._layout, tuple(slots))
+            for worker in list(self._resources.workers):
+                self._send(worker, self._attach)
         except BaseException:
+            self._attach = None
             self._resources.shutdown()
+            self._tasks.clear()
             raise
+
+    def _learn_layout(self) -> BatchLayout:
+        """Worker 0 makes the first sample and answers with its layout."""
+        index, key = self._probe
+        task = _Task(self._next_task_id, -1, -1, 0, np.array([index], dtype=np.int64), 0,
+                     (int(key[0]), int(key[1])), -1)
+        self._next_task_id += 1
+        self._assign(self._resources.workers[0], task)
+        while True:
+            if self._closed:
+                raise LoaderError("the loader was closed while its workers were starting")
+            done, failed = self._pump()
+            if failed:
+                task, (index, stage, data, summary, traceback_text) = failed[0]
+                error = rebuild_exception(data, summary, traceback_text)
+                raise transform_error(index, stage, error, traceback_text, 0) from error
+            for finished in done:
+                if finished.batch == -1:
+                    return finished.layout  # type: ignore[attr-defined]
 
     def _spawn(self, worker_id: int) -> _Worker:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
@@ -203,7 +244,17 @@ class ProcessExecutor:
         with fork_safe_native_pools(self._start_method):
             process.start()
         child_conn.close()
-        return _Worker(worker_id, process, parent_conn)
+        worker = _Worker(worker_id, process, parent_conn)
+        if self._attach is not None:  # a replacement: the slots first
+            self._send(worker, self._attach)
+        return worker
+
+    def _send(self, worker: _Worker, message: tuple) -> bool:
+        try:
+            worker.conn.send(message)
+        except (OSError, ValueError):
+            return False
+        return True
 
     def close(self) -> None:
         """Stop every worker and free the slots. Idempotent, and safe from any thread:
@@ -214,6 +265,7 @@ class ProcessExecutor:
             self._resources.shutdown()
             self._tasks.clear()
             self._slot_views = []
+            self._attach = None
             self._dirty = False
 
     @property
@@ -303,11 +355,12 @@ class ProcessExecutor:
         worker.tasks[task.task_id] = task
         worker.queued += len(task.indices)
         self._tasks[task.task_id] = task
-        message = (_worker.Cmd.TASK, task.task_id, task.epoch, *task.key, task.slot, task.row,
-                   task.indices)
-        try:
-            worker.conn.send(message)
-        except (OSError, ValueError):
+        if task.batch == -1:
+            message: tuple = (_worker.Cmd.PROBE, task.task_id, *task.key, int(task.indices[0]))
+        else:
+            message = (_worker.Cmd.TASK, task.task_id, task.epoch, *task.key, task.slot,
+                       task.row, task.indices)
+        if not self._send(worker, message):
             self._handle_death(worker)
 
     # -- waiting --------------------------------------------------------------------
@@ -338,7 +391,8 @@ class ProcessExecutor:
         if self._timeout is not None:
             now = time.monotonic()
             for worker in list(self._resources.workers):
-                if worker.tasks and now - worker.last_progress > self._timeout:
+                # A worker still starting is judged by start_timeout, not timeout.
+                if worker.ready and worker.tasks and now - worker.last_progress > self._timeout:
                     worker.process.kill()
                     worker.process.join(_STOP_GRACE_SECONDS)
                     self._handle_death(worker, hung=True)
@@ -364,6 +418,7 @@ class ProcessExecutor:
         status = message[0]
         if status == _worker.Status.READY:
             worker.ready = True
+            worker.last_progress = time.monotonic()  # timeout= counts from here
             return
         if status == _worker.Status.INIT_FAILED:
             _, summary, traceback_text = message
@@ -379,7 +434,10 @@ class ProcessExecutor:
         del worker.tasks[task.task_id]
         worker.queued -= len(task.indices)
         worker.last_progress = time.monotonic()
-        if status == _worker.Status.DONE:
+        if status == _worker.Status.LAYOUT:
+            task.layout = message[2]
+            done.append(task)
+        elif status == _worker.Status.DONE:
             done.append(task)
             if self._stats is not None:
                 self._stats.worker_busy(message[2])
@@ -410,7 +468,9 @@ class ProcessExecutor:
             return
         pid = worker.process.pid
         detail = ""
-        if lost:
+        if lost and lost[0].batch == -1:
+            detail = " while making the first sample (to learn the batch layout)"
+        elif lost:
             detail = f" while producing batch {lost[0].batch} of epoch {lost[0].epoch}"
         self.close()
         if self._max_restarts:

@@ -137,12 +137,11 @@ def portable(source: Any) -> Any:
 class BatchActor:
     """One Ray worker: makes whole batches with the same ``Producer`` as every executor."""
 
-    def __init__(self, source: Any, transform: Transform, layout: BatchLayout) -> None:
+    def __init__(self, source: Any, transform: Transform) -> None:
         from ._worker import quiet_native_threads
 
         quiet_native_threads()
         self._producer = Producer(source, transform)
-        self._layout = layout
         self._keys: dict[tuple[int, int], np.ndarray] = {}
         self._where = (os.getpid(), ray.get_runtime_context().get_node_id())
 
@@ -150,7 +149,22 @@ class BatchActor:
         """Where this actor runs: (pid, Ray node id)."""
         return self._where
 
-    def produce(self, key0: int, key1: int, indices: np.ndarray) -> tuple:
+    def probe(self, key0: int, key1: int, index: int) -> tuple:
+        """``(where, True, layout)`` of sample ``index``, or ``(where, False, failure)``:
+        the batch layout is learnt here, never in the consumer."""
+        key = np.array([key0, key1], dtype=np.uint64)
+        try:
+            sample = self._producer.sample(key, index)
+            try:
+                return (self._where, True, BatchLayout.of(sample))
+            except ValueError as error:
+                raise SampleFailure(index, "checking", error) from error
+        except SampleFailure as failure:
+            error = failure.error
+            return (self._where, False, (failure.index, failure.stage, exception_bytes(error),
+                                         f"{type(error).__name__}: {error}", failure.traceback))
+
+    def produce(self, key0: int, key1: int, indices: np.ndarray, layout: BatchLayout) -> tuple:
         """``(where, True, (busy_seconds, arrays))``, or ``(where, False, failure)`` when
         a sample failed: the transform's errors are the consumer's to raise, not Ray's to
         retry. ``where`` (pid, node) tells the consumer when Ray restarted the actor."""
@@ -158,10 +172,10 @@ class BatchActor:
         if key is None:
             self._keys.clear()
             key = self._keys[(key0, key1)] = np.array([key0, key1], dtype=np.uint64)
-        out = self._layout.empty(len(indices))
+        out = layout.empty(len(indices))
         started = time.perf_counter()
         try:
-            self._producer.fill(self._layout, key, indices, out)
+            self._producer.fill(layout, key, indices, out)
         except SampleFailure as failure:
             error = failure.error
             return (self._where, False, (failure.index, failure.stage, exception_bytes(error),
@@ -215,7 +229,7 @@ class RayExecutor:
         *,
         source: Any,
         transform: Transform,
-        layout: BatchLayout,
+        probe: tuple[int, np.ndarray],
         workers: int,
         prefetch: int,
         max_worker_restarts: int = 0,
@@ -226,7 +240,8 @@ class RayExecutor:
         self.workers = workers
         self._source = source
         self._transform = transform
-        self._layout = layout
+        self._probe = probe
+        self._layout: BatchLayout | None = None
         self._prefetch = prefetch
         self._max_restarts = max_worker_restarts
         self._timeout = timeout
@@ -269,7 +284,7 @@ class RayExecutor:
         }
         self._actors = [
             _Actor(worker_id, _RemoteBatchActor.options(**options).remote(
-                source_ref, transform_ref, self._layout))
+                source_ref, transform_ref))
             for worker_id in range(self.workers)
         ]
         ready = {actor.handle.ready.remote(): actor for actor in self._actors}
@@ -295,6 +310,43 @@ class RayExecutor:
                 f"{self._start_timeout:g} s (start_timeout); the cluster has {available} CPUs "
                 "and each worker takes one. Lower workers=, add nodes, or raise start_timeout."
             )
+
+    @property
+    def layout(self) -> BatchLayout:
+        """The batch layout, learnt from actor 0 (starting the actors if needed)."""
+        with self._lock:
+            self._closed = False
+            self.start()
+            if self._layout is None:
+                self._layout = self._learn_layout()
+            return self._layout
+
+    def _learn_layout(self) -> BatchLayout:
+        index, key = self._probe
+        actor = self._actors[0]
+        flight = _InFlight(actor.handle.probe.remote(int(key[0]), int(key[1]), index), actor)
+        while True:
+            if self._closed:
+                raise LoaderError("the loader was closed while its workers were starting")
+            ready, _ = ray.wait([flight.ref], timeout=_POLL_SECONDS)
+            if not ready:
+                self._check_progress(flight, -1, 0)
+                continue
+            try:
+                where, ok, payload = ray.get(flight.ref)
+            except ray.exceptions.RayActorError as error:
+                self._record_crash(actor, f"died while making the first sample: "
+                                          f"{_first_line(error)}", final=True, cause=error)
+            except ray.exceptions.RayError as error:
+                self.close()
+                raise LoaderError(f"Ray could not make the first sample: {error}") from error
+            self._note_where(actor, where)
+            actor.last_progress = time.monotonic()
+            if not ok:
+                index, stage, data, summary, traceback_text = payload
+                error = rebuild_exception(data, summary, traceback_text)
+                raise transform_error(index, stage, error, traceback_text, 0) from error
+            return payload
 
     def close(self) -> None:
         """Kill the actors; an epoch running in another thread ends with a LoaderError.
@@ -334,6 +386,9 @@ class RayExecutor:
             self._cancel_in_flight()  # an abandoned epoch's work
             self._closed = False
             self.start()
+            if self._layout is None:
+                self._layout = self._learn_layout()
+            layout = self._layout
         key0, key1 = int(key[0]), int(key[1])
         next_submit = next_batch = 0
         try:
@@ -350,7 +405,8 @@ class RayExecutor:
                         )
                     while next_submit < len(batches) and next_submit - next_batch < self._prefetch:
                         actor = min(self._actors, key=lambda a: (a.queued, a.worker_id))
-                        ref = actor.handle.produce.remote(key0, key1, batches[next_submit])
+                        ref = actor.handle.produce.remote(key0, key1, batches[next_submit],
+                                                          layout)
                         self._in_flight[next_submit] = _InFlight(ref, actor)
                         actor.queued += 1
                         next_submit += 1
@@ -430,8 +486,8 @@ class RayExecutor:
         waiting = time.monotonic() - max(flight.since, actor.last_progress)
         if self._timeout is None or waiting <= self._timeout:
             return
-        self._record_crash(actor, f"made no progress on batch {batch} of epoch {epoch} "
-                                  f"for {self._timeout} s")
+        what = "the first sample" if batch == -1 else f"batch {batch} of epoch {epoch}"
+        self._record_crash(actor, f"made no progress on {what} for {self._timeout} s")
         if actor.pid is not None and actor.node_id is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
