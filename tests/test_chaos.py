@@ -42,9 +42,18 @@ def test_random_kills_across_epochs_change_nothing(images, all_at_once):
     with stoker.Loader(data, batch_size=8, transform=slowish, workers=2, seed=3,
                        max_worker_restarts=1000) as loader:
         stop = threading.Event()
+        taken = [0]
 
         def chaos():
+            last = -1
             while not stop.wait(rng.uniform(0.05, 0.3)):
+                # At random moments, but never twice without a batch in between: on a
+                # loaded machine replacements take longer to start than the 50-300 ms
+                # between kills, and killing them all again before they could make
+                # progress would only test how fast the machine is.
+                if taken[0] == last:
+                    continue
+                last = taken[0]
                 pids = loader.worker_pids
                 for pid in (pids if all_at_once else pids[:1] and [rng.choice(pids)]):
                     try:
@@ -55,7 +64,12 @@ def test_random_kills_across_epochs_change_nothing(images, all_at_once):
         killer = threading.Thread(target=chaos, daemon=True)
         killer.start()
         try:
-            got = epochs_of(loader, 4)
+            got = []
+            for _ in range(4):
+                got.append([])
+                for batch in loader:
+                    got[-1].append(tuple(np.copy(a) for a in batch))
+                    taken[0] += 1
         finally:
             stop.set()
             killer.join()

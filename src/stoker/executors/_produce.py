@@ -159,15 +159,37 @@ class Producer:
     ) -> None:
         fn = self.transform.fn
         indices = [int(i) for i in indices]
-        samples = [self.source[i] for i in indices]
-        images = fn.transform_batch(
-            np.stack([fn.image_of(s) for s in samples]),
-            (self.rng.for_sample(key, i) for i in indices),
-        )
+        # Each sample is copied as it is read: a source may refill and return one buffer
+        # for every call (the images would all be the last one read otherwise).
+        samples, stack = [], None
+        for row, index in enumerate(indices):
+            sample = self.source[index]
+            image = np.asarray(fn.image_of(sample))
+            if stack is None:
+                stack = np.empty((len(indices), *image.shape), image.dtype)
+            elif image.shape != stack.shape[1:] or image.dtype != stack.dtype:
+                raise ValueError("images differ in shape or dtype: one at a time")
+            stack[row] = image
+            samples.append(_owned(sample, image))
+        images = fn.transform_batch(stack, (self.rng.for_sample(key, i) for i in indices))
         for row, (sample, image) in enumerate(zip(samples, images, strict=True), start=offset):
             for target, leaf in zip(out, layout.leaves(fn.with_image(sample, image)),
                                     strict=True):
                 target[row] = leaf
+
+
+def _owned(sample: Any, image: Any) -> Any:
+    """``sample`` with its arrays other than ``image`` copied (they may be reused)."""
+    def own(value: Any) -> Any:
+        if value is image or not isinstance(value, np.ndarray):
+            return value
+        return value.copy()
+
+    if isinstance(sample, tuple):
+        return tuple(own(value) for value in sample)
+    if isinstance(sample, dict):
+        return {name: own(value) for name, value in sample.items()}
+    return sample
 
 
 def _check_finite(layout: BatchLayout, indices: Sequence[int], out: list[np.ndarray],

@@ -1,0 +1,49 @@
+"""The worker contract: user code runs in a worker as it would at home, so batches are
+bit-identical for any worker count, whatever the source and transform do."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import stoker
+from stoker.augment import Rotate
+
+
+class ReusingSource:
+    """Refills and returns one buffer on every call, as readers that decode into a
+    scratch array do (labels are fresh, images are the same object each time)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._image = np.zeros((16, 16), np.uint8)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        self._image[...] = index
+        return self._image, np.int64(index)
+
+
+def per_sample(sample, rng):
+    """The same rotation, not batch-capable: the reference path."""
+    return ROTATE(sample, rng)
+
+
+ROTATE = Rotate((-20, 20))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_source_reusing_its_buffer_gives_the_right_images_on_the_batch_path(workers):
+    with stoker.Loader(ReusingSource(48), batch_size=16, transform=per_sample, workers=0,
+                       seed=1) as reference:
+        expected = [tuple(np.copy(a) for a in batch) for batch in reference]
+    with stoker.Loader(ReusingSource(48), batch_size=16, transform=ROTATE, workers=workers,
+                       seed=1) as loader:
+        got = [tuple(np.copy(a) for a in batch) for batch in loader]
+    for (images, labels), (want_images, want_labels) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(labels, want_labels)
+        np.testing.assert_array_equal(images, want_images)
+    # and the images differ from each other: each is its own sample's
+    assert len({int(images[i].max()) for images, _ in got for i in range(len(images))}) > 40
