@@ -47,3 +47,30 @@ def test_a_source_reusing_its_buffer_gives_the_right_images_on_the_batch_path(wo
         np.testing.assert_array_equal(images, want_images)
     # and the images differ from each other: each is its own sample's
     assert len({int(images[i].max()) for images, _ in got for i in range(len(images))}) > 40
+
+
+def torch_noise(sample):
+    """A legacy transform drawing from torch's global generator, as torchvision's do."""
+    import torch
+
+    image, label = sample
+    return image + torch.rand(image.shape).numpy().astype(np.float32), label
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_a_legacy_transform_drawing_from_torch_is_reproducible(workers):
+    torch = pytest.importorskip("torch")
+    data = stoker.from_arrays(np.zeros((40, 4), np.float32), np.arange(40))
+    runs = []
+    for seed in (5, 5, 6):
+        with stoker.Loader(data, batch_size=8, transform=torch_noise, workers=workers,
+                           seed=seed) as loader:
+            runs.append(np.concatenate([images for images, _ in loader]))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+    with stoker.Loader(data, batch_size=8, transform=torch_noise, workers=0, seed=5) as inline:
+        np.testing.assert_array_equal(np.concatenate([i for i, _ in inline]), runs[0])
+    before = torch.get_rng_state()
+    with stoker.Loader(data, batch_size=8, transform=torch_noise, workers=0, seed=5) as inline:
+        list(inline)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's generator untouched

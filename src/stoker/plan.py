@@ -13,6 +13,7 @@ set up by assigning a state (about a microsecond) instead of hashing a new seed.
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -124,8 +125,9 @@ class SampleRng:
 
     ``for_sample(key, index)`` returns a ``numpy.random.Generator`` whose stream depends
     only on (key, index): the Philox counter starts at ``[0, 0, index, 0]``, so samples
-    never share numbers. ``seed_globals`` seeds ``random`` and ``np.random`` from the
-    same stream, for legacy transforms that draw from the global generators.
+    never share numbers. ``seed_globals`` seeds ``random``, ``np.random`` and, when torch
+    is imported, torch's default generator from the same stream, for legacy transforms
+    that draw from the global generators (torchvision's transforms draw from torch's).
     """
 
     bit_generator: np.random.Philox
@@ -156,6 +158,9 @@ class SampleRng:
         return self.generator
 
     def seed_globals(self, key: np.ndarray, index: int) -> None:
-        words = self.for_sample(key, index).bit_generator.random_raw(2)
+        words = self.for_sample(key, index).bit_generator.random_raw(3)
         random.seed(int(words[0]))
         np.random.seed(int(words[1]) & 0xFFFFFFFF)
+        torch = sys.modules.get("torch")
+        if torch is not None and hasattr(torch, "manual_seed"):
+            torch.manual_seed(int(words[2]) & 0x7FFF_FFFF_FFFF_FFFF)

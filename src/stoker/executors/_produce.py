@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -211,13 +212,18 @@ def _check_finite(layout: BatchLayout, indices: Sequence[int], out: list[np.ndar
 
 
 class preserved_global_rngs:
-    """Save and restore ``random`` and ``np.random`` around legacy transforms run in the
-    consumer's process, so that seeding them per sample does not disturb the caller."""
+    """Save and restore ``random``, ``np.random`` (and torch's generator, if imported)
+    around legacy transforms run in the consumer's process, so that seeding them per
+    sample does not disturb the caller."""
 
     def __enter__(self) -> None:
         self._python = random.getstate()
         self._numpy = np.random.get_state()
+        torch = sys.modules.get("torch")
+        self._torch = torch.get_rng_state() if hasattr(torch, "get_rng_state") else None
 
     def __exit__(self, *exc: object) -> None:
         random.setstate(self._python)
         np.random.set_state(self._numpy)
+        if self._torch is not None:
+            sys.modules["torch"].set_rng_state(self._torch)

@@ -22,6 +22,7 @@ the consumer's to handle) and a watchdog thread exits as soon as the parent is g
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import signal
@@ -77,6 +78,7 @@ class WorkerSpec:
     source: Any
     transform: Transform
     batch_size: int
+    preload: tuple[str, ...] = ()  # modules whose global RNG a legacy transform may use
 
 
 def _exit_when_parent_dies() -> None:
@@ -110,6 +112,8 @@ def run(payload: bytes, conn: Connection) -> None:
     try:
         spec: WorkerSpec = pickle.loads(payload)
         quiet_native_threads()
+        for name in spec.preload:  # imported before the first sample, so it is seeded too
+            importlib.import_module(name)
         producer = Producer(spec.source, spec.transform)
     except BaseException as error:  # report anything, even SystemExit from user code
         conn.send((Status.INIT_FAILED, f"{type(error).__name__}: {error}", traceback.format_exc()))

@@ -26,6 +26,7 @@ Scheduling, all of it in the consumer's thread (no background threads):
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import weakref
@@ -191,7 +192,12 @@ class ProcessExecutor:
         self._context = worker_context(self._start_method)
         self._closed = False
         try:
-            spec = _worker.WorkerSpec(self._source, self._transform, self._batch_size)
+            legacy = self._transform.fn is not None and not self._transform.takes_rng
+            # A legacy transform may draw from torch's generator, which is seeded per
+            # sample once torch is imported: where the training script has torch, the
+            # workers import it before their first sample.
+            preload = ("torch",) if legacy and "torch" in sys.modules else ()
+            spec = _worker.WorkerSpec(self._source, self._transform, self._batch_size, preload)
             self._payload = cloudpickle.dumps(spec)
             for worker_id in range(self.workers):
                 self._resources.workers.append(self._spawn(worker_id))
