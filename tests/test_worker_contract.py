@@ -74,3 +74,79 @@ def test_a_legacy_transform_drawing_from_torch_is_reproducible(workers):
     with stoker.Loader(data, batch_size=8, transform=torch_noise, workers=0, seed=5) as inline:
         list(inline)
     assert torch.equal(torch.get_rng_state(), before)  # the caller's generator untouched
+
+
+EXCEPTIONS_SCRIPT = r"""
+import sys
+import numpy as np
+import stoker
+
+
+class MainError(Exception):
+    pass
+
+
+class TwoArguments(Exception):
+    def __init__(self, code, where):
+        super().__init__(f"{code} at {where}")
+        self.code, self.where = code, where
+
+
+def raise_main(sample, rng):
+    raise MainError("from __main__")
+
+
+def raise_two(sample, rng):
+    raise TwoArguments(7, "the pump")
+
+
+def interrupt(sample, rng):
+    raise KeyboardInterrupt
+
+
+data = stoker.from_arrays(np.zeros((16, 2), np.float32))
+for start_method in ("forkserver", "spawn"):
+    for transform, check in (
+        (raise_main, lambda e: type(e) is MainError and str(e) == "from __main__"),
+        (raise_two, lambda e: type(e) is TwoArguments and (e.code, e.where) == (7, "the pump")),
+        (interrupt, lambda e: type(e) is KeyboardInterrupt),
+    ):
+        with stoker.Loader(data, batch_size=4, transform=transform, workers=2,
+                           start_method=start_method) as loader:
+            try:
+                list(loader)
+            except stoker.TransformError as error:
+                assert check(error.__cause__), (start_method, type(error.__cause__), error)
+                assert "Traceback in the worker" in str(error)
+            else:
+                raise AssertionError("no error")
+print("OK")
+"""
+
+
+def test_exceptions_keep_their_type_across_the_process_boundary(tmp_path):
+    """A class defined in the script's __main__, one whose __init__ does not take its
+    args back, and a KeyboardInterrupt raised by user code all reach the consumer as
+    themselves (as the cause of the TransformError), not as stand-ins."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exceptions.py"
+    script.write_text(EXCEPTIONS_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr[-4000:]
+
+
+def test_an_exception_type_unknown_here_keeps_its_name():
+    from stoker.executors.failures import exception_bytes, rebuild_exception
+
+    class Local(Exception):
+        pass
+
+    data = exception_bytes(Local("gone"))
+    record = __import__("pickle").loads(data)
+    record["whole"], record["module"] = None, "no.such.module"
+    error = rebuild_exception(__import__("pickle").dumps(record), "Local: gone", "tb")
+    assert isinstance(error, RuntimeError) and error.original_type.endswith("Local")
+    assert "gone" in str(error) and "Local" in str(error)

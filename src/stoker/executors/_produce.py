@@ -89,9 +89,14 @@ class Producer:
     names the sample that caused it.
     """
 
-    def __init__(self, source: Any, transform: Transform) -> None:
+    def __init__(self, source: Any, transform: Transform, *, in_worker: bool = False) -> None:
         self.source = source
         self.transform = transform
+        # In a worker a KeyboardInterrupt can only come from user code (workers ignore
+        # SIGINT): it is that sample's failure. In the consumer it is Ctrl-C.
+        self._failures: tuple[type[BaseException], ...] = (
+            (Exception, KeyboardInterrupt) if in_worker else (Exception,)
+        )
         self.rng = SampleRng.create()
         self.batch_capable = transform.takes_rng and _batch_capable(transform.fn)
 
@@ -99,7 +104,7 @@ class Producer:
         """The transformed sample ``index`` for the epoch whose sample key is ``key``."""
         try:
             sample = self.source[index]
-        except Exception as error:
+        except self._failures as error:
             raise SampleFailure(index, "reading", error) from error
         fn = self.transform.fn
         if fn is None:
@@ -109,7 +114,7 @@ class Producer:
                 return fn(sample, self.rng.for_sample(key, index))
             self.rng.seed_globals(key, index)
             return fn(sample)
-        except Exception as error:
+        except self._failures as error:
             raise SampleFailure(index, "transforming", error) from error
 
     def fill(

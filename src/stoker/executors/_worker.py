@@ -114,7 +114,7 @@ def run(payload: bytes, conn: Connection) -> None:
         quiet_native_threads()
         for name in spec.preload:  # imported before the first sample, so it is seeded too
             importlib.import_module(name)
-        producer = Producer(spec.source, spec.transform)
+        producer = Producer(spec.source, spec.transform, in_worker=True)
     except BaseException as error:  # report anything, even SystemExit from user code
         conn.send((Status.INIT_FAILED, f"{type(error).__name__}: {error}", traceback.format_exc()))
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 
 from ..errors import RemoteTraceback, TransformError
 
@@ -16,22 +17,83 @@ _HINTS = {
 }
 
 
-def exception_bytes(error: BaseException) -> bytes | None:
-    """The worker's exception, pickled for the consumer (None if it cannot be)."""
+def _dumps(value: object) -> bytes | None:
     try:
-        return pickle.dumps(error)
+        return pickle.dumps(value)
     except Exception:
         return None
 
 
-def rebuild_exception(data: bytes | None, summary: str, traceback_text: str) -> BaseException:
-    """The worker's original exception (or a stand-in if it cannot be unpickled), with
-    the worker's traceback attached as its ``__cause__``."""
-    error: BaseException
+def _loads(data: bytes | None) -> object:
+    if data is None:
+        return None
     try:
-        error = pickle.loads(data) if data is not None else RuntimeError(summary)
+        return pickle.loads(data)
     except Exception:
-        error = RuntimeError(summary)
+        return None
+
+
+def exception_bytes(error: BaseException) -> bytes | None:
+    """The worker's exception for the consumer: pickled whole where it can be, and
+    always its type's module and qualified name, its args and its attributes, so that
+    the consumer can rebuild it when unpickling fails (a class defined in ``__main__``,
+    an ``__init__`` that does not take its ``args`` back)."""
+    cls = type(error)
+    return _dumps({
+        "whole": _dumps(error),
+        "module": cls.__module__,
+        "qualname": cls.__qualname__,
+        "args": _dumps(error.args),
+        "attributes": _dumps(getattr(error, "__dict__", None) or None),
+    })
+
+
+def _find_class(module: str, qualname: str) -> type | None:
+    """The class ``module.qualname`` in this process (the user's ``__main__`` too)."""
+    found: object = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found if isinstance(found, type) and issubclass(found, BaseException) else None
+
+
+def _rebuilt(record: dict) -> BaseException | None:
+    error = _loads(record.get("whole"))
+    if isinstance(error, BaseException):
+        return error
+    cls = _find_class(str(record.get("module")), str(record.get("qualname")))
+    if cls is None:
+        return None
+    args = _loads(record.get("args"))
+    args = tuple(args) if isinstance(args, tuple) else ()
+    try:
+        error = cls(*args)
+    except Exception:
+        try:
+            error = cls.__new__(cls, *args)
+        except Exception:
+            return None
+        error.args = args
+    attributes = _loads(record.get("attributes"))
+    if isinstance(attributes, dict):
+        try:
+            error.__dict__.update(attributes)
+        except AttributeError:
+            pass
+    return error
+
+
+def rebuild_exception(data: bytes | None, summary: str, traceback_text: str) -> BaseException:
+    """The worker's original exception, of its own type wherever that type can be found
+    here; otherwise a RuntimeError that names the original type (``original_type``) and
+    says its message. The worker's traceback is attached as its ``__cause__``."""
+    record = _loads(data)
+    error = _rebuilt(record) if isinstance(record, dict) else None
+    if error is None:
+        name = summary.split(":", 1)[0]
+        if isinstance(record, dict):
+            name = f"{record.get('module')}.{record.get('qualname')}"
+        error = RuntimeError(f"{name} (could not be rebuilt here): {summary}")
+        error.original_type = name  # type: ignore[attr-defined]
     error.__cause__ = RemoteTraceback(traceback_text)
     return error
 

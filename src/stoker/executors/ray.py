@@ -141,7 +141,7 @@ class BatchActor:
         from ._worker import quiet_native_threads
 
         quiet_native_threads()
-        self._producer = Producer(source, transform)
+        self._producer = Producer(source, transform, in_worker=True)
         self._keys: dict[tuple[int, int], np.ndarray] = {}
         self._where = (os.getpid(), ray.get_runtime_context().get_node_id())
 
