@@ -150,3 +150,45 @@ def test_an_exception_type_unknown_here_keeps_its_name():
     error = rebuild_exception(__import__("pickle").dumps(record), "Local: gone", "tb")
     assert isinstance(error, RuntimeError) and error.original_type.endswith("Local")
     assert "gone" in str(error) and "Local" in str(error)
+
+
+def ten_ms(sample, rng):
+    import time
+
+    time.sleep(0.01)
+    return sample
+
+
+def test_timeout_is_about_progress_not_the_size_of_a_chunk():
+    """batch_size=512 and 10 ms a sample: each worker's chunk takes 2.6 s, more than
+    timeout=2, yet every sample finishes well within it; nothing is killed."""
+    data = stoker.from_arrays(np.zeros((1024, 2), np.float32), np.arange(1024))
+    with stoker.Loader(data, batch_size=512, transform=ten_ms, workers=2, timeout=2) as loader:
+        labels = np.concatenate([labels for _, labels in loader])
+        assert sorted(labels.tolist()) == list(range(1024)) and loader.crashes == []
+
+
+def test_huge_batches_and_a_stopped_worker_never_block_a_send():
+    """16384 indices a batch would fill the pipe to a stopped worker (64 KiB); the
+    indices travel in shared memory instead, so the consumer keeps noticing the hang
+    (timeout=), replaces the worker and finishes the epoch exactly."""
+    import os
+    import signal
+    import time
+
+    n = 4 * 16384
+    data = stoker.from_arrays(np.zeros((n, 1), np.uint8), np.arange(n))
+    with stoker.Loader(data, batch_size=16384, workers=2, timeout=3, max_worker_restarts=1,
+                       prefetch=2) as loader:
+        epoch = iter(loader)
+        labels = [next(epoch)[1]]
+        os.kill(loader.worker_pids[0], signal.SIGSTOP)
+        started = time.monotonic()
+        labels += [batch[1] for batch in epoch]
+        assert time.monotonic() - started < 60
+        assert sorted(np.concatenate(labels).tolist()) == list(range(n))
+        assert len(loader.crashes) == 1
+        stopped = loader.worker_pids[1]
+        os.kill(stopped, signal.SIGSTOP)
+        closing = time.monotonic()
+    assert time.monotonic() - closing < 20  # close() with a stopped worker returns

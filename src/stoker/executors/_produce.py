@@ -97,6 +97,8 @@ class Producer:
         self._failures: tuple[type[BaseException], ...] = (
             (Exception, KeyboardInterrupt) if in_worker else (Exception,)
         )
+        # (counters, my index): a worker counts its finished samples for timeout=
+        self.progress: tuple[np.ndarray, int] | None = None
         self.rng = SampleRng.create()
         self.batch_capable = transform.takes_rng and _batch_capable(transform.fn)
 
@@ -153,6 +155,8 @@ class Producer:
                 raise SampleFailure(index, "checking", error) from error
             for target, leaf in zip(out, leaves, strict=True):
                 target[row] = leaf
+            if self.progress is not None:
+                self.progress[0][self.progress[1]] += 1
 
 
     def _fill_batch(
@@ -177,6 +181,8 @@ class Producer:
                 raise ValueError("images differ in shape or dtype: one at a time")
             stack[row] = image
             samples.append(_owned(sample, image))
+            if self.progress is not None:
+                self.progress[0][self.progress[1]] += 1
         images = fn.transform_batch(stack, (self.rng.for_sample(key, i) for i in indices))
         for row, (sample, image) in enumerate(zip(samples, images, strict=True), start=offset):
             for target, leaf in zip(out, layout.leaves(fn.with_image(sample, image)),

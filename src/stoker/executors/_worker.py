@@ -47,9 +47,10 @@ _POLL_SECONDS = 1.0
 
 
 class Cmd(IntEnum):
-    """Consumer -> worker. ``(TASK, task_id, epoch, key0, key1, slot, row, indices)``,
-    ``(PROBE, task_id, key0, key1, index)``, ``(ATTACH, layout, slots)`` or
-    ``(STOP,)``."""
+    """Consumer -> worker. ``(TASK, task_id, epoch, key0, key1, slot, row, count)`` (the
+    indices are ``count`` entries from ``row`` of the slot's row in the index block),
+    ``(PROBE, task_id, key0, key1, index)``, ``(ATTACH, layout, slots, index_block)`` or
+    ``(STOP,)``. Every message is small, so no send can block on a full pipe."""
 
     TASK = 1
     STOP = 2
@@ -79,6 +80,7 @@ class WorkerSpec:
     transform: Transform
     batch_size: int
     preload: tuple[str, ...] = ()  # modules whose global RNG a legacy transform may use
+    progress: SharedBlock | None = None  # one sample counter per worker id
 
 
 def _exit_when_parent_dies() -> None:
@@ -105,7 +107,7 @@ def quiet_native_threads() -> None:
     cv2.setNumThreads(1)
 
 
-def run(payload: bytes, conn: Connection) -> None:
+def run(payload: bytes, conn: Connection, worker_id: int = 0) -> None:
     """Entry point of a worker process (see the state diagram above)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_when_parent_dies()
@@ -115,6 +117,9 @@ def run(payload: bytes, conn: Connection) -> None:
         for name in spec.preload:  # imported before the first sample, so it is seeded too
             importlib.import_module(name)
         producer = Producer(spec.source, spec.transform, in_worker=True)
+        if spec.progress is not None:
+            producer.progress = (spec.progress.ndarray((spec.progress.size // 8,), np.int64),
+                                 worker_id)
     except BaseException as error:  # report anything, even SystemExit from user code
         conn.send((Status.INIT_FAILED, f"{type(error).__name__}: {error}", traceback.format_exc()))
         return
@@ -123,6 +128,7 @@ def run(payload: bytes, conn: Connection) -> None:
     layout: BatchLayout | None = None
     slots: tuple[SharedBlock, ...] = ()
     slot_views: list[list[np.ndarray]] = []
+    index_rows = np.zeros((0, 0), np.int64)
     while True:
         try:
             if not conn.poll(_POLL_SECONDS):
@@ -134,15 +140,17 @@ def run(payload: bytes, conn: Connection) -> None:
         if command == Cmd.STOP:
             return
         if command == Cmd.ATTACH:
-            _, layout, slots = message
+            _, layout, slots, index_block = message
             slot_views = [layout.views(block.ndarray((block.size,), np.uint8), spec.batch_size)
                           for block in slots]
+            index_rows = index_block.ndarray((len(slots), spec.batch_size), np.int64)
             continue
         if command == Cmd.PROBE:
             _, task_id, key0, key1, index = message
             reply = _probe(producer, np.array([key0, key1], dtype=np.uint64), task_id, index)
         else:
-            _, task_id, _epoch, key0, key1, slot, row, indices = message
+            _, task_id, _epoch, key0, key1, slot, row, count = message
+            indices = index_rows[slot, row:row + count]
             key = keys.get((key0, key1))
             if key is None:
                 keys.clear()

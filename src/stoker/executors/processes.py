@@ -19,6 +19,12 @@ Scheduling, all of it in the consumer's thread (no background threads):
 * Every run (one call of ``run``) has a generation. A new run first lets the work of
   the one before finish (its slots may still be written to) and ignores its results;
   the older run, if resumed, raises LoaderError: two runs never share the ring.
+* Messages stay small, so a send never blocks on a full pipe (a stopped worker stops
+  reading): a batch's sample indices are written into the shared index row of its slot,
+  and a task names only (slot, row, count).
+* ``timeout=`` is about progress, not chunks: every worker counts the samples it
+  finished in a shared counter, and a worker is hung only when its counter has not
+  moved for ``timeout`` seconds while it holds work.
 * The consumer knows which worker holds which chunk. A crashed worker is replaced (up
   to ``max_worker_restarts``) and its chunks are recomputed by the replacement: same
   keys, same rows, so the epoch is bit-identical to an undisturbed one.
@@ -79,6 +85,7 @@ class _Worker:
     last_progress: float = field(default_factory=time.monotonic)
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
+    samples_done: int = -1  # its progress counter when last looked at
 
 
 @dataclass(slots=True)
@@ -161,6 +168,8 @@ class ProcessExecutor:
         self._resources = _Resources()
         self._finalizer = weakref.finalize(self, self._resources.shutdown)
         self._slot_views: list[list[np.ndarray]] = []
+        self._index_rows = np.zeros((0, 0), np.int64)
+        self._progress = np.zeros(0, np.int64)
         self._tasks: dict[int, _Task] = {}
         self._next_task_id = 0
         self._restarts_used = 0
@@ -197,21 +206,30 @@ class ProcessExecutor:
             # sample once torch is imported: where the training script has torch, the
             # workers import it before their first sample.
             preload = ("torch",) if legacy and "torch" in sys.modules else ()
-            spec = _worker.WorkerSpec(self._source, self._transform, self._batch_size, preload)
+            progress = SharedBlock.create(8 * self.workers, purpose="progress counters")
+            self._resources.slots.append(progress)
+            self._progress = progress.ndarray((self.workers,), np.int64)
+            self._progress[:] = 0
+            spec = _worker.WorkerSpec(self._source, self._transform, self._batch_size, preload,
+                                      progress)
             self._payload = cloudpickle.dumps(spec)
             for worker_id in range(self.workers):
                 self._resources.workers.append(self._spawn(worker_id))
             if self._layout is None:
                 self._layout = self._learn_layout()
             nbytes = self._layout.batch_nbytes(self._batch_size)
-            slots = self._resources.slots
-            for _ in range(self._prefetch):
-                slots.append(SharedBlock.create(nbytes, purpose="batch slots"))
+            slots = [SharedBlock.create(nbytes, purpose="batch slots")
+                     for _ in range(self._prefetch)]
+            self._resources.slots.extend(slots)
             self._slot_views = [
                 self._layout.views(s.ndarray((s.size,), np.uint8), self._batch_size)
                 for s in slots
             ]
-            self._attach = (_worker.Cmd.ATTACH, self._layout, tuple(slots))
+            index_block = SharedBlock.create(8 * self._prefetch * self._batch_size,
+                                             purpose="batch indices")
+            self._resources.slots.append(index_block)
+            self._index_rows = index_block.ndarray((self._prefetch, self._batch_size), np.int64)
+            self._attach = (_worker.Cmd.ATTACH, self._layout, tuple(slots), index_block)
             for worker in list(self._resources.workers):
                 self._send(worker, self._attach)
         except BaseException:
@@ -243,7 +261,7 @@ class ProcessExecutor:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_worker.run,
-            args=(self._payload, child_conn),
+            args=(self._payload, child_conn, worker_id),
             name=f"{WORKER_NAME_PREFIX}-{worker_id}",
             daemon=True,
         )
@@ -271,6 +289,8 @@ class ProcessExecutor:
             self._resources.shutdown()
             self._tasks.clear()
             self._slot_views = []
+            self._index_rows = np.zeros((0, 0), np.int64)
+            self._progress = np.zeros(0, np.int64)
             self._attach = None
             self._dirty = False
 
@@ -346,6 +366,7 @@ class ProcessExecutor:
         generation: int,
     ) -> int:
         """Send one batch's chunks to the least-loaded workers; return the chunk count."""
+        self._index_rows[slot, :len(indices)] = indices  # read by the workers from here
         chunks = split_into_chunks(len(indices), len(self._resources.workers))
         for start, stop in chunks:
             task = _Task(self._next_task_id, batch, slot, start, indices[start:stop], epoch, key,
@@ -365,7 +386,7 @@ class ProcessExecutor:
             message: tuple = (_worker.Cmd.PROBE, task.task_id, *task.key, int(task.indices[0]))
         else:
             message = (_worker.Cmd.TASK, task.task_id, task.epoch, *task.key, task.slot,
-                       task.row, task.indices)
+                       task.row, len(task.indices))
         if not self._send(worker, message):
             self._handle_death(worker)
 
@@ -396,6 +417,11 @@ class ProcessExecutor:
         self._check_started()
         if self._timeout is not None:
             now = time.monotonic()
+            for worker in self._resources.workers:
+                done_so_far = int(self._progress[worker.worker_id])
+                if done_so_far != worker.samples_done:  # it finished a sample since
+                    worker.samples_done = done_so_far
+                    worker.last_progress = now
             for worker in list(self._resources.workers):
                 # A worker still starting is judged by start_timeout, not timeout.
                 if worker.ready and worker.tasks and now - worker.last_progress > self._timeout:
