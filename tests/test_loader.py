@@ -308,3 +308,14 @@ def test_shards_follow_the_unsharded_order_and_refuse_bad_arguments(images):
     whole.close()
     part.close()
     data.release()
+
+
+def test_every_executor_implements_the_protocol(images):
+    from stoker.executors.protocol import Executor
+
+    for workers in (0, 1):
+        with stoker.Loader(stoker.from_arrays(*images), batch_size=64, workers=workers) as loader:
+            next(iter(loader))
+            assert isinstance(loader._executor, Executor)
+            assert loader.layout is loader._executor.layout
+            assert len(loader.worker_pids) == workers and loader.crashes == []

@@ -17,7 +17,7 @@ import secrets
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cloudpickle
 import numpy as np
@@ -30,6 +30,7 @@ from .executors._spawning import START_METHODS
 from .executors.failures import transform_error
 from .executors.inline import InlineExecutor
 from .executors.processes import ProcessExecutor
+from .executors.protocol import Executor
 from .layout import BatchLayout
 from .plan import (
     Purpose,
@@ -42,9 +43,6 @@ from .plan import (
 )
 from .sources import as_source
 from .stats import LoaderStats, StatsRecorder
-
-if TYPE_CHECKING:
-    from .executors.ray import RayExecutor
 
 __all__ = ["Loader", "LoaderOptions"]
 
@@ -222,7 +220,7 @@ class Loader:
             _check_picklable(self._transform.fn, "transform")
             _check_picklable(self.source, "source")
         self._layout: BatchLayout | None = None
-        self._executor: InlineExecutor | ProcessExecutor | RayExecutor | None = None
+        self._executor: Executor | None = None
         self._cursor = Position(0, 0)
         self._run_id = 0
         self._run_ended = ""
@@ -339,7 +337,7 @@ class Loader:
         except ValueError as error:
             raise transform_error(index, "checking", error, "", 0) from error
 
-    def _get_executor(self) -> InlineExecutor | ProcessExecutor | RayExecutor:
+    def _get_executor(self) -> Executor:
         if self._closed:
             raise LoaderError("this Loader is closed; create a new one")
         if self._executor is None:
@@ -485,7 +483,7 @@ class Loader:
     def worker_pids(self) -> list[int]:
         """Process ids of the running workers (empty before the first batch)."""
         executor = self._executor
-        return list(getattr(executor, "pids", []))
+        return executor.pids if executor is not None else []
 
     @property
     def crashes(self) -> list[tuple[int, int | None]]:
@@ -493,7 +491,7 @@ class Loader:
         None on Ray, which does not report it), whether they were replaced
         (``max_worker_restarts``) or not."""
         executor = self._executor
-        return list(getattr(executor, "crashes", []))
+        return list(executor.crashes) if executor is not None else []
 
     @property
     def closed(self) -> bool:

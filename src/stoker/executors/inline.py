@@ -23,6 +23,15 @@ class InlineExecutor:
         self._producer = Producer(source, transform)
         self._layout = layout
         self._legacy = transform.fn is not None and not transform.takes_rng
+        self.crashes: list[tuple[int, int | None]] = []
+
+    @property
+    def layout(self) -> BatchLayout:
+        return self._layout
+
+    @property
+    def pids(self) -> list[int]:
+        return []
 
     def run(
         self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray]
