@@ -1,0 +1,15 @@
+"""Transforms in a module that imports only numpy: workers unpickle them by reference,
+so importing this module is all a worker pays (conftest imports pytest and psutil, which
+costs a worker about 0.2 s to start). For tests that start many loaders."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def flip_noise(sample, rng):
+    image, label = sample
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+    noise = rng.integers(0, 8, image.shape, dtype=np.uint8)
+    return image ^ noise, label
