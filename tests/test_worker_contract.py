@@ -192,3 +192,19 @@ def test_huge_batches_and_a_stopped_worker_never_block_a_send():
         os.kill(stopped, signal.SIGSTOP)
         closing = time.monotonic()
     assert time.monotonic() - closing < 20  # close() with a stopped worker returns
+
+
+def scaled(sample, rng, *, factor):
+    image, label = sample
+    return image * factor, label
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_settings_passed_with_partial_reach_the_workers(workers):
+    """What docs/errors.md advises for run-time settings: they travel with the transform."""
+    import functools
+
+    data = stoker.from_arrays(np.ones((16, 2), np.float32), np.arange(16))
+    transform = functools.partial(scaled, factor=3.0)
+    with stoker.Loader(data, batch_size=8, transform=transform, workers=workers) as loader:
+        assert all(np.all(images == 3.0) for images, _ in loader)
