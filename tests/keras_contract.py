@@ -138,6 +138,30 @@ def state_during_fit_is_what_the_model_trained_on():
             raise AssertionError("state_dict() without LoaderCursor mid-epoch must refuse")
 
 
+class StopAt(keras.callbacks.Callback):
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.step:
+            self.model.stop_training = True
+
+
+def a_tracked_fit_stopped_mid_epoch_leaves_an_exact_state():
+    """Stopped after 3 steps (tf.data had read ahead): the state says 3, and the next
+    fit() continues with batch 3."""
+    with loader() as train:
+        ds = Recording(train)
+        m = model()
+        m.fit(ds, epochs=2, verbose=0, callbacks=[LoaderCursor(train), StopAt(2)])
+        state = train.state_dict()
+        assert (state["epoch"], state["batches_done"]) == (0, 3), state
+        ds.seen.clear()
+        m.fit(ds, epochs=1, verbose=0, callbacks=[LoaderCursor(train)])
+        assert np.concatenate(ds.seen).tolist()[:2 * BATCH] == plan(train, 0)[3 * BATCH:]
+
+
 def initial_epoch_is_honoured():
     with loader() as train:
         ds = Recording(train)
@@ -165,5 +189,6 @@ if __name__ == "__main__":
     steps_per_epoch_walks_whole_epochs()
     state_during_fit_is_what_the_model_trained_on()
     initial_epoch_is_honoured()
+    a_tracked_fit_stopped_mid_epoch_leaves_an_exact_state()
     a_resumed_epoch_ends_after_the_batches_that_remain()
     print("OK")

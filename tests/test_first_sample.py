@@ -115,3 +115,16 @@ def test_lazy_file_handles_and_locks_stay_in_the_workers(tmp_path):
         values = np.concatenate([v[:, 0] for v, _ in loader])
     np.testing.assert_array_equal(values, np.arange(30, dtype=np.float32))
     assert source._file is None  # never opened here
+
+
+def returns_an_object(sample, rng):
+    return object()
+
+
+def test_an_unfit_first_output_is_a_transform_error_not_a_crash():
+    """Whatever BatchLayout.of refuses (here: not an array at all) is that sample's
+    TransformError in the consumer; the worker lives on."""
+    with stoker.Loader(data(), batch_size=8, transform=returns_an_object, workers=2) as loader:
+        with pytest.raises(stoker.TransformError, match="does not fit the batch"):
+            list(loader)
+        assert loader.crashes == []

@@ -222,6 +222,7 @@ class Loader:
         self._layout: BatchLayout | None = None
         self._executor: Executor | None = None
         self._cursor = Position(0, 0)
+        self._moves = 0  # set_epoch() and load_state_dict() calls: adapters check it
         self._run_id = 0
         self._run_ended = ""
         self._adapters: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -259,6 +260,7 @@ class Loader:
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
         self._end_run("set_epoch() moved the loader's cursor")
+        self._moves += 1
         self._cursor = Position(int(epoch), 0)
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
@@ -302,6 +304,7 @@ class Loader:
         running ends (its next step raises LoaderError)."""
         seed, cursor = parse_state(state, self._fixed_state(), len(self))
         self._end_run("load_state_dict() moved the loader's cursor")
+        self._moves += 1
         self.seed = seed
         self._cursor = cursor
 

@@ -99,6 +99,7 @@ class KerasDataset(keras.utils.PyDataset):
         self._tracked = False  # a LoaderCursor acknowledges every step
         self._filter: tuple | None = None
         self._complete: deque[Position] = deque()  # passes read to the end, not yet trained
+        self._moves = loader._moves  # the loader's count of cursor moves when this pass began
         loader._adapters.add(self)
         if keras.backend.backend() == "tensorflow":
             read_by_tensorflow(loader)
@@ -112,8 +113,22 @@ class KerasDataset(keras.utils.PyDataset):
     def num_batches(self) -> int:
         """``len(loader)``; a reader starting mid-epoch is told the batches that remain."""
         if _keras_frame(sys._getframe(1), _READERS, 4) is not None:
-            return len(self.loader) - self.loader.position.batch
+            with self._lock:
+                return len(self.loader) - self._next_start().batch
         return len(self.loader)
+
+    def _next_start(self) -> Position:
+        """Where the next reader starts: after the passes read to their end and not yet
+        trained on (the current one too), else at the cursor."""
+        if self._finished_pass():
+            return self._pending[-1]
+        if self._complete:
+            return self._complete[-1]
+        return self.loader.position
+
+    def _finished_pass(self) -> bool:
+        return (self._run is not None and self._reader is not None and self._reader_left == 0
+                and not self._tracked and bool(self._pending))
 
     def on_epoch_end(self) -> None:
         with self._lock:
@@ -126,7 +141,7 @@ class KerasDataset(keras.utils.PyDataset):
                 # distribution strategy prefetches the next pass before that, so there
                 # may be a newer one, read but not trained on yet).
                 if self._complete:
-                    self.loader._consumed(self._complete.popleft())
+                    self._consumed(self._complete.popleft())
                 elif self._run is not None and self._reader_left == 0:
                     self._commit(len(self._pending))
                     self._run = None
@@ -171,19 +186,19 @@ class KerasDataset(keras.utils.PyDataset):
         """A new pass, at the cursor. A pass read to its end before it waits for the end
         of its Keras epoch (``on_epoch_end``); what an unfinished one handed out and the
         model did not take is given back."""
+        start = self._next_start()
+        if self._finished_pass():
+            self._complete.append(self._pending[-1])
         if self._run is not None:
-            if (self._reader is not None and self._reader_left == 0 and not self._tracked
-                    and self._pending):
-                self._complete.append(self._pending[-1])
             self._run.close()  # type: ignore[attr-defined]
         self._pending.clear()
         self._reader = reader
+        self._moves = self.loader._moves
         if self.loader.position.batch and reader is not None and self._filter is None:
             # This reader starts mid-epoch (a resume) and runs out early, on purpose, until
             # the epoch's end: Keras' "ran out of data" warning would only mislead.
             warnings.filterwarnings("ignore", message=_RAN_OUT, category=UserWarning)
             self._filter = warnings.filters[0]
-        start = self._complete[-1] if self._complete else self.loader.position
         self._reader_left = len(self.loader) - start.batch
         self._run = self.loader._run((self.loader._start_run()[0], start), commit=False)
 
@@ -207,7 +222,11 @@ class KerasDataset(keras.utils.PyDataset):
         position = None
         for _ in range(min(count, len(self._pending))):
             position = self._pending.popleft()
-        if position is not None:
+        self._consumed(position)
+
+    def _consumed(self, position: Position | None) -> None:
+        # Never a position from before set_epoch()/load_state_dict() moved the cursor.
+        if position is not None and self._moves == self.loader._moves:
             self.loader._consumed(position)
 
     # -- for LoaderCursor and Loader.state_dict ---------------------------------------------
@@ -254,7 +273,9 @@ class LoaderCursor(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         for view in self._views():
-            view._tracked = False
+            with view._lock:
+                view._abandon()  # what Keras read ahead and never trained on
+                view._tracked = False
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if self._first_epoch and epoch > self.loader.epoch and not self.loader.position.batch:

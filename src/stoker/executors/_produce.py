@@ -22,6 +22,10 @@ from ..plan import SampleRng
 
 __all__ = ["Producer", "SampleFailure", "Transform"]
 
+# A batch-capable transform runs over stacks of at most this many samples: few Python
+# calls, and progress (for timeout=) reported after each stack.
+_BATCH_STEP = 32
+
 
 @dataclass(frozen=True, slots=True)
 class Transform:
@@ -142,9 +146,13 @@ class Producer:
     ) -> None:
         if self.batch_capable and len(indices) > 1:
             try:
-                self._fill_batch(layout, key, indices, out, offset)
+                for start in range(0, len(indices), _BATCH_STEP):
+                    part = indices[start:start + _BATCH_STEP]
+                    self._fill_batch(layout, key, part, out, offset + start)
+                    if self.progress is not None:  # after each step, for timeout=
+                        self.progress[0][self.progress[1]] += len(part)
                 return
-            except Exception:
+            except self._failures:
                 pass  # redone below, one sample at a time, to name the failing sample
         for row, index in enumerate(indices, start=offset):
             index = int(index)
@@ -181,8 +189,6 @@ class Producer:
                 raise ValueError("images differ in shape or dtype: one at a time")
             stack[row] = image
             samples.append(_owned(sample, image))
-            if self.progress is not None:
-                self.progress[0][self.progress[1]] += 1
         images = fn.transform_batch(stack, (self.rng.for_sample(key, i) for i in indices))
         for row, (sample, image) in enumerate(zip(samples, images, strict=True), start=offset):
             for target, leaf in zip(out, layout.leaves(fn.with_image(sample, image)),

@@ -188,5 +188,5 @@ def _probe(producer: Producer, key: np.ndarray, task_id: int, index: int) -> tup
         return _failed(task_id, failure)
     try:
         return (Status.LAYOUT, task_id, BatchLayout.of(sample))
-    except ValueError as error:
+    except (Exception, KeyboardInterrupt) as error:  # what the transform returned is unfit
         return _failed(task_id, SampleFailure(index, "checking", error))

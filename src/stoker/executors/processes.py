@@ -164,7 +164,8 @@ class ProcessExecutor:
         self._timeout = timeout
         self._start_timeout = start_timeout
         self._lock = threading.RLock()
-        self._closed = False
+        self._closed = False  # the pool was shut down: the run in progress must end
+        self._stopped = False  # close() was called: nothing runs again
         self._resources = _Resources()
         self._finalizer = weakref.finalize(self, self._resources.shutdown)
         self._slot_views: list[list[np.ndarray]] = []
@@ -198,6 +199,7 @@ class ProcessExecutor:
         attach every worker to them (done lazily by ``run`` and ``layout``)."""
         if self.started:
             return
+        self._check_open()
         self._context = worker_context(self._start_method)
         self._closed = False
         try:
@@ -246,7 +248,7 @@ class ProcessExecutor:
         self._next_task_id += 1
         self._assign(self._resources.workers[0], task)
         while True:
-            if self._closed:
+            if self._closed or self._stopped:
                 raise LoaderError("the loader was closed while its workers were starting")
             done, failed = self._pump()
             if failed:
@@ -284,6 +286,12 @@ class ProcessExecutor:
         """Stop every worker and free the slots. Idempotent, and safe from any thread:
         an epoch running in another thread (Keras' enqueuer) is let finish its current
         step, then ends with a LoaderError instead of reading freed memory."""
+        self._stopped = self._closed = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Stop the workers and free the slots (after a crash, too: a later run may start
+        a new pool, unless close() was called)."""
         self._closed = True
         with self._lock:
             self._resources.shutdown()
@@ -293,6 +301,11 @@ class ProcessExecutor:
             self._progress = np.zeros(0, np.int64)
             self._attach = None
             self._dirty = False
+            self._closed = True  # again: a run that reset it meanwhile must still end
+
+    def _check_open(self) -> None:
+        if self._stopped:
+            raise LoaderError("the loader was closed while another thread was reading from it")
 
     @property
     def pids(self) -> list[int]:
@@ -306,10 +319,12 @@ class ProcessExecutor:
         """Yield the batches of ``batches`` (index arrays) in order, as fresh arrays.
         Starting a run ends the one before it (module docstring)."""
         with self._lock:
+            self._check_open()
             self._generation += 1
             generation = self._generation
             if self._dirty:
                 self._drain()
+            self._check_open()
             self._closed = False
             self.start()
             self._dirty = True
@@ -322,7 +337,7 @@ class ProcessExecutor:
         while next_batch < len(batches):
             out = None
             with self._lock:  # released at every yield and after every bounded wait
-                if self._closed:
+                if self._closed or self._stopped:
                     raise LoaderError(
                         "the loader was closed while another thread was reading from it"
                     )
@@ -395,6 +410,8 @@ class ProcessExecutor:
     def _pump(self) -> tuple[list[_Task], list[tuple[_Task, tuple]]]:
         """Wait (bounded) for messages or deaths; return finished and failed tasks."""
         workers = self._resources.workers
+        if not workers:
+            raise LoaderError("the loader was closed while another thread was reading from it")
         by_conn = {w.conn: w for w in workers}
         by_sentinel = {w.process.sentinel: w for w in workers}
         ready = wait([*by_conn, *by_sentinel], timeout=_POLL_SECONDS)
@@ -436,7 +453,7 @@ class ProcessExecutor:
         now = time.monotonic()
         for worker in self._resources.workers:
             if not worker.ready and now - worker.started > self._start_timeout:
-                self.close()
+                self._shutdown()
                 raise LoaderError(
                     f"worker {worker.worker_id} did not start within {self._start_timeout:g} s "
                     "(start_timeout): loading the source or the transform in the worker "
@@ -454,7 +471,7 @@ class ProcessExecutor:
             return
         if status == _worker.Status.INIT_FAILED:
             _, summary, traceback_text = message
-            self.close()
+            self._shutdown()
             raise LoaderError(
                 f"a worker could not start: {summary}. The source or transform failed to load "
                 "in the worker process (a module it needs may be missing there).\n\n"
@@ -504,7 +521,7 @@ class ProcessExecutor:
             detail = " while making the first sample (to learn the batch layout)"
         elif lost:
             detail = f" while producing batch {lost[0].batch} of epoch {lost[0].epoch}"
-        self.close()
+        self._shutdown()
         if self._max_restarts:
             advice = (
                 f"all {self._max_restarts} restarts allowed by max_worker_restarts are used up"
@@ -526,7 +543,10 @@ class ProcessExecutor:
         """Let the work of an abandoned epoch finish (or restart the pool if that fails)."""
         try:
             while self._tasks:
+                if self._stopped:
+                    raise LoaderError("the loader was closed")
                 self._pump()
         except LoaderError:
-            self.close()
+            self._shutdown()
+            self._check_open()
         self._dirty = False

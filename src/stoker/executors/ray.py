@@ -157,7 +157,7 @@ class BatchActor:
             sample = self._producer.sample(key, index)
             try:
                 return (self._where, True, BatchLayout.of(sample))
-            except ValueError as error:
+            except (Exception, KeyboardInterrupt) as error:  # the output is unfit
                 raise SampleFailure(index, "checking", error) from error
         except SampleFailure as failure:
             error = failure.error
@@ -249,6 +249,7 @@ class RayExecutor:
         self._stats = stats
         self._lock = threading.RLock()
         self._closed = False
+        self._stopped = False  # close() was called by the loader: nothing runs again
         self._actors: list[_Actor] = []
         self._arguments: tuple[Any, ...] = ()
         self._in_flight: dict[int, _InFlight] = {}
@@ -294,7 +295,7 @@ class RayExecutor:
             try:
                 ready[ref].pid, ready[ref].node_id = ray.get(ref)
             except ray.exceptions.RayError as error:
-                self.close()
+                self._shutdown()
                 raise LoaderError(
                     f"a Ray worker could not start: {_first_line(error)}. The source or "
                     "transform failed to load in the actor: the modules they need must be "
@@ -304,7 +305,7 @@ class RayExecutor:
                     f"\n\n{error}"
                 ) from None
         if waiting:
-            self.close()
+            self._shutdown()
             raise LoaderError(
                 f"{len(waiting)} of {self.workers} Ray workers did not start within "
                 f"{self._start_timeout:g} s (start_timeout); the cluster has {available} CPUs "
@@ -315,11 +316,16 @@ class RayExecutor:
     def layout(self) -> BatchLayout:
         """The batch layout, learnt from actor 0 (starting the actors if needed)."""
         with self._lock:
+            self._check_open()
             self._closed = False
             self.start()
             if self._layout is None:
                 self._layout = self._learn_layout()
             return self._layout
+
+    def _check_open(self) -> None:
+        if self._stopped:
+            raise LoaderError("the loader was closed while another thread was reading from it")
 
     def _learn_layout(self) -> BatchLayout:
         index, key = self._probe
@@ -338,7 +344,7 @@ class RayExecutor:
                 self._record_crash(actor, f"died while making the first sample: "
                                           f"{_first_line(error)}", final=True, cause=error)
             except ray.exceptions.RayError as error:
-                self.close()
+                self._shutdown()
                 raise LoaderError(f"Ray could not make the first sample: {error}") from error
             self._note_where(actor, where)
             actor.last_progress = time.monotonic()
@@ -352,6 +358,12 @@ class RayExecutor:
         """Kill the actors; an epoch running in another thread ends with a LoaderError.
         The cluster itself is left running (it may be the user's, and is shut down at
         exit if stoker started it)."""
+        self._stopped = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Kill the actors (after a crash too: a later run may start new ones, unless
+        close() was called)."""
         self._closed = True
         with self._lock:
             actors, self._actors = self._actors, []
@@ -362,6 +374,7 @@ class RayExecutor:
                     ray.kill(actor.handle)
                 except Exception:  # the actor or the whole cluster is gone already
                     pass
+            self._closed = True  # again: a run that reset it meanwhile must still end
 
     def _cancel_in_flight(self) -> None:
         for flight in self._in_flight.values():
@@ -383,6 +396,7 @@ class RayExecutor:
         with self._lock:
             self._generation += 1
             generation = self._generation
+            self._check_open()
             self._cancel_in_flight()  # an abandoned epoch's work
             self._closed = False
             self.start()
@@ -395,7 +409,7 @@ class RayExecutor:
             while next_batch < len(batches):
                 out = None
                 with self._lock:  # released at every yield and after every bounded wait
-                    if self._closed:
+                    if self._closed or self._stopped or not self._actors:
                         raise LoaderError(
                             "the loader was closed while another thread was reading from it"
                         )
@@ -438,7 +452,7 @@ class RayExecutor:
                                              f"{epoch}: {_first_line(error)}",
                                final=True, cause=error)
         except ray.exceptions.RayError as error:
-            self.close()
+            self._shutdown()
             raise LoaderError(f"Ray could not produce batch {batch} of epoch {epoch}: "
                               f"{error}") from error
         self._note_where(flight.actor, where)
@@ -469,7 +483,7 @@ class RayExecutor:
         self.crashes.append((actor.worker_id, None))
         self._restarts_used += 1
         if final or self._restarts_used > self._max_restarts:
-            self.close()
+            self._shutdown()
             raise WorkerCrashed(
                 f"Ray worker {actor.worker_id} (pid {actor.pid}) {what}; "
                 f"{_restart_advice(self._max_restarts)}. "
