@@ -208,3 +208,15 @@ def test_settings_passed_with_partial_reach_the_workers(workers):
     transform = functools.partial(scaled, factor=3.0)
     with stoker.Loader(data, batch_size=8, transform=transform, workers=workers) as loader:
         assert all(np.all(images == 3.0) for images, _ in loader)
+
+
+def test_workers_import_torch_only_for_transforms_that_use_it():
+    """Seeding torch needs torch imported in the worker first (2 s and 130 MiB a worker):
+    only for a transform that uses it, not whenever the script has torch."""
+    import functools
+
+    from stoker.executors._produce import uses_torch
+
+    assert uses_torch(torch_noise) and uses_torch(functools.partial(torch_noise))
+    assert not uses_torch(per_sample) and not uses_torch(ROTATE) and not uses_torch(None)
+    assert not uses_torch(ten_ms)

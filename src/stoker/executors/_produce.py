@@ -7,6 +7,7 @@ batches are bit-identical: the only inputs are (source, transform, epoch key, in
 
 from __future__ import annotations
 
+import functools
 import inspect
 import random
 import sys
@@ -20,7 +21,7 @@ import numpy as np
 from ..layout import BatchLayout
 from ..plan import SampleRng
 
-__all__ = ["Producer", "SampleFailure", "Transform"]
+__all__ = ["Producer", "SampleFailure", "Transform", "uses_torch"]
 
 # A batch-capable transform runs over stacks of at most this many samples: few Python
 # calls, and progress (for timeout=) reported after each stack.
@@ -194,6 +195,34 @@ class Producer:
             for target, leaf in zip(out, layout.leaves(fn.with_image(sample, image)),
                                     strict=True):
                 target[row] = leaf
+
+
+def _torchy(obj: Any) -> bool:
+    name = getattr(obj, "__name__", "") if inspect.ismodule(obj) else getattr(
+        obj, "__module__", "")
+    return isinstance(name, str) and name.split(".")[0] in ("torch", "torchvision")
+
+
+def uses_torch(fn: Any) -> bool:
+    """Whether a transform uses torch: it is a torch/torchvision object, or its code names
+    ``torch`` (``import torch`` inside it too) or a global that comes from torch."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if fn is None:
+        return False
+    if _torchy(type(fn)) or _torchy(fn):
+        return True
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn).__call__
+    code = getattr(target, "__code__", None)
+    if code is None:
+        return False
+    scope = getattr(target, "__globals__", {})
+    pending, names = [code], set()
+    while pending:
+        current = pending.pop()
+        names.update(current.co_names)
+        pending.extend(c for c in current.co_consts if inspect.iscode(c))
+    return any(name in ("torch", "torchvision") or _torchy(scope.get(name)) for name in names)
 
 
 def _owned(sample: Any, image: Any) -> Any:
