@@ -6,7 +6,16 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["usable_cpu_count"]
+__all__ = ["fsync_path", "usable_cpu_count"]
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file or a directory (a rename in it) to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:

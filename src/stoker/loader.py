@@ -25,9 +25,8 @@ import numpy as np
 from ._system import usable_cpu_count
 from .cursor import STATE_VERSION, Position, parse_state, superseded
 from .errors import LoaderError
-from .executors._produce import Producer, SampleFailure, Transform, preserved_global_rngs
+from .executors._produce import Transform
 from .executors._spawning import START_METHODS
-from .executors.failures import transform_error
 from .executors.inline import InlineExecutor
 from .executors.processes import ProcessExecutor
 from .executors.protocol import Executor
@@ -259,9 +258,7 @@ class Loader:
         running ends (its next step raises LoaderError)."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self._end_run("set_epoch() moved the loader's cursor")
-        self._moves += 1
-        self._cursor = Position(int(epoch), 0)
+        self._move_cursor(Position(int(epoch), 0), "set_epoch()")
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         """The source indices of every batch of ``epoch``, in order (pure; for tests)."""
@@ -303,10 +300,14 @@ class Loader:
         last batch taken. Checked completely before anything changes; an iteration still
         running ends (its next step raises LoaderError)."""
         seed, cursor = parse_state(state, self._fixed_state(), len(self))
-        self._end_run("load_state_dict() moved the loader's cursor")
-        self._moves += 1
         self.seed = seed
-        self._cursor = cursor
+        self._move_cursor(cursor, "load_state_dict()")
+
+    def _move_cursor(self, position: Position, by: str) -> None:
+        """Where the next iteration starts; one still running ends (``cursor.py``)."""
+        self._end_run(f"{by} moved the loader's cursor")
+        self._moves += 1
+        self._cursor = position
 
     # -- iteration ------------------------------------------------------------------
 
@@ -316,36 +317,19 @@ class Loader:
         worker (user code never runs in this process, except with ``workers=0``), so
         asking for it starts the workers."""
         if self._layout is None:
-            if self.workers == 0:
-                self._layout = self._probe_layout()
-            else:
-                self._layout = self._get_executor().layout
+            self._layout = self._get_executor().layout
         return self._layout
 
     def _probe(self) -> tuple[int, np.ndarray]:
         """Which sample shows the layout, and its key: the first one of epoch 0."""
         return int(self.epoch_batches(0)[0][0]), epoch_key(self.seed, 0, Purpose.SAMPLES)
 
-    def _probe_layout(self) -> BatchLayout:
-        index, key = self._probe()
-        producer = Producer(self.source, self._transform)
-        try:
-            with preserved_global_rngs():
-                sample = producer.sample(key, index)
-            return BatchLayout.of(sample)
-        except SampleFailure as failure:
-            raise transform_error(
-                failure.index, failure.stage, failure.error, failure.traceback, 0
-            ) from failure.error
-        except ValueError as error:
-            raise transform_error(index, "checking", error, "", 0) from error
-
     def _get_executor(self) -> Executor:
         if self._closed:
             raise LoaderError("this Loader is closed; create a new one")
         if self._executor is None:
             if self.workers == 0:
-                self._executor = InlineExecutor(self.source, self._transform, self.layout)
+                self._executor = InlineExecutor(self.source, self._transform, self._probe())
             elif self.options.backend == "ray":
                 from .executors.ray import RayExecutor
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ._system import fsync_path
 from .sources import _ArrayFields
 
 __all__ = ["FORMAT", "VERSION", "StoreError", "StoreSource", "Writer", "open", "save", "verify"]
@@ -58,14 +59,6 @@ def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
         raise StoreError(f"a field of shape {shape} does not fit a {HEADER_BYTES}-byte header")
     text = text + b" " * (length - len(text) - 1) + b"\n"
     return magic + length.to_bytes(2, "little") + text
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _structure(batch: Any) -> tuple[str, list[tuple[str, np.ndarray]]]:
@@ -211,7 +204,7 @@ class Writer:
                 json.dump(meta, handle, indent=1)
                 handle.flush()
                 os.fsync(handle.fileno())
-            _fsync_directory(self._tmp)
+            fsync_path(self._tmp)
             self._commit()
         except BaseException:
             self.abort()
@@ -231,7 +224,7 @@ class Writer:
             old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(self.path, old)
         os.replace(self._tmp, self.path)
-        _fsync_directory(self.path.parent)
+        fsync_path(self.path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
 

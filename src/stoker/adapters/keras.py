@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 
+from .._system import fsync_path
 from ..cursor import Position
 from ..errors import LoaderError
 from ._tf_exit import read_by_tensorflow, tensorflow_call
@@ -367,7 +368,7 @@ class BackupAndRestore(LoaderCursor):
         self._saves += 1
         weights = f"weights-{self._saves}.weights.h5"
         self.model.save_weights(self.backup_dir / weights, overwrite=True)
-        _fsync(self.backup_dir / weights)
+        fsync_path(self.backup_dir / weights)
         meta = {"epoch": epoch, "loader": self.loader.state_dict(), "weights": weights,
                 "saves": self._saves}
         temporary = self.backup_dir / f".latest.json.{os.getpid()}"
@@ -376,7 +377,7 @@ class BackupAndRestore(LoaderCursor):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.manifest)
-        _fsync(self.backup_dir)
+        fsync_path(self.backup_dir)
         for old in self.backup_dir.glob("weights-*.weights.h5"):
             if old.name != weights:
                 old.unlink(missing_ok=True)
@@ -387,14 +388,6 @@ class BackupAndRestore(LoaderCursor):
             import shutil
 
             shutil.rmtree(self.backup_dir, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 class LoaderStatsCallback(keras.callbacks.Callback):

@@ -124,6 +124,15 @@ class Producer:
         except self._failures as error:
             raise SampleFailure(index, "transforming", error) from error
 
+    def layout_of(self, key: np.ndarray, index: int) -> BatchLayout:
+        """The batch layout, read off sample ``index``; an output that does not fit a
+        batch is that sample's failure (stage "checking")."""
+        sample = self.sample(key, index)
+        try:
+            return BatchLayout.of(sample)
+        except self._failures as error:
+            raise SampleFailure(index, "checking", error) from error
+
     def fill(
         self,
         layout: BatchLayout,

@@ -39,7 +39,7 @@ import numpy as np
 from ..layout import BatchLayout
 from ..shm import SharedBlock
 from ._produce import Producer, SampleFailure, Transform
-from .failures import exception_bytes
+from .failures import failure_record
 
 __all__ = ["Cmd", "Status", "WorkerSpec", "quiet_native_threads", "run"]
 
@@ -169,24 +169,12 @@ def run(payload: bytes, conn: Connection, worker_id: int = 0) -> None:
 
 
 def _failed(task_id: int, failure: SampleFailure) -> tuple:
-    return (
-        Status.FAILED,
-        task_id,
-        failure.index,
-        failure.stage,
-        exception_bytes(failure.error),
-        f"{type(failure.error).__name__}: {failure.error}",
-        failure.traceback,
-    )
+    return (Status.FAILED, task_id, *failure_record(failure))
 
 
 def _probe(producer: Producer, key: np.ndarray, task_id: int, index: int) -> tuple:
     """The layout of the first sample, or why it could not be made."""
     try:
-        sample = producer.sample(key, index)
+        return (Status.LAYOUT, task_id, producer.layout_of(key, index))
     except SampleFailure as failure:
         return _failed(task_id, failure)
-    try:
-        return (Status.LAYOUT, task_id, BatchLayout.of(sample))
-    except (Exception, KeyboardInterrupt) as error:  # what the transform returned is unfit
-        return _failed(task_id, SampleFailure(index, "checking", error))

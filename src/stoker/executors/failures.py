@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pickle
 import sys
+from typing import Any
 
 from ..errors import RemoteTraceback, TransformError
 
-__all__ = ["exception_bytes", "rebuild_exception", "transform_error"]
+__all__ = ["exception_bytes", "failure_record", "rebuild_exception", "transform_error"]
 
 _HINTS = {
     "assignment destination is read-only": (
@@ -46,6 +47,14 @@ def exception_bytes(error: BaseException) -> bytes | None:
         "args": _dumps(error.args),
         "attributes": _dumps(getattr(error, "__dict__", None) or None),
     })
+
+
+def failure_record(failure: Any) -> tuple[int, str, bytes | None, str, str]:
+    """What a worker or an actor sends back for a failed sample (a ``SampleFailure``):
+    ``(index, stage, exception_bytes, summary, traceback_text)``."""
+    error = failure.error
+    return (failure.index, failure.stage, exception_bytes(error),
+            f"{type(error).__name__}: {error}", failure.traceback)
 
 
 def _find_class(module: str, qualname: str) -> type | None:

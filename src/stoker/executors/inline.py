@@ -19,14 +19,24 @@ class InlineExecutor:
 
     workers = 0
 
-    def __init__(self, source: Any, transform: Transform, layout: BatchLayout) -> None:
+    def __init__(self, source: Any, transform: Transform, probe: tuple[int, np.ndarray]) -> None:
         self._producer = Producer(source, transform)
-        self._layout = layout
+        self._probe = probe
+        self._layout: BatchLayout | None = None
         self._legacy = transform.fn is not None and not transform.takes_rng
         self.crashes: list[tuple[int, int | None]] = []
 
     @property
     def layout(self) -> BatchLayout:
+        """Read off the first sample, here (the one executor that runs user code in
+        this process, by definition)."""
+        if self._layout is None:
+            index, key = self._probe
+            try:
+                with preserved_global_rngs():
+                    self._layout = self._producer.layout_of(key, index)
+            except SampleFailure as failure:
+                raise _error(failure, 0) from failure.error
         return self._layout
 
     @property
@@ -36,19 +46,23 @@ class InlineExecutor:
     def run(
         self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray]
     ) -> Iterator[list[np.ndarray]]:
+        layout = self.layout
         for indices in batches:
-            out = self._layout.empty(len(indices))
+            out = layout.empty(len(indices))
             try:
                 if self._legacy:
                     with preserved_global_rngs():
-                        self._producer.fill(self._layout, key, indices, out)
+                        self._producer.fill(layout, key, indices, out)
                 else:
-                    self._producer.fill(self._layout, key, indices, out)
+                    self._producer.fill(layout, key, indices, out)
             except SampleFailure as failure:
-                raise transform_error(
-                    failure.index, failure.stage, failure.error, failure.traceback, epoch
-                ) from failure.error
+                raise _error(failure, epoch) from failure.error
             yield out
 
     def close(self) -> None:
         pass
+
+
+def _error(failure: SampleFailure, epoch: int) -> Exception:
+    return transform_error(failure.index, failure.stage, failure.error, failure.traceback,
+                           epoch)

@@ -209,8 +209,7 @@ class ProcessExecutor:
             preload = ("torch",) if legacy and uses_torch(self._transform.fn) else ()
             progress = SharedBlock.create(8 * self.workers, purpose="progress counters")
             self._resources.slots.append(progress)
-            self._progress = progress.ndarray((self.workers,), np.int64)
-            self._progress[:] = 0
+            self._progress = progress.ndarray((self.workers,), np.int64)  # zeros: fresh
             spec = _worker.WorkerSpec(self._source, self._transform, self._batch_size, preload,
                                       progress)
             self._payload = cloudpickle.dumps(spec)

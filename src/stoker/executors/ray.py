@@ -36,7 +36,7 @@ from ..layout import BatchLayout
 from ..sources import ArraySource, Subset, _ArrayFields
 from ..stats import StatsRecorder
 from ._produce import Producer, SampleFailure, Transform
-from .failures import exception_bytes, rebuild_exception, transform_error
+from .failures import failure_record, rebuild_exception, transform_error
 
 try:
     import ray
@@ -154,15 +154,9 @@ class BatchActor:
         the batch layout is learnt here, never in the consumer."""
         key = np.array([key0, key1], dtype=np.uint64)
         try:
-            sample = self._producer.sample(key, index)
-            try:
-                return (self._where, True, BatchLayout.of(sample))
-            except (Exception, KeyboardInterrupt) as error:  # the output is unfit
-                raise SampleFailure(index, "checking", error) from error
+            return (self._where, True, self._producer.layout_of(key, index))
         except SampleFailure as failure:
-            error = failure.error
-            return (self._where, False, (failure.index, failure.stage, exception_bytes(error),
-                                         f"{type(error).__name__}: {error}", failure.traceback))
+            return (self._where, False, failure_record(failure))
 
     def produce(self, key0: int, key1: int, indices: np.ndarray, layout: BatchLayout) -> tuple:
         """``(where, True, (busy_seconds, arrays))``, or ``(where, False, failure)`` when
@@ -177,9 +171,7 @@ class BatchActor:
         try:
             self._producer.fill(layout, key, indices, out)
         except SampleFailure as failure:
-            error = failure.error
-            return (self._where, False, (failure.index, failure.stage, exception_bytes(error),
-                                         f"{type(error).__name__}: {error}", failure.traceback))
+            return (self._where, False, failure_record(failure))
         return (self._where, True, (time.perf_counter() - started, out))
 
 
