@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_augment.py
 	$(BIN)/python benchmarks/bench_loaders.py $(ARGS)
 	$(BIN)/python benchmarks/bench_store.py   # writes (and removes) a 4 GiB store
+	$(BIN)/python benchmarks/bench_memory.py
 	tests/in-private-network $(BIN)/python benchmarks/bench_ray.py
 
 clean:

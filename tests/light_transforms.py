@@ -13,3 +13,26 @@ def flip_noise(sample, rng):
         image = image[:, ::-1]
     noise = rng.integers(0, 8, image.shape, dtype=np.uint8)
     return image ^ noise, label
+
+
+class _OwnGenerator:
+    """A library's own global generator, unknown to stoker (as CuPy's is)."""
+
+    def __init__(self) -> None:
+        self.state = np.random.default_rng()
+
+    def seed(self, seed: int) -> None:
+        self.state = np.random.default_rng(seed)
+
+
+OWN_GENERATOR = _OwnGenerator()
+
+
+def seed_own_generator(seed: int) -> None:
+    OWN_GENERATOR.seed(seed)
+
+
+def own_generator_noise(sample):
+    """A legacy transform drawing from that generator."""
+    image, label = sample
+    return image + OWN_GENERATOR.state.random(image.shape, dtype=np.float32), label

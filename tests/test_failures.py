@@ -291,6 +291,43 @@ def test_workers_exit_when_the_consumer_dies(sig):
     assert wait_until(lambda: own_segments(pids[0]) == set(), 20), "segments left behind"
 
 
+def test_a_killed_consumers_forkserver_folder_is_swept_and_a_live_one_kept(tmp_path):
+    env = {"TMPDIR": str(tmp_path)}
+
+    def started() -> tuple[subprocess.Popen, list[int]]:
+        process = run_script(SLOW_LOOP, env_extra=env)
+        pids = [int(p) for p in process.stdout.readline().split()]
+        assert len(pids) == 3, process.stderr.read()
+        return process, pids
+
+    def folders() -> set[str]:
+        return {p.name for p in tmp_path.glob("pymp-*")}
+
+    killed, pids = started()
+    killed.kill()
+    killed.wait(timeout=30)
+    assert wait_until(lambda: all(gone(pid) for pid in pids[1:]), 10)
+    stale = folders()
+    assert len(stale) == 1  # what SIGKILL leaves: multiprocessing cannot remove it
+    live, _ = started()
+    try:
+        mine = folders() - stale
+        assert folders() == mine and len(mine) == 1  # the stale one went, its own stayed
+        third = run_script("""
+            import numpy as np, stoker
+            with stoker.Loader(stoker.from_arrays(np.zeros((8, 2))), batch_size=4,
+                               workers=1) as loader:
+                print(len(list(loader)))
+        """, env_extra=env)
+        out, err = third.communicate(timeout=120)
+        assert out.strip() == "2", err
+        assert mine <= folders()  # a live forkserver's folder is never touched
+    finally:
+        live.send_signal(signal.SIGINT)
+        live.communicate(timeout=30)
+    assert wait_until(lambda: folders() == set(), 10)
+
+
 @pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
 def test_a_script_without_a_main_guard_runs_and_is_not_re_imported(start_method, tmp_path):
     script = tmp_path / "unguarded.py"

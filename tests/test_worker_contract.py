@@ -76,6 +76,31 @@ def test_a_legacy_transform_drawing_from_torch_is_reproducible(workers):
     assert torch.equal(torch.get_rng_state(), before)  # the caller's generator untouched
 
 
+def test_a_registered_global_generator_is_seeded_per_sample_in_every_worker(monkeypatch):
+    import light_transforms as lt
+    from stoker import plan
+
+    data = stoker.from_arrays(np.zeros((40, 4), np.float32), np.arange(40))
+
+    def epoch(workers: int, seed: int = 5) -> np.ndarray:
+        with stoker.Loader(data, batch_size=8, transform=lt.own_generator_noise,
+                           workers=workers, seed=seed) as loader:
+            return np.concatenate([images for images, _ in loader])
+
+    monkeypatch.setattr(plan, "_SEEDERS", [])  # this test's registration only
+    unseeded = [epoch(0), epoch(2)]
+    assert not np.array_equal(*unseeded)  # the hole: a generator stoker does not know
+    assert stoker.register_global_rng(lt.seed_own_generator) is lt.seed_own_generator
+    stoker.register_global_rng(lt.seed_own_generator)  # twice: no effect
+    assert plan.global_rng_seeders() == (lt.seed_own_generator,)
+    runs = [epoch(0), epoch(1), epoch(2), epoch(2)]
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run, runs[0])
+    assert not np.array_equal(epoch(2, seed=6), runs[0])
+    with pytest.raises(TypeError, match="seeder"):
+        stoker.register_global_rng(3)
+
+
 EXCEPTIONS_SCRIPT = r"""
 import sys
 import numpy as np

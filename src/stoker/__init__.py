@@ -5,6 +5,7 @@ The public surface is this module's ``__all__``; everything else is internal.
 
 from .errors import LoaderError, TransformError, WorkerCrashed
 from .loader import Loader
+from .plan import register_global_rng
 from .sources import Source, from_arrays, split
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "TransformError",
     "WorkerCrashed",
     "from_arrays",
+    "register_global_rng",
     "split",
 ]
 

@@ -36,6 +36,7 @@ from .plan import (
     batch_bounds,
     epoch_key,
     epoch_order,
+    global_rng_seeders,
     num_batches,
     shard_of,
     shard_size,
@@ -142,6 +143,7 @@ class LoaderOptions:
         return usable_cpu_count()
 
     def resolved_prefetch(self, workers: int) -> int:
+        """Batches in flight on Ray (the processes executor sizes its ring in bytes)."""
         return int(self.prefetch) if self.prefetch is not None else max(2, 2 * workers)
 
 
@@ -209,7 +211,8 @@ class Loader:
                 "set drop_remainder=False"
             )
         self.seed = int(seed) if seed is not None else secrets.randbits(63)
-        self._transform = Transform.wrap(transform, check_finite=self.options.check_finite)
+        self._transform = Transform.wrap(transform, check_finite=self.options.check_finite,
+                                         seeders=global_rng_seeders())
         if self.options.backend == "ray":
             from .executors import ray as ray_executor  # a clear error if Ray is missing
 
@@ -349,9 +352,10 @@ class Loader:
                     source=self.source,
                     transform=self._transform,
                     probe=self._probe(),
-                    batch_size=self.options.batch_size,
+                    # the slots hold the largest batch the plan makes, not more
+                    batch_size=min(self.options.batch_size, self.samples_per_epoch),
                     workers=self.workers,
-                    prefetch=self.options.resolved_prefetch(self.workers),
+                    prefetch=self.options.prefetch,  # None: sized in bytes by the executor
                     start_method=self.options.start_method,
                     max_worker_restarts=self.options.max_worker_restarts,
                     timeout=self.options.timeout,

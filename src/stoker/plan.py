@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -25,7 +26,9 @@ __all__ = [
     "batch_bounds",
     "epoch_key",
     "epoch_order",
+    "global_rng_seeders",
     "num_batches",
+    "register_global_rng",
     "split_indices",
     "split_into_chunks",
 ]
@@ -119,6 +122,36 @@ def split_indices(
     return np.sort(order[:first]).astype(np.int64), np.sort(order[first:]).astype(np.int64)
 
 
+_SEEDERS: list[Callable[[int], None]] = []
+
+
+def register_global_rng(seeder: Callable[[int], None]) -> Callable[[int], None]:
+    """Seed one more global generator per sample, for legacy ``f(sample)`` transforms.
+
+    ``random``, ``np.random`` and torch's CPU generator are seeded from the sample's key
+    before every call of a legacy transform; a transform that draws from another global
+    generator (CuPy's, a library's own) registers its seeding function here, e.g.
+    ``stoker.register_global_rng(cupy.random.seed)``. ``seeder(seed)`` is then called
+    with a per-sample seed (an int below 2**63) before each call, in whichever process
+    runs it, so the draws are the same for any worker count. Loaders made afterwards
+    use it (it travels to their workers with the transform). Returns ``seeder``, so it
+    works as a decorator; registering one twice has no further effect.
+    """
+    if not callable(seeder):
+        raise TypeError(
+            f"register_global_rng needs a function seeder(seed: int), got "
+            f"{type(seeder).__name__}"
+        )
+    if seeder not in _SEEDERS:
+        _SEEDERS.append(seeder)
+    return seeder
+
+
+def global_rng_seeders() -> tuple[Callable[[int], None], ...]:
+    """What ``register_global_rng`` has registered, in order."""
+    return tuple(_SEEDERS)
+
+
 @dataclass(slots=True)
 class SampleRng:
     """One reusable generator, re-keyed for every sample.
@@ -157,8 +190,10 @@ class SampleRng:
         self.bit_generator.state = self._state
         return self.generator
 
-    def seed_globals(self, key: np.ndarray, index: int) -> None:
-        words = self.for_sample(key, index).bit_generator.random_raw(3)
+    def seed_globals(
+        self, key: np.ndarray, index: int, seeders: tuple[Callable[[int], None], ...] = ()
+    ) -> None:
+        words = self.for_sample(key, index).bit_generator.random_raw(3 + len(seeders))
         random.seed(int(words[0]))
         np.random.seed(int(words[1]) & 0xFFFFFFFF)
         torch = sys.modules.get("torch")
@@ -167,3 +202,5 @@ class SampleRng:
             # The CPU generator alone: 1 µs, where torch.manual_seed also queues a seed
             # for every CUDA device and costs 100-300 µs a sample.
             generator.manual_seed(int(words[2]) & 0x7FFF_FFFF_FFFF_FFFF)
+        for seeder, word in zip(seeders, words[3:], strict=True):  # register_global_rng
+            seeder(int(word) & 0x7FFF_FFFF_FFFF_FFFF)

@@ -22,6 +22,7 @@ Ownership rules (DESIGN.md, invariant 5):
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import secrets
 import shutil
@@ -30,7 +31,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-__all__ = ["NAME_PREFIX", "SharedBlock"]
+__all__ = ["NAME_PREFIX", "SharedBlock", "map_private"]
 
 NAME_PREFIX = "stoker_"
 _ALIGN = 64
@@ -94,6 +95,31 @@ class SharedBlock:
         return cls(shm, owner=True)
 
     @classmethod
+    def create_many(cls, nbytes: int, count: int, *, purpose: str,
+                    advice: str = "") -> list[SharedBlock]:
+        """``count`` blocks of ``nbytes`` each, all or none; a shortage quotes the total."""
+        blocks: list[SharedBlock] = []
+        total = max(int(nbytes), 1) * count
+        free = _shm_free_bytes()
+        if free is not None and total > free:  # refused before anything is reserved
+            raise _no_space_error(total, f"{purpose} ({count} of {total / count / 2**20:.1f} MiB)",
+                                  advice)
+        try:
+            for _ in range(count):
+                blocks.append(cls.create(nbytes, purpose=purpose))
+        except OSError as error:
+            for block in blocks:
+                block.release()
+            if error.errno != errno.ENOSPC:
+                raise
+            raise _no_space_error(
+                max(int(nbytes), 1) * count,
+                f"{purpose} ({count} of {max(int(nbytes), 1) / 2**20:.1f} MiB)",
+                advice,
+            ) from error.__cause__
+        return blocks
+
+    @classmethod
     def attach(cls, name: str) -> SharedBlock:
         """Map a block that another process owns. Never unlinks it."""
         return cls(shared_memory.SharedMemory(name=name, create=False), owner=False)
@@ -126,18 +152,38 @@ class SharedBlock:
         return f"SharedBlock({self.name!r}, {self.size} bytes, {role})"
 
 
+def map_private(name: str) -> np.ndarray:
+    """All of block ``name`` as writable bytes mapped copy-on-write (``MAP_PRIVATE``):
+    the pages are shared with every other mapping until this process writes one, which
+    then becomes its own. Nothing is registered or ever unlinked here; the mapping
+    outlives the name (the owner may unlink it at any time after this returns)."""
+    from multiprocessing import shared_memory as stdlib
+
+    opener = getattr(stdlib, "_posixshmem", None)
+    if opener is None:  # no POSIX shared memory (Windows): the block itself, shared
+        block = SharedBlock.attach(name)
+        return block.ndarray((block.size,), np.uint8)
+    fd = opener.shm_open("/" + name, os.O_RDONLY, mode=0o600)
+    try:
+        size = os.fstat(fd).st_size
+        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+    finally:
+        os.close(fd)
+    return np.frombuffer(mapping, np.uint8)
+
+
 def aligned(offset: int) -> int:
     """``offset`` rounded up to a cache line, so each array in a block starts aligned."""
     return -(-offset // _ALIGN) * _ALIGN
 
 
-def _no_space_error(size: int, purpose: str) -> OSError:
+def _no_space_error(size: int, purpose: str, advice: str = "") -> OSError:
     free = _shm_free_bytes()
     have = f"{free / 2**20:.0f} MiB are free" if free is not None else "its free space is unknown"
     return OSError(
         errno.ENOSPC,
         f"not enough shared memory for the {purpose}: {size / 2**20:.1f} MiB are needed and "
-        f"{have} in /dev/shm. Free space there (remove stale segments), enlarge it "
+        f"{have} in /dev/shm. {advice}Free space there (remove stale segments), enlarge it "
         "(Docker: `--shm-size=2g`; Linux: `mount -o remount,size=8G /dev/shm`), or for a "
         "dataset larger than memory use an on-disk store (stoker.store), which is "
         "memory-mapped instead.",

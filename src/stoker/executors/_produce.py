@@ -39,9 +39,12 @@ class Transform:
     fn: Callable[..., Any] | None
     takes_rng: bool
     check_finite: bool = False  # refuse NaN/inf in float fields of the output
+    # more global generators to seed before a legacy call (plan.register_global_rng)
+    seeders: tuple[Callable[[int], None], ...] = ()
 
     @classmethod
-    def wrap(cls, fn: Callable[..., Any] | None, *, check_finite: bool = False) -> Transform:
+    def wrap(cls, fn: Callable[..., Any] | None, *, check_finite: bool = False,
+             seeders: tuple[Callable[[int], None], ...] = ()) -> Transform:
         if fn is None:
             return cls(None, False, check_finite)
         if not callable(fn):
@@ -58,7 +61,7 @@ class Transform:
                 signature.bind(*arguments)
             except TypeError:
                 continue
-            return cls(fn, takes_rng, check_finite)
+            return cls(fn, takes_rng, check_finite, () if takes_rng else seeders)
         raise TypeError(
             f"transform {getattr(fn, '__name__', fn)!r} has signature {signature}; it must "
             "accept (sample, rng) or (sample)"
@@ -119,7 +122,7 @@ class Producer:
         try:
             if self.transform.takes_rng:
                 return fn(sample, self.rng.for_sample(key, index))
-            self.rng.seed_globals(key, index)
+            self.rng.seed_globals(key, index, self.transform.seeders)
             return fn(sample)
         except self._failures as error:
             raise SampleFailure(index, "transforming", error) from error

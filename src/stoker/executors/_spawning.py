@@ -19,7 +19,11 @@ preparation data of its own worker processes, and of no other process.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
+import stat
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing import spawn
@@ -30,6 +34,7 @@ __all__ = [
     "WORKER_NAME_PREFIX",
     "default_start_method",
     "fork_safe_native_pools",
+    "sweep_stale_listener_dirs",
     "worker_context",
 ]
 
@@ -37,6 +42,7 @@ START_METHODS = ("forkserver", "spawn", "fork")
 WORKER_NAME_PREFIX = "stoker-worker"
 _PRELOAD = ["stoker.executors._worker", "cv2"]
 _filter_installed = False
+_swept = False
 
 
 def default_start_method() -> str:
@@ -74,9 +80,64 @@ def worker_context(start_method: str | None) -> BaseContext:
     if method == "forkserver":
         # Only effective if this process has not started its forkserver yet.
         context.set_forkserver_preload(_PRELOAD)
+        sweep_stale_listener_dirs()
     if method in ("forkserver", "spawn"):
         _install_preparation_filter()
     return context
+
+
+def sweep_stale_listener_dirs(root: str | None = None) -> list[str]:
+    """Remove the forkserver socket folders (``pymp-*/listener-*``) of processes that
+    were killed; return what was removed. Done once per process, before its forkserver
+    starts.
+
+    multiprocessing removes its folder when the process exits normally, but a SIGKILLed
+    or OOM-killed consumer leaves one behind per kill, forever. A folder is stale when
+    it is ours, holds nothing but ``listener-*`` sockets, and no process has any of
+    them open (Linux lists the open Unix sockets of this network namespace in
+    /proc/net/unix); nothing is
+    connected to, so a live forkserver of another program is never disturbed. Other
+    platforms keep their folders.
+    """
+    global _swept
+    if root is None:
+        if _swept:
+            return []
+        _swept = True
+    try:
+        with open("/proc/net/unix") as table:
+            open_paths = {line.split()[-1] for line in table.readlines()[1:]
+                          if len(line.split()) >= 8}
+    except OSError:
+        return []
+    removed = []
+    base = root or tempfile.gettempdir()
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.startswith("pymp-"):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat().st_uid != os.getuid():
+                continue
+            inside = list(os.scandir(entry.path))
+        except OSError:
+            continue
+        if not inside or not all(_stale_listener(item, open_paths) for item in inside):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    return removed
+
+
+def _stale_listener(item: os.DirEntry, open_paths: set[str]) -> bool:
+    try:
+        is_socket = stat.S_ISSOCK(item.stat(follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+    return is_socket and item.name.startswith("listener-") and item.path not in open_paths
 
 
 @contextmanager

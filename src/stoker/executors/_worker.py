@@ -2,19 +2,19 @@
 
 State diagram of one worker::
 
-    start ──> INIT ──(spec loaded)──> send READY ──> IDLE
-                │                                     │ recv PROBE / ATTACH / TASK
-                └─(error)──> send INIT_FAILED ──> exit v
-    IDLE <── send LAYOUT / DONE / FAILED(index, error, traceback) ── WORKING
-      │ recv STOP, or the pipe closes, or the parent dies
+    start ──> INIT ──(spec loaded)──> send Ready ──> IDLE
+                │                                     │ recv Probe / Attach / Task
+                └─(error)──> send InitFailed ──> exit v
+    IDLE <── send Layout / Done / Failed(index, error, traceback) ── WORKING
+      │ recv Stop, or the pipe closes, or the parent dies
       v
      exit
 
-The batch layout is learnt here, never in the consumer: a PROBE asks one worker to make
+The batch layout is learnt here, never in the consumer: a Probe asks one worker to make
 the first sample and answer with its ``BatchLayout`` (or the failure), under the same
 crash detection and timeouts as any task. The consumer then creates the batch slots and
-sends ATTACH (the layout and the slots) to every worker, and to every replacement first
-thing. A TASK names a batch slot, a row offset and the sample indices to produce; the
+sends Attach (the layout and the slots) to every worker, and to every replacement first
+thing. A Task names a batch slot, a row offset and the sample indices to produce; the
 worker writes the samples straight into the slot's shared memory and answers with one
 small message. Samples never travel through the pipe. The worker ignores SIGINT (Ctrl-C is
 the consumer's to handle) and a watchdog thread exits as soon as the parent is gone.
@@ -30,9 +30,8 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from enum import IntEnum
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,40 +40,107 @@ from ..shm import SharedBlock
 from ._produce import Producer, SampleFailure, Transform
 from .failures import failure_record
 
-__all__ = ["Cmd", "Status", "WorkerSpec", "quiet_native_threads", "run"]
+__all__ = [
+    "Attach",
+    "Done",
+    "Failed",
+    "InitFailed",
+    "Layout",
+    "Probe",
+    "Ready",
+    "Stop",
+    "Task",
+    "WorkerSpec",
+    "quiet_native_threads",
+    "run",
+]
 
 _POLL_SECONDS = 1.0
 
 
-class Cmd(IntEnum):
-    """Consumer -> worker. ``(TASK, task_id, epoch, key0, key1, slot, row, count)`` (the
-    indices are ``count`` entries from ``row`` of the slot's row in the index block),
-    ``(PROBE, task_id, key0, key1, index)``, ``(ATTACH, layout, slots, index_block)`` or
-    ``(STOP,)``. Every message is small, so no send can block on a full pipe."""
-
-    TASK = 1
-    STOP = 2
-    PROBE = 3
-    ATTACH = 4
+# -- consumer -> worker ----------------------------------------------------------------
+# Every message is small (no samples, no index arrays), so no send can block on a full
+# pipe: a task's indices are ``count`` entries from ``row`` of its slot's index row.
 
 
-class Status(IntEnum):
-    """Worker -> consumer. ``(READY, pid)``, ``(DONE, task_id, busy_seconds)``,
-    ``(LAYOUT, task_id, layout)``,
-    ``(FAILED, task_id, index, stage, exception_bytes, summary, traceback_text)``,
-    ``(INIT_FAILED, summary, traceback_text)``."""
+class Task(NamedTuple):
+    """Produce samples into rows ``row:row + count`` of batch slot ``slot``."""
 
-    READY = 1
-    DONE = 2
-    FAILED = 3
-    INIT_FAILED = 4
-    LAYOUT = 5
+    task_id: int
+    epoch: int
+    key0: int
+    key1: int
+    slot: int
+    row: int
+    count: int
+
+
+class Probe(NamedTuple):
+    """Make sample ``index`` and answer with its ``BatchLayout`` (``Layout``)."""
+
+    task_id: int
+    key0: int
+    key1: int
+    index: int
+
+
+class Attach(NamedTuple):
+    """The batch layout, the ring's slots and the index block, sent once per worker."""
+
+    layout: BatchLayout
+    slots: tuple[SharedBlock, ...]
+    index_block: SharedBlock
+
+
+class Stop(NamedTuple):
+    """Exit now."""
+
+
+# -- worker -> consumer ----------------------------------------------------------------
+
+
+class Ready(NamedTuple):
+    """Loaded the source and transform; ``timeout=`` counts from here."""
+
+    pid: int
+
+
+class Done(NamedTuple):
+    """A task finished, after ``busy_seconds`` of work."""
+
+    task_id: int
+    busy_seconds: float
+
+
+class Layout(NamedTuple):
+    """A probe's answer."""
+
+    task_id: int
+    layout: BatchLayout
+
+
+class Failed(NamedTuple):
+    """A task (or probe) failed on sample ``index`` (``failures.failure_record``)."""
+
+    task_id: int
+    index: int
+    stage: str
+    exception_bytes: bytes | None
+    summary: str
+    traceback_text: str
+
+
+class InitFailed(NamedTuple):
+    """Loading the source or transform failed; the worker exits."""
+
+    summary: str
+    traceback_text: str
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
     """What a worker needs to start, serialized once with cloudpickle; the layout and
-    the batch slots come later (ATTACH)."""
+    the batch slots come later (``Attach``)."""
 
     source: Any
     transform: Transform
@@ -121,12 +187,11 @@ def run(payload: bytes, conn: Connection, worker_id: int = 0) -> None:
             producer.progress = (spec.progress.ndarray((spec.progress.size // 8,), np.int64),
                                  worker_id)
     except BaseException as error:  # report anything, even SystemExit from user code
-        conn.send((Status.INIT_FAILED, f"{type(error).__name__}: {error}", traceback.format_exc()))
+        conn.send(InitFailed(f"{type(error).__name__}: {error}", traceback.format_exc()))
         return
-    conn.send((Status.READY, os.getpid()))
+    conn.send(Ready(os.getpid()))
     keys: dict[tuple[int, int], np.ndarray] = {}
     layout: BatchLayout | None = None
-    slots: tuple[SharedBlock, ...] = ()
     slot_views: list[list[np.ndarray]] = []
     index_rows = np.zeros((0, 0), np.int64)
     while True:
@@ -136,45 +201,46 @@ def run(payload: bytes, conn: Connection, worker_id: int = 0) -> None:
             message = conn.recv()
         except (EOFError, OSError):
             return
-        command = message[0]
-        if command == Cmd.STOP:
-            return
-        if command == Cmd.ATTACH:
-            _, layout, slots, index_block = message
-            slot_views = [layout.views(block.ndarray((block.size,), np.uint8), spec.batch_size)
-                          for block in slots]
-            index_rows = index_block.ndarray((len(slots), spec.batch_size), np.int64)
-            continue
-        if command == Cmd.PROBE:
-            _, task_id, key0, key1, index = message
-            reply = _probe(producer, np.array([key0, key1], dtype=np.uint64), task_id, index)
-        else:
-            _, task_id, _epoch, key0, key1, slot, row, count = message
-            indices = index_rows[slot, row:row + count]
-            key = keys.get((key0, key1))
+        reply: Done | Layout | Failed
+        if isinstance(message, Task):
+            indices = index_rows[message.slot, message.row:message.row + message.count]
+            key = keys.get((message.key0, message.key1))
             if key is None:
                 keys.clear()
-                key = keys[(key0, key1)] = np.array([key0, key1], dtype=np.uint64)
+                key = keys[(message.key0, message.key1)] = np.array(
+                    [message.key0, message.key1], dtype=np.uint64)
             started = time.perf_counter()
             try:
-                producer.fill(layout, key, indices, slot_views[slot], row)
+                producer.fill(layout, key, indices, slot_views[message.slot], message.row)
             except SampleFailure as failure:
-                reply = _failed(task_id, failure)
+                reply = _failed(message.task_id, failure)
             else:
-                reply = (Status.DONE, task_id, time.perf_counter() - started)
+                reply = Done(message.task_id, time.perf_counter() - started)
+        elif isinstance(message, Probe):
+            key = np.array([message.key0, message.key1], dtype=np.uint64)
+            reply = _probe(producer, key, message.task_id, message.index)
+        elif isinstance(message, Attach):
+            layout = message.layout
+            slots = message.slots  # kept: the views below map them
+            slot_views = [layout.views(block.ndarray((block.size,), np.uint8), spec.batch_size)
+                          for block in slots]
+            index_rows = message.index_block.ndarray((len(slots), spec.batch_size), np.int64)
+            continue
+        else:  # Stop
+            return
         try:
             conn.send(reply)
         except (BrokenPipeError, OSError):
             return
 
 
-def _failed(task_id: int, failure: SampleFailure) -> tuple:
-    return (Status.FAILED, task_id, *failure_record(failure))
+def _failed(task_id: int, failure: SampleFailure) -> Failed:
+    return Failed(task_id, *failure_record(failure))
 
 
-def _probe(producer: Producer, key: np.ndarray, task_id: int, index: int) -> tuple:
+def _probe(producer: Producer, key: np.ndarray, task_id: int, index: int) -> Layout | Failed:
     """The layout of the first sample, or why it could not be made."""
     try:
-        return (Status.LAYOUT, task_id, producer.layout_of(key, index))
+        return Layout(task_id, producer.layout_of(key, index))
     except SampleFailure as failure:
         return _failed(task_id, failure)

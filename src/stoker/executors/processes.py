@@ -42,7 +42,6 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-import cloudpickle
 import numpy as np
 
 from ..errors import LoaderError, WorkerCrashed, describe_exitcode
@@ -50,7 +49,7 @@ from ..layout import BatchLayout
 from ..plan import split_into_chunks
 from ..shm import SharedBlock
 from ..stats import StatsRecorder
-from . import _worker
+from . import _payload, _worker
 from ._produce import Transform, uses_torch
 from ._spawning import WORKER_NAME_PREFIX, fork_safe_native_pools, worker_context
 from .failures import rebuild_exception, transform_error
@@ -59,6 +58,17 @@ __all__ = ["ProcessExecutor"]
 
 _POLL_SECONDS = 0.5
 _STOP_GRACE_SECONDS = 2.0
+# The default ring: as many batch slots as fit in this much shared memory, at least 2
+# (one being read while the next fills), at most 2 per worker. Every batch is already
+# spread over all workers, so more slots than that only add /dev/shm use.
+RING_BYTES = 256 * 2**20
+
+
+def ring_slots(prefetch: int | None, workers: int, slot_nbytes: int) -> int:
+    """How many batch slots the ring has: ``prefetch`` if given, else the default above."""
+    if prefetch is not None:
+        return prefetch
+    return max(2, min(2 * workers, RING_BYTES // max(slot_nbytes, 1)))
 
 
 @dataclass(slots=True)
@@ -99,7 +109,7 @@ class _Resources:
         workers, self.workers = self.workers, []
         for worker in workers:
             try:
-                worker.conn.send((_worker.Cmd.STOP,))
+                worker.conn.send(_worker.Stop())
             except (OSError, ValueError):
                 pass
         _join_all(workers, _STOP_GRACE_SECONDS)
@@ -122,6 +132,15 @@ class _Resources:
             slot.release()
 
 
+def _failure(failed: _worker.Failed, epoch: int) -> BaseException:
+    """The consumer-side error for a worker's Failed record (its cause attached)."""
+    error = rebuild_exception(failed.exception_bytes, failed.summary, failed.traceback_text)
+    raised = transform_error(failed.index, failed.stage, error, failed.traceback_text, epoch)
+    raised.__cause__ = error
+    raised.__suppress_context__ = True
+    return raised
+
+
 def _join_all(workers: list[_Worker], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     for worker in workers:
@@ -142,7 +161,7 @@ class ProcessExecutor:
         probe: tuple[int, np.ndarray],
         batch_size: int,
         workers: int,
-        prefetch: int,
+        prefetch: int | None,
         start_method: str | None = None,
         max_worker_restarts: int = 0,
         timeout: float | None = None,
@@ -155,7 +174,7 @@ class ProcessExecutor:
         self._transform = transform
         self._probe = probe
         self._layout: BatchLayout | None = None
-        self._attach: tuple | None = None
+        self._attach: _worker.Attach | None = None
         self._batch_size = batch_size
         self._prefetch = prefetch
         self._start_method = start_method
@@ -212,24 +231,27 @@ class ProcessExecutor:
             self._progress = progress.ndarray((self.workers,), np.int64)  # zeros: fresh
             spec = _worker.WorkerSpec(self._source, self._transform, self._batch_size, preload,
                                       progress)
-            self._payload = cloudpickle.dumps(spec)
+            self._payload, shared = _payload.dumps(spec)
+            self._resources.slots.extend(shared)  # released after the workers are joined
             for worker_id in range(self.workers):
                 self._resources.workers.append(self._spawn(worker_id))
             if self._layout is None:
                 self._layout = self._learn_layout()
             nbytes = self._layout.batch_nbytes(self._batch_size)
-            slots = [SharedBlock.create(nbytes, purpose="batch slots")
-                     for _ in range(self._prefetch)]
+            ring = ring_slots(self._prefetch, self.workers, nbytes)
+            slots = SharedBlock.create_many(
+                nbytes, ring, purpose="batch slots",
+                advice="Lower prefetch= (fewer slots) or batch_size= (smaller ones). ")
             self._resources.slots.extend(slots)
             self._slot_views = [
                 self._layout.views(s.ndarray((s.size,), np.uint8), self._batch_size)
                 for s in slots
             ]
-            index_block = SharedBlock.create(8 * self._prefetch * self._batch_size,
+            index_block = SharedBlock.create(8 * ring * self._batch_size,
                                              purpose="batch indices")
             self._resources.slots.append(index_block)
-            self._index_rows = index_block.ndarray((self._prefetch, self._batch_size), np.int64)
-            self._attach = (_worker.Cmd.ATTACH, self._layout, tuple(slots), index_block)
+            self._index_rows = index_block.ndarray((ring, self._batch_size), np.int64)
+            self._attach = _worker.Attach(self._layout, tuple(slots), index_block)
             for worker in list(self._resources.workers):
                 self._send(worker, self._attach)
         except BaseException:
@@ -250,9 +272,7 @@ class ProcessExecutor:
                 raise LoaderError("the loader was closed while its workers were starting")
             done, failed = self._pump()
             if failed:
-                task, (index, stage, data, summary, traceback_text) = failed[0]
-                error = rebuild_exception(data, summary, traceback_text)
-                raise transform_error(index, stage, error, traceback_text, 0) from error
+                raise _failure(failed[0][1], 0)
             for finished in done:
                 if finished.batch == -1:
                     return finished.layout  # type: ignore[attr-defined]
@@ -273,7 +293,7 @@ class ProcessExecutor:
             self._send(worker, self._attach)
         return worker
 
-    def _send(self, worker: _Worker, message: tuple) -> bool:
+    def _send(self, worker: _Worker, message: tuple) -> bool:  # one of _worker's messages
         try:
             worker.conn.send(message)
         except (OSError, ValueError):
@@ -298,6 +318,7 @@ class ProcessExecutor:
             self._index_rows = np.zeros((0, 0), np.int64)
             self._progress = np.zeros(0, np.int64)
             self._attach = None
+            self._payload = None
             self._dirty = False
             self._closed = True  # again: a run that reset it meanwhile must still end
 
@@ -367,10 +388,7 @@ class ProcessExecutor:
                             remaining[task.batch] -= 1
                     failed = [f for f in failed if f[0].generation == generation]
                     if failed:
-                        task, (index, stage, data, summary, traceback_text) = failed[0]
-                        error = rebuild_exception(data, summary, traceback_text)
-                        raise transform_error(index, stage, error, traceback_text,
-                                              epoch) from error
+                        raise _failure(failed[0][1], epoch)
             if out is not None:
                 yield out
 
@@ -395,17 +413,18 @@ class ProcessExecutor:
         worker.tasks[task.task_id] = task
         worker.queued += len(task.indices)
         self._tasks[task.task_id] = task
+        message: _worker.Probe | _worker.Task
         if task.batch == -1:
-            message: tuple = (_worker.Cmd.PROBE, task.task_id, *task.key, int(task.indices[0]))
+            message = _worker.Probe(task.task_id, *task.key, int(task.indices[0]))
         else:
-            message = (_worker.Cmd.TASK, task.task_id, task.epoch, *task.key, task.slot,
-                       task.row, len(task.indices))
+            message = _worker.Task(task.task_id, task.epoch, *task.key, task.slot, task.row,
+                                   len(task.indices))
         if not self._send(worker, message):
             self._handle_death(worker)
 
     # -- waiting --------------------------------------------------------------------
 
-    def _pump(self) -> tuple[list[_Task], list[tuple[_Task, tuple]]]:
+    def _pump(self) -> tuple[list[_Task], list[tuple[_Task, _worker.Failed]]]:
         """Wait (bounded) for messages or deaths; return finished and failed tasks."""
         workers = self._resources.workers
         if not workers:
@@ -414,7 +433,7 @@ class ProcessExecutor:
         by_sentinel = {w.process.sentinel: w for w in workers}
         ready = wait([*by_conn, *by_sentinel], timeout=_POLL_SECONDS)
         done: list[_Task] = []
-        failed: list[tuple[_Task, tuple]] = []
+        failed: list[tuple[_Task, _worker.Failed]] = []
         dead: list[_Worker] = []
         for obj in ready:
             worker = by_conn.get(obj)
@@ -461,35 +480,33 @@ class ProcessExecutor:
                     "if loading is merely slow."
                 )
 
-    def _receive(self, worker: _Worker, message: tuple, done: list, failed: list) -> None:
-        status = message[0]
-        if status == _worker.Status.READY:
+    def _receive(self, worker: _Worker, message: Any, done: list, failed: list) -> None:
+        if isinstance(message, _worker.Ready):
             worker.ready = True
             worker.last_progress = time.monotonic()  # timeout= counts from here
             return
-        if status == _worker.Status.INIT_FAILED:
-            _, summary, traceback_text = message
+        if isinstance(message, _worker.InitFailed):
             self._shutdown()
             raise LoaderError(
-                f"a worker could not start: {summary}. The source or transform failed to load "
-                "in the worker process (a module it needs may be missing there).\n\n"
-                f"Traceback in the worker:\n{traceback_text.rstrip()}"
+                f"a worker could not start: {message.summary}. The source or transform failed "
+                "to load in the worker process (a module it needs may be missing there).\n\n"
+                f"Traceback in the worker:\n{message.traceback_text.rstrip()}"
             )
-        task = self._tasks.pop(message[1], None)
+        task = self._tasks.pop(message.task_id, None)
         if task is None:  # a task of a pool that close() already cleared
             return
         del worker.tasks[task.task_id]
         worker.queued -= len(task.indices)
         worker.last_progress = time.monotonic()
-        if status == _worker.Status.LAYOUT:
-            task.layout = message[2]
+        if isinstance(message, _worker.Layout):
+            task.layout = message.layout
             done.append(task)
-        elif status == _worker.Status.DONE:
+        elif isinstance(message, _worker.Done):
             done.append(task)
             if self._stats is not None:
-                self._stats.worker_busy(message[2])
+                self._stats.worker_busy(message.busy_seconds)
         else:
-            failed.append((task, message[2:]))
+            failed.append((task, message))
 
     def _handle_death(self, worker: _Worker, *, hung: bool = False) -> None:
         """Replace a dead worker and give it the dead one's chunks, or raise WorkerCrashed."""
