@@ -61,7 +61,7 @@ def test_a_disk_that_fills_during_ingest_leaves_nothing(tmp_path):
 
 def test_a_path_that_is_a_file_is_not_a_store(tmp_path):
     (tmp_path / "data.stoker").write_text("not a store")
-    with pytest.raises(store.StoreError, match="is not a stoker store"):
+    with pytest.raises(store.StoreError, match="is a file, not a stoker store"):
         store.open(tmp_path / "data.stoker")
     with pytest.raises(FileExistsError, match="overwrite=True"):
         store.save(tmp_path / "data.stoker", np.zeros((2, 2)), progress=False)
@@ -120,3 +120,22 @@ def test_an_unwritable_target_is_an_error_and_leaves_nothing(tmp_path, capsys):
                  "--no-progress"]) == 2
     assert "stoker ingest:" in capsys.readouterr().err
     assert not os.path.exists("/sys/stoker-test.stoker")
+
+
+def test_the_documented_subpackages_are_reachable_after_import_stoker():
+    import subprocess
+    import sys
+
+    code = ("import sys, stoker; assert 'tensorflow' not in sys.modules; "
+            "print(stoker.store.save.__name__, stoker.augment.kanji_distort.__name__, "
+            "stoker.datasets.etl.__name__, stoker.adapters.__name__, "
+            "'tensorflow' in sys.modules, sorted(set(stoker.SUBPACKAGES) - set(dir(stoker))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["save", "kanji_distort", "stoker.datasets.etl",
+                                   "stoker.adapters", "False", "[]"]
+    import stoker
+
+    with pytest.raises(AttributeError, match="no attribute 'stor'"):
+        stoker.stor  # noqa: B018

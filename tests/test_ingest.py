@@ -99,3 +99,49 @@ def test_etl_selections_that_match_nothing_are_errors(tmp_path, capsys, characte
     assert main(["ingest", str(tmp_path / "ETL9B_1"), "--characters", characters,
                  "--out", str(tmp_path / "s"), "--no-progress"]) == 2
     assert "no records" in capsys.readouterr().err
+
+
+def test_ingest_classes_and_train_data_meet_on_the_command_line(tmp_path, capsys):
+    from stoker.train import user_data
+
+    x = np.zeros((30, 16, 16, 1), np.uint8)
+    y = np.arange(30, dtype=np.int64) % 3
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    names = tmp_path / "names.txt"
+    names.write_text("円\n山\n川\n", encoding="utf-8")
+    out = tmp_path / "d.stoker"
+    npys = [str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]
+    assert main(["ingest", *npys, "--out", str(out), "--classes", str(names),
+                 "--no-progress"]) == 0
+    assert "3 classes" in capsys.readouterr().out
+    assert store.open(out).classes == ["円", "山", "川"]
+    assert user_data((out,), seed=0).classes == ("円", "山", "川")
+
+    # Every refusal speaks in flags, never in keyword arguments.
+    assert main(["ingest", *npys, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "overwrite=True" not in err
+    names.write_text("円\n\n川\n", encoding="utf-8")
+    assert main(["ingest", *npys, "--out", str(tmp_path / "e"), "--classes", str(names)]) == 2
+    assert "empty line (2)" in capsys.readouterr().err
+    names.write_text("円\n円\n", encoding="utf-8")
+    assert main(["ingest", *npys, "--out", str(tmp_path / "e"), "--classes", str(names)]) == 2
+    assert "'円' twice" in capsys.readouterr().err
+    names.write_text("円\n山\n", encoding="utf-8")  # labels go up to 2
+    assert main(["ingest", *npys, "--out", str(tmp_path / "e"), "--classes", str(names),
+                 "--no-progress"]) == 2
+    assert "outside the 2 classes" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+    plain = tmp_path / "plain.stoker"
+    assert main(["ingest", *npys, "--out", str(plain), "--no-progress"]) == 0
+    for data, expected in [
+        ((plain,), "has no class names.*--classes NAMES.txt --overwrite"),
+        ((tmp_path / "nowhere.stoker",), "no store or file at .*stoker ingest"),
+        ((tmp_path / "x.npy", tmp_path / "y.npy"), "not .npy/.npz files.*stoker ingest"),
+        ((tmp_path / "names.txt",), "cannot tell the ETL format.*--etl-format"),
+    ]:
+        with pytest.raises(ValueError, match=expected) as caught:
+            user_data(data, seed=0)
+        assert "format=" not in str(caught.value) and "classes=" not in str(caught.value)

@@ -219,6 +219,30 @@ def test_more_workers_than_cluster_cpus_is_an_error_after_start_timeout(images):
     loader.close()
 
 
+def test_close_from_another_thread_while_actors_start_does_not_wait_out_start_timeout(images):
+    data = stoker.from_arrays(*images)
+    with pytest.warns(UserWarning, match="cluster has 2 CPUs"):
+        loader = stoker.Loader(data, batch_size=8, backend="ray", workers=3, start_timeout=60)
+        threading.Timer(2.0, loader.close).start()
+        started = time.monotonic()
+        with pytest.raises(stoker.LoaderError, match="closed"):
+            next(iter(loader))
+    assert time.monotonic() - started < 20  # not the 60 s of start_timeout
+
+
+def test_a_legacy_torch_transform_matches_inline_on_ray(images):
+    pytest.importorskip("torch")
+    from test_worker_contract import torch_noise
+
+    data = stoker.from_arrays(np.zeros((40, 4), np.float32), np.arange(40))
+    epochs = []
+    for backend, workers in (("inline", 0), ("ray", 2)):
+        with stoker.Loader(data, batch_size=8, transform=torch_noise, backend=backend,
+                           workers=workers, seed=5) as loader:
+            epochs.append(np.concatenate([x for x, _ in loader]))
+    np.testing.assert_array_equal(*epochs)
+
+
 def test_close_from_another_thread_ends_the_epoch_and_kills_the_actors(images):
     data = stoker.from_arrays(*images)
     loader = stoker.Loader(data, batch_size=4, transform=slow_noisy, backend="ray")

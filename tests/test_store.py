@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,8 +42,9 @@ def test_tuple_samples_round_trip_with_classes(tmp_path, samples):
         assert label == y[i] and label.dtype == np.int32
     np.testing.assert_array_equal(data.arrays[0], x)
     store.verify(path)
-    # Plain .npy files: numpy reads them without stoker.
-    np.testing.assert_array_equal(np.load(path / "field_1.npy"), y)
+    # Plain .npy files, named by the manifest: numpy reads them without stoker.
+    files = [f["file"] for f in json.loads((path / "meta.json").read_text())["fields"]]
+    np.testing.assert_array_equal(np.load(path / files[1]), y)
 
 
 def test_dict_and_single_array_samples_round_trip(tmp_path, samples):
@@ -86,7 +88,7 @@ def test_the_writer_streams_batches_and_checks_them(tmp_path, samples):
             writer.append((x[:2, :5], y[:2]))
         with pytest.raises(ValueError, match="structure changed"):
             writer.append({"image": x[:2], "label": y[:2]})
-        with pytest.raises(ValueError, match="same leading"):
+        with pytest.raises(ValueError, match="arrays of equal length"):
             writer.append((x[:3], y[:2]))
     data = store.open(tmp_path / "w")
     assert len(data) == 57
@@ -161,22 +163,22 @@ def test_a_writer_killed_mid_write_leaves_no_accepted_store(tmp_path, sig):
 def test_truncated_corrupt_and_foreign_stores_are_refused_naming_the_file(tmp_path, samples):
     x, y = samples
     path = store.save(tmp_path / "s", (x, y), progress=False)
-    field = path / "field_0.npy"
+    field = path / json.loads((path / "meta.json").read_text())["fields"][0]["file"]
     data = field.read_bytes()
 
     field.write_bytes(data[:-100])
-    with pytest.raises(store.StoreError, match=r"field_0\.npy is truncated"):
+    with pytest.raises(store.StoreError, match=r"field_0\.\w+\.npy is truncated"):
         store.open(path)
 
     field.write_bytes(data[:50] + b"garbage!" + data[58:])
-    with pytest.raises(store.StoreError, match=r"field_0\.npy"):
+    with pytest.raises(store.StoreError, match=r"field_0\.\w+\.npy"):
         store.open(path)
 
     flipped = bytearray(data)
     flipped[-1] ^= 0xFF
     field.write_bytes(bytes(flipped))
     store.open(path)  # sizes and headers are fine: open is cheap and does not read data
-    with pytest.raises(store.StoreError, match=r"field_0\.npy does not match its checksum"):
+    with pytest.raises(store.StoreError, match=r"field_0\.\w+\.npy does not match its checksum"):
         store.verify(path)
     field.write_bytes(data)
     store.verify(path)
@@ -224,3 +226,353 @@ def test_workers_map_the_store_instead_of_receiving_it(tmp_path, samples):
     data = store.open(store.save(tmp_path / "s", (x, y), progress=False))
     assert len(pickle.dumps(data)) < 500  # the path, not the data
     assert os.path.samefile(pickle.loads(pickle.dumps(data)).path, data.path)
+
+
+# -- what save() accepts -------------------------------------------------------------------
+
+
+def test_save_reads_its_input_as_from_arrays_does(tmp_path):
+    x = np.arange(1000, dtype=np.float32)
+    labels = list(range(1000))
+    for i, data in enumerate([(x, labels), [x, np.array(labels)], (x.tolist(), labels)]):
+        source = store.open(store.save(tmp_path / f"s{i}", data))
+        assert len(source) == 1000  # never the tuple itself taken as 2 samples
+        np.testing.assert_array_equal(source.arrays[0], x)
+        np.testing.assert_array_equal(source.arrays[1], labels)
+    images = np.zeros((10, 4, 4), np.uint8)
+    with pytest.raises(ValueError, match="array 1 cannot be made one array"):
+        store.save(tmp_path / "bad", [images, [1, [2, 3]]])
+    with pytest.raises(ValueError, match="equal length"):
+        store.save(tmp_path / "bad", (images, labels))
+    with pytest.raises(ValueError, match="same name"):
+        store.save(tmp_path / "bad", {1: images, "1": images})
+    with pytest.raises(TypeError, match="numbers and booleans only"):
+        store.save(tmp_path / "bad", (np.array(["2020-01-01"] * 3, "datetime64[D]"),))
+    with pytest.raises(TypeError, match="numbers and booleans only"):
+        store.save(tmp_path / "bad", np.array([b"ab", b"cd"]))
+    with pytest.raises(TypeError, match="overwrite must be True or False"):
+        store.save(tmp_path / "bad", images, overwrite="yes")
+    with pytest.raises(TypeError, match="class names must be str or int"):
+        store.save(tmp_path / "bad", images, classes=[1.5])
+    with pytest.raises(ValueError, match="'a' appears twice"):
+        store.save(tmp_path / "bad", images, classes=["a", "b", "a"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s0", "s1", "s2"]
+
+
+def _rss_anon_mib() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no RssAnon")
+
+
+def _peak_private_mib(work) -> float:
+    """Peak anonymous (private) memory while ``work()`` runs, above where it started."""
+    import threading
+
+    start = peak = _rss_anon_mib()
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.wait(0.005):
+            peak = max(peak, _rss_anon_mib())
+
+    watcher = threading.Thread(target=sample)
+    watcher.start()
+    try:
+        work()
+    finally:
+        done.set()
+        watcher.join()
+    return max(peak, _rss_anon_mib()) - start
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="RssAnon needs Linux")
+def test_saving_a_subset_takes_constant_memory(tmp_path):
+    rows = np.random.default_rng(0).integers(0, 256, (8192, 256, 256), dtype=np.uint8)
+    data = stoker.from_arrays(rows, np.arange(len(rows)))  # 512 MiB in shared memory
+    del rows
+    train, _ = data.split(0.9, seed=0)  # 460 MiB in shuffled order
+    peak = _peak_private_mib(lambda: store.save(tmp_path / "train", train))
+    assert peak < 200, f"{peak:.0f} MiB private memory to save a 460 MiB subset"
+    saved = store.open(tmp_path / "train")
+    np.testing.assert_array_equal(saved.arrays[1], train.indices)
+    np.testing.assert_array_equal(saved[1234][0], data[int(train.indices[1234])][0])
+    data.release()
+
+
+# -- the manifest, checked ----------------------------------------------------------------
+
+
+def _rewrite_meta(path: Path, change) -> None:
+    import hashlib
+
+    meta = json.loads((path / "meta.json").read_text())
+    change(meta)
+    meta["meta_sha256"] = hashlib.sha256(store._canonical(meta)).hexdigest()
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+def test_the_manifest_is_checksummed_and_validated_field_by_field(tmp_path, samples):
+    x, y = samples
+    path = store.save(tmp_path / "s", {"image": x, "label": y % 5}, classes=list("abcde"))
+    meta_path = path / "meta.json"
+    original = meta_path.read_text()
+    meta_path.write_text(original.replace('"a"', '"z"'))
+    with pytest.raises(store.StoreError, match="does not match its own checksum"):
+        store.open(path)
+    for change, match in [
+        (lambda m: m.update(classes=5), "classes is 5, not a list"),
+        (lambda m: m.update(classes=["a", "a", "b", "c", "d"]), "appears twice"),
+        (lambda m: m["fields"][1].update(name="image"), "two fields share a name"),
+        (lambda m: m.update(generation="../../etc"), "generation"),
+        (lambda m: m["fields"][0].update(file="/etc/passwd"), "file '/etc/passwd'"),
+        (lambda m: m["fields"][0].update(dtype="<M8[D]"), "dtype"),
+    ]:
+        meta_path.write_text(original)
+        _rewrite_meta(path, change)
+        with pytest.raises(store.StoreError, match=match):
+            store.open(path)
+        with pytest.raises(store.StoreError, match=match):
+            store.verify(path)
+    meta_path.write_text(original)
+    _rewrite_meta(path, lambda m: m.update(classes=["a", "b", "c"]))  # labels go up to 4
+    store.open(path)  # open reads no data
+    with pytest.raises(store.StoreError, match=r"label [34], outside its 3 class names"):
+        store.verify(path)
+
+
+def test_a_version_1_store_still_opens_and_is_replaced_cleanly(tmp_path, samples):
+    x, y = samples
+    path = tmp_path / "old"
+    path.mkdir()
+    fields = []
+    for position, array in enumerate((x, y)):
+        np.save(path / f"field_{position}.npy", array)
+        header = store._npy_header(array.dtype, array.shape)
+        (path / f"field_{position}.npy").write_bytes(header + array.tobytes())
+        import hashlib
+
+        fields.append({"name": str(position), "file": f"field_{position}.npy",
+                       "dtype": array.dtype.str, "shape": list(array.shape[1:]),
+                       "sha256": hashlib.sha256(array.tobytes()).hexdigest()})
+    (path / "meta.json").write_text(json.dumps({
+        "format": "stoker-store", "version": 1, "count": len(x), "kind": "tuple",
+        "fields": fields, "classes": None}))
+    store.verify(path)
+    np.testing.assert_array_equal(store.open(path).arrays[0], x)
+    store.save(path, (x[:3], y[:3]), overwrite=True)
+    assert sorted(p.name for p in path.iterdir() if not p.name.startswith("field_")) == [
+        ".lock", "meta.json"]
+    assert len([p for p in path.iterdir() if p.name.startswith("field_")]) == 2
+    assert len(store.open(path)) == 3
+
+
+def test_a_worker_refuses_a_store_replaced_since_the_loader_opened_it(tmp_path, samples):
+    import pickle
+
+    x, y = samples
+    path = store.save(tmp_path / "s", (x, y))
+    source = store.open(path)
+    travelled = pickle.dumps(source)
+    assert pickle.loads(travelled).identity == source.identity
+    store.save(path, (x[:10], y[:10]), overwrite=True)
+    np.testing.assert_array_equal(source.arrays[0], x)  # mapped before: still readable
+    with pytest.raises(store.StoreError, match=r"replaced \(overwritten\) after this loader"):
+        pickle.loads(travelled)
+    with stoker.Loader(source, batch_size=8, workers=1) as loader:
+        with pytest.raises(stoker.LoaderError, match="was replaced"):
+            next(iter(loader))
+
+
+# -- atomic commits, under kills, readers and racing writers -----------------------------
+
+CRASH_AT = """
+    import os, signal, sys
+    import numpy as np
+    sys.path.insert(0, {src!r})
+    from stoker import store
+
+    target, sig, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    steps = [0]
+
+    def hooked(name):
+        real = getattr(os, name)
+
+        def call(*args, **kwargs):
+            for when in ("before", "after"):
+                if when == "after":
+                    result = real(*args, **kwargs)
+                steps[0] += 1
+                if steps[0] == target:
+                    if sig == signal.SIGINT:  # what Python's SIGINT handler does, right here
+                        raise KeyboardInterrupt
+                    os.kill(os.getpid(), sig)
+            return result
+        setattr(os, name, call)
+
+    for name in ("fsync", "rename", "replace"):
+        hooked(name)
+    x = np.full((size, 300), 7, np.uint16)
+    store.save({path!r}, (x, np.arange(size)), overwrite=True)
+    print("done", steps[0], flush=True)
+"""
+
+
+def _content(path: Path) -> int | None:
+    """The size of the store at ``path`` after verifying it, or None if there is none."""
+    try:
+        source = store.open(path)
+    except store.StoreError as error:
+        assert "no store at" in str(error), error
+        return None
+    store.verify(path)
+    return len(source)
+
+
+def _only_the_store_left(parent: Path, path: Path) -> None:
+    assert sorted(p.name for p in parent.iterdir()) == [path.name]
+    names = {p.name for p in path.iterdir()}
+    files = {f["file"] for f in json.loads((path / "meta.json").read_text())["fields"]}
+    assert names - {".lock"} == files | {"meta.json"}, names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("existing", [False, True], ids=["first-write", "overwrite"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_a_write_killed_at_any_step_leaves_the_old_or_the_new_store(tmp_path, existing, sig):
+    parent = tmp_path / "data"
+    path = parent / "s.stoker"
+    script = textwrap.dedent(CRASH_AT).format(src=str(ROOT / "src"), path=str(path))
+    old, new = 40, 25
+    killed_at = []
+    for target in range(1, 200):
+        shutil.rmtree(parent, ignore_errors=True)
+        parent.mkdir()
+        if existing:
+            store.save(path, (np.zeros((old, 300), np.uint16), np.arange(old)))
+        done = subprocess.run([sys.executable, "-c", script, str(target), str(int(sig)),
+                               str(new)], capture_output=True, text=True, timeout=60)
+        if done.returncode == 0:
+            assert done.stdout.startswith("done")
+            break
+        killed_at.append(target)
+        content = _content(path)
+        assert content in ((old, new) if existing else (None, new)), (target, content)
+        # The next write finds its way, and leaves only the store behind.
+        store.save(path, (np.ones((5, 300), np.uint16), np.arange(5)), overwrite=True)
+        assert _content(path) == 5
+        _only_the_store_left(parent, path)
+    assert len(killed_at) >= 12, killed_at  # every fsync, rename and replace, both sides
+
+
+def test_readers_never_see_a_half_store_during_overwrites(tmp_path):
+    path = tmp_path / "s.stoker"
+    store.save(path, (np.full((64, 100), 64, np.int32), np.full(64, 64)))
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        sys.path.insert(0, {str(ROOT / "src")!r})
+        from stoker import store
+        for i in range(30):
+            n = 64 + 16 * (i % 2)
+            store.save({str(path)!r}, (np.full((n, 100), n, np.int32), np.full(n, n)),
+                       overwrite=True)
+    """)])
+    opens, failures = 0, []
+    try:
+        while writer.poll() is None or opens < 1000:
+            try:
+                source = store.open(path)
+                images, labels = source.arrays
+                n = len(source)
+                assert n in (64, 80) and images[-1, -1] == n and labels[0] == n, n
+            except Exception as error:  # every kind counts as a failure
+                failures.append(repr(error))
+            opens += 1
+    finally:
+        writer.wait(timeout=60)
+    assert writer.returncode == 0
+    assert failures == [], f"{len(failures)} of {opens}: {failures[:3]}"
+    _only_the_store_left(tmp_path, path)
+
+
+def test_concurrent_overwriting_writers_leave_one_intact_store(tmp_path):
+    path = tmp_path / "s.stoker"
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        sys.path.insert(0, {str(ROOT / "src")!r})
+        from stoker import store
+        me = int(sys.argv[1])
+        for i in range(5):
+            n = 10 + me
+            store.save({str(path)!r}, (np.full((n, 1000), me, np.int16), np.full(n, me)),
+                       overwrite=True)
+    """)
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(me)],
+                                stderr=subprocess.PIPE, text=True) for me in range(6)]
+    errors = [w.communicate(timeout=120)[1] for w in writers]
+    assert [w.returncode for w in writers] == [0] * 6, errors
+    source = store.open(path)
+    store.verify(path)
+    me = len(source) - 10
+    assert (source.arrays[0] == me).all() and (source.arrays[1] == me).all()
+    _only_the_store_left(tmp_path, path)
+
+
+def test_a_live_writers_temporary_is_never_removed_and_a_dead_ones_is(tmp_path):
+    path = tmp_path / "s.stoker"
+    first = store.Writer(path)  # alive, in this process
+    first.append(np.zeros((3, 2)))
+    live = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        import numpy as np
+        sys.path.insert(0, {str(ROOT / "src")!r})
+        from stoker import store
+        writer = store.Writer({str(path)!r})
+        writer.append(np.zeros((3, 2)))
+        print("writing", flush=True)
+        time.sleep(600)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline().strip() == "writing"
+        temporaries = {p.name for p in tmp_path.glob(".s.stoker.tmp-*") if p.is_dir()}
+        assert len(temporaries) == 2
+        assert store._remove_stale_temporaries(path) == []  # both leases are held
+        assert first._tmp.exists()
+        live.kill()
+        live.wait(timeout=30)
+        removed = store._remove_stale_temporaries(path)
+        assert [p.name for p in removed] == sorted(temporaries - {first._tmp.name})
+        assert first.close() == path
+        _only_the_store_left(tmp_path, path)
+    finally:
+        live.kill()
+
+
+def test_the_readmes_store_section_runs_as_written(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Data larger than RAM")
+    body = readme.index("```python\n", start) + len("```python\n")
+    block = readme[body:readme.index("\n```", body)]
+    (tmp_path / "store_example.py").write_text(block)
+    done = subprocess.run([sys.executable, "store_example.py"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(store.open(tmp_path / "big.stoker")) == 900
+    assert store.open(tmp_path / "kanji.stoker").classes == [f"class {i}" for i in range(10)]
+    # The first ingest line, on files it names.
+    shell = readme.index("```sh\n", body) + len("```sh\n")
+    line = readme[shell:readme.index("\n", shell)].split("#")[0].split()
+    assert line[:2] == ["stoker", "ingest"]
+    np.save(tmp_path / "x.npy", np.zeros((20, 8, 8), np.uint8))
+    np.save(tmp_path / "y.npy", np.arange(20) % 2)
+    (tmp_path / "names.txt").write_text("even\nodd\n")
+    from stoker.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main([*line[1:], "--no-progress"]) == 0
+    assert store.open(tmp_path / "data.stoker").classes == ["even", "odd"]

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="ETL: keep a group (kanji, hiragana, katakana, digits, latin) "
                         "or the characters given")
     ingest.add_argument("--color", action="store_true", help="folder: keep colour (RGB)")
+    ingest.add_argument("--classes", type=Path, default=None, metavar="FILE",
+                        help=".npy/.npz input: a UTF-8 text file of class names, one per "
+                        "line, line N naming label N (folders and ETL files name their own)")
     ingest.add_argument("--overwrite", action="store_true", help="replace --out atomically")
     ingest.add_argument("--no-progress", action="store_true")
 
@@ -119,21 +122,61 @@ def _ingest(args: argparse.Namespace) -> int:
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
         raise ValueError(f"no such file or folder: {', '.join(missing)}")
+    if (args.out.exists() or args.out.is_symlink()) and not args.overwrite:
+        raise ValueError(f"{args.out} already exists; pass --overwrite to replace it "
+                         "(atomically: it stays as it is until the new store is complete)")
+    if args.classes is not None and kind != "numpy":
+        raise ValueError(f"--classes is for .npy/.npz input; {kind} input names its own "
+                         "classes (the sub-folders, or the characters of the ETL files)")
     if kind == "numpy":
         plan = ingesting.from_numpy(inputs)
+        if args.classes is not None:
+            plan.classes = _class_names(args.classes)
     elif kind == "folder":
         if len(inputs) != 1:
             raise ValueError("--kind folder takes exactly one folder")
         plan = ingesting.from_folder(inputs[0], size=args.size, color=args.color)
     else:
-        plan = ingesting.from_etl(inputs, size=args.size or 64, characters=args.characters,
-                                  format=args.etl_format)
-    path = ingesting.ingest(plan, args.out, overwrite=args.overwrite,
-                            progress=not args.no_progress)
+        plan = _in_flags(lambda: ingesting.from_etl(
+            inputs, size=args.size or 64, characters=args.characters, format=args.etl_format))
+    path = _in_flags(lambda: ingesting.ingest(plan, args.out, overwrite=args.overwrite,
+                                              progress=not args.no_progress))
     data = store.open(path)
     classes = f", {len(data.classes)} classes" if data.classes else ""
     print(f"{path}: {len(data)} samples{classes}, {data.nbytes / 2**20:.1f} MiB")
     return 0
+
+
+def _in_flags(call):
+    """``call()``, its errors' advice given in ``ingest``'s flags, not the keywords of the
+    functions behind them."""
+    try:
+        return call()
+    except (ValueError, FileExistsError) as error:
+        text = str(error)
+        for keyword, flag in (("format=", "--etl-format"), ("overwrite=True", "--overwrite")):
+            text = text.replace(keyword, flag)
+        if text == str(error):
+            raise
+        raise type(error)(text) from None
+
+
+def _class_names(path: Path) -> list[str]:
+    """``--classes FILE``: one class name per line (UTF-8), label N on line N."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--classes {path}: cannot read it as UTF-8 text ({error})") from None
+    names = [line.strip() for line in lines]
+    while names and not names[-1]:
+        names.pop()
+    if not names or "" in names:
+        where = "is empty" if not names else f"has an empty line ({names.index('') + 1})"
+        raise ValueError(f"--classes {path} {where}; give one class name per line")
+    if len(set(names)) != len(names):
+        twice = next(n for i, n in enumerate(names) if n in names[:i])
+        raise ValueError(f"--classes {path} names {twice!r} twice; class names must be unique")
+    return names
 
 
 def _preview(args: argparse.Namespace) -> int:

@@ -364,6 +364,10 @@ class Loader:
                 )
             self._finalizer.detach()
             self._finalizer = weakref.finalize(self, _close_executor, [self._executor])
+            if self._closed:  # close() ran in another thread while this one was made
+                self._finalizer()
+                self._executor = None
+                raise LoaderError("this Loader is closed; create a new one")
         return self._executor
 
     def __iter__(self) -> Iterator[Any]:

@@ -117,6 +117,57 @@ class ArraySource(_ArrayFields):
         return f"<ArraySource {self._length} samples ({fields}) in {self._block.name}>"
 
 
+def field_arrays(
+    arrays: tuple[Any, ...] | list[Any], named: Mapping[str, Any], *, caller: str,
+    refuse_kinds: str = "OUSV", allow_empty: bool = False,
+) -> tuple[str, list[tuple[str, np.ndarray]]]:
+    """``(kind, [(name, array)])`` of what ``from_arrays`` takes: arrays positionally
+    (one: "array" samples; several: "tuple") or by name ("dict"), each converted to one
+    numeric array with a row per sample, all of one length. The one reading of such
+    input, shared by ``from_arrays`` and ``store.save``; errors name the field and the fix.
+    """
+    if arrays and named:
+        raise TypeError(f"{caller} takes arrays either positionally or by name, not both")
+    if not arrays and not named:
+        raise TypeError(f"{caller} needs at least one array, e.g. {caller}(x, y)")
+    if named:
+        kind, items = "dict", [(str(name), value) for name, value in named.items()]
+        if len({name for name, _ in items}) != len(items):
+            raise ValueError(f"{caller} got two fields with the same name: "
+                             f"{[name for name, _ in items]}")
+    else:
+        kind = "array" if len(arrays) == 1 else "tuple"
+        items = [(str(i), a) for i, a in enumerate(arrays)]
+    converted = []
+    for name, value in items:
+        label = f"array {name!r}" if kind == "dict" else f"array {name}"
+        try:
+            array = np.asarray(value)
+        except ValueError as error:  # numpy's "inhomogeneous shape"
+            raise ValueError(
+                f"{label} cannot be made one array ({error}); every sample of a field needs "
+                "the same shape and dtype: resize or pad them first, or use a source of "
+                "your own that returns one sample at a time"
+            ) from None
+        if array.dtype.hasobject or array.dtype.kind in refuse_kinds:
+            raise TypeError(
+                f"{label} has dtype {array.dtype}; {caller} needs numeric arrays "
+                "(stack lists of images with np.stack)"
+            )
+        if array.ndim == 0:
+            raise ValueError(
+                f"{label} is a scalar; {caller} needs arrays with one row per sample"
+            )
+        converted.append((name, array))
+    lengths = {len(a) for _, a in converted}
+    if len(lengths) != 1:
+        described = ", ".join(f"{n}: {len(a)}" for n, a in converted)
+        raise ValueError(f"{caller} needs arrays of equal length, got lengths {described}")
+    if lengths == {0} and not allow_empty:
+        raise ValueError(f"{caller} got empty arrays (0 samples); there is nothing to load")
+    return kind, converted
+
+
 def from_arrays(*arrays: Any, **named: Any) -> ArraySource:
     """Place equal-length arrays in shared memory once and return them as a source.
 
@@ -124,35 +175,8 @@ def from_arrays(*arrays: Any, **named: Any) -> ArraySource:
     label=y)`` gives dict samples, ``from_arrays(x)`` gives ``x[i]``. The arrays are
     copied; drop your own references afterwards to hold the data only once.
     """
-    if arrays and named:
-        raise TypeError("from_arrays takes arrays either positionally or by name, not both")
-    if not arrays and not named:
-        raise TypeError("from_arrays needs at least one array, e.g. from_arrays(x, y)")
-    if named:
-        kind, items = "dict", list(named.items())
-    else:
-        kind = "array" if len(arrays) == 1 else "tuple"
-        items = [(str(i), a) for i, a in enumerate(arrays)]
-    converted = []
-    for name, value in items:
-        label = f"array {name!r}" if kind == "dict" else f"array {name}"
-        array = np.asarray(value)
-        if array.dtype == object or array.dtype.kind in "OUSV":
-            raise TypeError(
-                f"{label} has dtype {array.dtype}; from_arrays needs numeric arrays "
-                "(stack lists of images with np.stack)"
-            )
-        if array.ndim == 0:
-            raise ValueError(
-                f"{label} is a scalar; from_arrays needs arrays with one row per sample"
-            )
-        converted.append((name if kind == "dict" else "", array))
-    lengths = {len(a) for _, a in converted}
-    if len(lengths) != 1:
-        described = ", ".join(f"{n or i}: {len(a)}" for i, (n, a) in enumerate(converted))
-        raise ValueError(f"from_arrays needs arrays of equal length, got lengths {described}")
-    if lengths == {0}:
-        raise ValueError("from_arrays got empty arrays (0 samples); there is nothing to load")
+    kind, converted = field_arrays(arrays, named, caller="from_arrays", refuse_kinds="OUSV")
+    converted = [(name if kind == "dict" else "", array) for name, array in converted]
     specs, position = [], 0
     for name, array in converted:
         specs.append((name, array.shape, array.dtype.str, position))

@@ -1,44 +1,75 @@
 """The on-disk store: data larger than RAM, memory-mapped by every worker.
 
-A store is a directory of plain ``.npy`` files, one per field (``field_0.npy``, ...),
-each holding every sample's value of that field, plus ``meta.json`` (format version,
-sample count, structure, field dtypes and shapes, class names, a SHA-256 per file).
-numpy can read it without stoker; stoker memory-maps it, so workers share the page
-cache and nothing is copied per worker.
+A store is a directory of plain ``.npy`` files, one per field, each holding every
+sample's value of that field, and ``meta.json``, the manifest: format version, sample
+count, structure, field dtypes and shapes, class names, a SHA-256 per file, the store's
+generation (its identity) and a checksum of the manifest itself. numpy reads the files
+without stoker; stoker memory-maps them, so workers share the page cache.
 
-Writes are atomic. A :class:`Writer` streams into a hidden temporary directory next to
-the target, fsyncs every file and the directory, and only then renames it into place:
-after a crash, a kill or Ctrl-C mid-write, ``path`` holds the previous store or
-nothing, never a half-written one. :func:`open` refuses anything that is not a complete
-store of this version (no ``meta.json``, a foreign format, a truncated or resized file)
-with a message naming the file; :func:`verify` also checks every byte against the
-checksums.
+**One commit point, like LMDB's meta page.** The field files of a write are named by
+its generation (``field_0.<generation>.npy``) and are written, fsynced and put in place
+before anything names them; the write becomes the store at the instant ``meta.json`` is
+replaced (``os.replace``, atomic), and the previous generation's files are removed
+after that. So at every instant ``path`` holds the old store or the new one, for a
+reader, for a writer killed at any step and for writers racing each other (the last
+commit wins; commits and clean-ups take the store's lock, ``.lock``, in turn). A reader
+that finds a file gone re-reads the manifest (an overwrite happened between the two);
+one that already mapped the old files reads them until it closes. A new store is built
+in a hidden directory next to ``path`` and renamed into place, so a killed first write
+leaves no store at all.
+
+**Temporaries are leased, not judged by pid.** Each writer holds a lock (``flock``) on
+its lease file for as long as it writes; the next writer removes only temporaries whose
+lease nobody holds, which stays true on shared storage and across pid namespaces.
+
+:func:`open` refuses anything that is not a complete store of a version it reads (no
+or a tampered ``meta.json``, a foreign format, a truncated or resized file) with a
+message naming the file; :func:`verify` checks every byte against the checksums and
+every label against the class names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._system import fsync_path
-from .sources import _ArrayFields
+from .sources import ArraySource, Subset, _ArrayFields, field_arrays
 
 __all__ = ["FORMAT", "VERSION", "StoreError", "StoreSource", "Writer", "open", "save", "verify"]
 
 FORMAT = "stoker-store"
-VERSION = 1
+VERSION = 2  # 2: generations and a checksummed manifest; version 1 stores still open
+READS = (1, 2)
 META = "meta.json"
+LOCK = ".lock"
 HEADER_BYTES = 256  # every .npy header is padded to this, so data starts 64-byte aligned
 _CHUNK_BYTES = 64 << 20  # what save() and verify() handle at a time: constant memory
+_STORED_KINDS = "biufc"  # numbers and booleans: what np.load and open read back
+_OURS = re.compile(r"field_\d+(\.[0-9a-f]{16})?\.npy|\.meta-[0-9a-f]{16}\.tmp")
+_OPEN_ATTEMPTS = 50  # an overwrite between reading the manifest and mapping the files
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; leases and the store lock are not enforced there
+    fcntl = None  # type: ignore[assignment]
+
+
+def _flock(fd: int, blocking: bool = True) -> None:
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 class StoreError(ValueError):
@@ -61,17 +92,143 @@ def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     return magic + length.to_bytes(2, "little") + text
 
 
-def _structure(batch: Any) -> tuple[str, list[tuple[str, np.ndarray]]]:
-    """(kind, [(name, array)]) of a batch: an array, a tuple/list or a dict of arrays."""
+def _structure(batch: Any, caller: str = "Writer.append") -> tuple[
+        str, list[tuple[str, np.ndarray]]]:
+    """(kind, [(name, array)]) of a batch, read as ``from_arrays`` reads its arguments:
+    an array, a tuple/list of fields or a dict of fields, each one numeric array."""
     if isinstance(batch, Mapping):
-        if not batch:
-            raise ValueError("a dict batch needs at least one field")
-        return "dict", [(str(k), np.asarray(v)) for k, v in batch.items()]
-    if isinstance(batch, (tuple, list)):
-        if not batch:
-            raise ValueError("a tuple batch needs at least one field")
-        return "tuple", [(str(i), np.asarray(v)) for i, v in enumerate(batch)]
-    return "array", [("0", np.asarray(batch))]
+        arrays, named = (), batch
+    elif isinstance(batch, (tuple, list)):
+        arrays, named = tuple(batch), {}
+    else:
+        arrays, named = (batch,), {}
+    return field_arrays(arrays, named, caller=caller, refuse_kinds="", allow_empty=True)
+
+
+def _canonical(meta: Mapping[str, Any]) -> bytes:
+    return json.dumps({k: v for k, v in meta.items() if k != "meta_sha256"}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
+def _classes(classes: Iterable[Any] | None) -> list[Any] | None:
+    """Class names as stored: a list of unique str / int names (numpy scalars become
+    Python ones), or None."""
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes, Mapping)) or not isinstance(classes, Iterable):
+        raise TypeError(f"classes must be a list of class names, got {type(classes).__name__}")
+    names = [c.item() if isinstance(c, np.generic) else c for c in classes]
+    bad = [c for c in names if isinstance(c, bool) or not isinstance(c, (str, int))]
+    if bad:
+        raise TypeError(f"class names must be str or int, got {bad[0]!r}")
+    if len(set(names)) != len(names):
+        seen: set[Any] = set()
+        twice = next(c for c in names if c in seen or seen.add(c))
+        raise ValueError(f"class name {twice!r} appears twice; class names must be unique")
+    return names
+
+
+# -- leases: who is still writing ------------------------------------------------------------
+
+_live_leases: set[str] = set()  # this process's own (flock does not stop the same process
+_live_lock = threading.Lock()   # from locking its own file through a second descriptor)
+
+
+class _Lease:
+    """An exclusive ``flock`` on a file, held while a writer's temporary exists. The
+    kernel drops it when the process dies, however it dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with _live_lock:
+            _live_leases.add(str(path))
+        while True:
+            fresh = path.with_name(path.name + "-" + uuid.uuid4().hex[:8])
+            self._fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            _flock(self._fd)
+            try:
+                os.rename(fresh, path)  # visible under its name only once locked
+                return
+            except FileNotFoundError:  # a cleaner took it in the instant before the lock
+                os.close(self._fd)
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = -1
+        with _live_lock:
+            _live_leases.discard(str(self.path))
+
+
+def _remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporaries of writers of ``path`` that are gone (their lease is not
+    held); return what was removed. A live writer's lease cannot be taken, here or on
+    another host sharing the storage."""
+    removed = []
+    for lease in path.parent.glob(f".{path.name}.tmp-*.lease*"):
+        final = lease.name.endswith(".lease")  # else one being created (``.lease-<id>``)
+        with _live_lock:
+            if str(lease if final else lease.with_name(lease.name.rsplit("-", 1)[0])) \
+                    in _live_leases:
+                continue
+        try:
+            fd = os.open(lease, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            try:
+                _flock(fd, blocking=False)
+            except OSError:
+                continue  # held: that writer is alive
+            if final:
+                temporary = lease.with_name(lease.name[: -len(".lease")])
+                shutil.rmtree(temporary, ignore_errors=True)
+                removed.append(temporary)
+            with contextlib.suppress(FileNotFoundError):
+                lease.unlink()
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextlib.contextmanager
+def _store_lock(path: Path) -> Iterator[None]:
+    """The store's lock, held while a commit replaces the manifest and clears out what
+    the manifest no longer names (readers never take it)."""
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _flock(fd)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _collect_garbage(path: Path, meta: Mapping[str, Any]) -> None:
+    """Remove field files the manifest does not name and manifests never committed:
+    only names this module writes, never anything else in the directory."""
+    keep = {field["file"] for field in meta["fields"]}
+    for entry in os.scandir(path):
+        if _OURS.fullmatch(entry.name) and entry.name not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
+def _is_store(path: Path) -> bool:
+    return path.is_dir() and (path / META).exists()
+
+
+def _refuse_target(path: Path, overwrite: bool) -> None:
+    if path.is_symlink() or path.exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"{path} already exists; pass overwrite=True to replace it (atomically)"
+            )
+        if not path.is_dir() or (not _is_store(path) and any(path.iterdir())):
+            raise FileExistsError(f"{path} is not a stoker store (no {META}); refusing to "
+                                  "replace it: choose another path or remove it yourself")
 
 
 class Writer:
@@ -81,23 +238,26 @@ class Writer:
             for images, labels in chunks:        # any number, any size
                 writer.append((images, labels))  # leading axis: samples
 
-    The first batch fixes the structure (an array, a tuple or a dict of arrays), the
-    dtypes and the per-sample shapes; later batches must match exactly. Leaving the
-    ``with`` block by an exception (Ctrl-C included) discards everything written.
+    A batch is what ``from_arrays`` takes: an array, a tuple or list of arrays (fields),
+    or a dict of them. The first batch fixes the structure, the dtypes and the
+    per-sample shapes; later batches must match exactly. Leaving the ``with`` block by
+    an exception (Ctrl-C included) discards everything written; with
+    ``overwrite=True`` the store at ``path`` is replaced at one instant, on close.
     """
 
     def __init__(self, path: str | os.PathLike, *, classes: Iterable[Any] | None = None,
                  overwrite: bool = False) -> None:
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
         self.path = Path(path)
-        self.classes = None if classes is None else [_plain(c) for c in classes]
+        self.classes = _classes(classes)
         self.overwrite = overwrite
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(
-                f"{self.path} already exists; pass overwrite=True to replace it (atomically)"
-            )
+        _refuse_target(self.path, overwrite)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(self.path)
-        self._tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.generation = uuid.uuid4().hex[:16]
+        self._tmp = self.path.parent / f".{self.path.name}.tmp-{self.generation}"
+        self._lease = _Lease(self._tmp.with_name(self._tmp.name + ".lease"))
         self._tmp.mkdir()
         self._kind: str | None = None
         self._fields: list[dict[str, Any]] = []
@@ -111,12 +271,6 @@ class Writer:
         if self._closed:
             raise ValueError(f"the writer for {self.path} is closed")
         kind, fields = _structure(batch)
-        lengths = {len(a) if a.ndim else -1 for _, a in fields}
-        if -1 in lengths or len(lengths) != 1:
-            raise ValueError(
-                "every field of a batch needs the same leading (sample) axis, got shapes "
-                + ", ".join(f"{n}: {a.shape}" for n, a in fields)
-            )
         if self._kind is None:
             self._start(kind, fields)
         self._check(kind, fields)
@@ -125,14 +279,17 @@ class Writer:
             data = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
             handle.write(data)
             digest.update(data)
-        self.count += lengths.pop()
+        self.count += len(fields[0][1])
 
     def _start(self, kind: str, fields: list[tuple[str, np.ndarray]]) -> None:
         for position, (name, array) in enumerate(fields):
-            if array.dtype == object or array.dtype.kind in "OUSV" or array.dtype.hasobject:
-                raise TypeError(f"field {name!r} has dtype {array.dtype}; stores hold numeric "
-                                "arrays only")
-            file = f"field_{position}.npy"
+            if array.dtype.hasobject or array.dtype.kind not in _STORED_KINDS:
+                raise TypeError(
+                    f"field {name!r} has dtype {array.dtype}; stores hold numbers and "
+                    "booleans only (convert dates with .astype('int64'), strings to class "
+                    "indices with classes=)"
+                )
+            file = f"field_{position}.{self.generation}.npy"
             self._fields.append({"name": name, "file": file, "dtype": array.dtype.str,
                                  "shape": list(array.shape[1:])})
             handle = (self._tmp / file).open("wb")
@@ -156,17 +313,7 @@ class Writer:
                 )
 
     def _label_position(self) -> int | None:
-        """Which field holds class indices, when ``classes`` are given: the ``label``
-        entry of dict samples, the second of (image, label) tuples; integer scalars."""
-        if self.classes is None:
-            return None
-        names = [f["name"] for f in self._fields]
-        position = (names.index("label") if self._kind == "dict" and "label" in names
-                    else 1 if self._kind == "tuple" and len(names) == 2 else None)
-        if position is None:
-            return None
-        field = self._fields[position]
-        return position if not field["shape"] and np.dtype(field["dtype"]).kind in "iu" else None
+        return label_position(self._kind, self._fields, self.classes)
 
     def _check_labels(self, fields: list[tuple[str, np.ndarray]]) -> None:
         position = self._label_position()
@@ -182,7 +329,7 @@ class Writer:
             )
 
     def close(self) -> Path:
-        """Finish the files, fsync, and rename the store into place. Returns its path."""
+        """Finish the files, fsync, and commit the store. Returns its path."""
         if self._closed:
             return self.path
         if self.count == 0:
@@ -198,42 +345,57 @@ class Writer:
                 handle.close()
             for field, digest in zip(self._fields, self._hashes, strict=True):
                 field["sha256"] = digest.hexdigest()
-            meta = {"format": FORMAT, "version": VERSION, "count": self.count,
-                    "kind": self._kind, "fields": self._fields, "classes": self.classes}
-            with (self._tmp / META).open("w") as handle:
-                json.dump(meta, handle, indent=1)
-                handle.flush()
-                os.fsync(handle.fileno())
+            meta: dict[str, Any] = {
+                "format": FORMAT, "version": VERSION, "generation": self.generation,
+                "count": self.count, "kind": self._kind, "fields": self._fields,
+                "classes": self.classes,
+            }
+            meta["meta_sha256"] = hashlib.sha256(_canonical(meta)).hexdigest()
+            self._meta_bytes = json.dumps(meta, indent=1).encode()
+            _write_synced(self._tmp / META, self._meta_bytes)
             fsync_path(self._tmp)
-            self._commit()
+            self._commit(meta)
         except BaseException:
             self.abort()
             raise
         self._closed = True
         return self.path
 
-    def _commit(self) -> None:
-        old = None
-        if self.path.exists():
-            if not self.overwrite:
-                raise FileExistsError(f"{self.path} appeared while writing; nothing replaced")
-            if self.path.is_dir() and not (self.path / META).exists() and any(
-                    self.path.iterdir()):
-                raise FileExistsError(f"{self.path} is a directory that is not a stoker store; "
-                                      "refusing to replace it")
-            old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.path, old)
-        os.replace(self._tmp, self.path)
-        fsync_path(self.path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    def _commit(self, meta: dict[str, Any]) -> None:
+        if not (self.path.is_symlink() or self.path.exists()):
+            try:  # a new store: the whole directory appears at once
+                os.rename(self._tmp, self.path)
+            except OSError:
+                if not (self.path.is_symlink() or self.path.exists()):
+                    raise
+            else:
+                fsync_path(self.path.parent)
+                self._lease.release()
+                return
+        if not self.overwrite:  # another writer created it meanwhile
+            raise FileExistsError(f"{self.path} appeared while writing; nothing replaced")
+        _refuse_target(self.path, True)
+        with _store_lock(self.path):
+            for field in meta["fields"]:  # named by nothing yet: invisible to readers
+                os.rename(self._tmp / field["file"], self.path / field["file"])
+            fsync_path(self.path)
+            staged = self.path / f".meta-{self.generation}.tmp"
+            _write_synced(staged, self._meta_bytes)
+            os.replace(staged, self.path / META)  # the commit point
+            fsync_path(self.path)
+            _collect_garbage(self.path, meta)
+        self._clean_up()
 
     def abort(self) -> None:
         """Discard everything written; ``path`` is left as it was."""
         for handle in self._files:
             handle.close()
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._clean_up()
         self._closed = True
+
+    def _clean_up(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._lease.release()
 
     def __enter__(self) -> Writer:
         return self
@@ -249,33 +411,40 @@ class Writer:
             self.abort()
 
 
-def _plain(value: Any) -> Any:
-    """A JSON-friendly class name (numpy scalars become Python ones)."""
-    return value.item() if isinstance(value, np.generic) else value
+def _write_synced(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete temporaries of ``path`` left by writers whose process is gone."""
-    for candidate in path.parent.glob(f".{path.name}.tmp-*"):
-        try:
-            pid = int(candidate.name.rsplit(".tmp-", 1)[1].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(candidate, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
-            continue
+def label_position(kind: str | None, fields: list[Mapping[str, Any]],
+                   classes: list[Any] | None) -> int | None:
+    """Which field holds class indices, when there are class names: the ``label`` entry
+    of dict samples, the second of (image, label) tuples; integer scalars only."""
+    if classes is None:
+        return None
+    names = [f["name"] for f in fields]
+    position = (names.index("label") if kind == "dict" and "label" in names
+                else 1 if kind == "tuple" and len(names) == 2 else None)
+    if position is None:
+        return None
+    field = fields[position]
+    return position if not field["shape"] and np.dtype(field["dtype"]).kind in "iu" else None
 
 
 # -- Saving any data -----------------------------------------------------------------------
 
 
 def save(path: str | os.PathLike, data: Any, *, classes: Iterable[Any] | None = None,
-         overwrite: bool = False, progress: bool = True) -> Path:
+         overwrite: bool = False, progress: bool = False) -> Path:
     """Write ``data`` as a store at ``path``, streaming, in constant memory.
 
-    ``data`` is an array, a tuple or dict of equal-length arrays, or any source
-    (``from_arrays``, another store, anything with ``__len__``/``__getitem__``).
-    ``classes`` defaults to ``data.classes`` when it has them.
+    ``data`` is what ``from_arrays`` takes, as one argument: an array, a tuple or list
+    of equal-length arrays (the fields: ``(x, y)``), or a dict of them; or any source
+    (``from_arrays``, another store, a ``split`` of either, anything with
+    ``__len__``/``__getitem__``), read a chunk at a time. ``classes`` defaults to
+    ``data.classes`` when it has them; ``progress=True`` shows a progress bar.
     """
     if classes is None:
         classes = getattr(data, "classes", None)
@@ -290,32 +459,23 @@ def save(path: str | os.PathLike, data: Any, *, classes: Iterable[Any] | None = 
 
 
 def _chunks(data: Any) -> tuple[Iterable[Any], int]:
-    arrays = getattr(data, "arrays", None)
-    if arrays is not None and not isinstance(data, StoreSource):
-        data = arrays  # an ArraySource: slice its shared arrays
-    if isinstance(data, (np.ndarray, Mapping)) or (
-            isinstance(data, tuple) and data and all(isinstance(a, np.ndarray) for a in data)):
-        kind, fields = _structure(data)
-        n = len(fields[0][1])
-        if any(len(a) != n for _, a in fields):
-            raise ValueError("save() needs arrays of equal length")
-        row_bytes = max(1, sum(a[:1].nbytes for _, a in fields))
-        step = max(1, _CHUNK_BYTES // row_bytes)
-
-        def sliced():
-            for start in range(0, n, step):
-                part = [a[start:start + step] for _, a in fields]
-                yield (part[0] if kind == "array" else
-                       dict(zip([name for name, _ in fields], part, strict=True))
-                       if kind == "dict" else tuple(part))
-        return sliced(), n
+    """The batches ``save`` appends, each at most about ``_CHUNK_BYTES``, and their total."""
+    if isinstance(data, (ArraySource, StoreSource)):
+        return _sliced(data.arrays, "save")  # views and maps: slicing copies nothing
+    if isinstance(data, Subset) and isinstance(data.base, (ArraySource, StoreSource)):
+        return _gathered(data.base.arrays, data.indices)
+    if isinstance(data, (np.ndarray, Mapping, tuple, list)):
+        return _sliced(data, "save")
     if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
-        raise TypeError(f"save() needs arrays or a source, got {type(data).__name__}")
+        raise TypeError(
+            f"save() needs arrays (x, a tuple (x, y) or a dict of arrays) or a source, got "
+            f"{type(data).__name__}"
+        )
     n = len(data)
     if n == 0:
         raise ValueError("the source is empty (0 samples); there is nothing to save")
-    first_kind, first_fields = _structure(data[0])
-    row_bytes = max(1, sum(np.asarray(a).nbytes for _, a in first_fields))
+    first_kind, first_fields = _sample_fields(data[0])
+    row_bytes = max(1, sum(a.nbytes for _, a in first_fields))
     step = max(1, _CHUNK_BYTES // row_bytes)
 
     def stacked():
@@ -323,6 +483,57 @@ def _chunks(data: Any) -> tuple[Iterable[Any], int]:
             samples = [data[i] for i in range(start, min(n, start + step))]
             yield _stack(samples, first_kind)
     return stacked(), n
+
+
+def _rebuild(kind: str, fields: list[tuple[str, np.ndarray]], parts: list[np.ndarray]) -> Any:
+    if kind == "array":
+        return parts[0]
+    if kind == "dict":
+        return dict(zip([name for name, _ in fields], parts, strict=True))
+    return tuple(parts)
+
+
+def _step(fields: list[tuple[str, np.ndarray]]) -> int:
+    row_bytes = max(1, sum(a[:1].nbytes for _, a in fields))
+    return max(1, _CHUNK_BYTES // row_bytes)
+
+
+def _sliced(data: Any, caller: str) -> tuple[Iterable[Any], int]:
+    if isinstance(data, (tuple, list, Mapping)) and not data:
+        raise ValueError(f"{caller}() got an empty {type(data).__name__}: there is nothing to "
+                         "save; pass arrays, e.g. save(path, (x, y))")
+    kind, fields = _structure(data, caller)
+    n = len(fields[0][1])
+    if n == 0:
+        raise ValueError(f"{caller}() got empty arrays (0 samples); there is nothing to save")
+    step = _step(fields)
+
+    def sliced():
+        for start in range(0, n, step):
+            yield _rebuild(kind, fields, [a[start:start + step] for _, a in fields])
+    return sliced(), n
+
+
+def _gathered(arrays: Any, indices: np.ndarray) -> tuple[Iterable[Any], int]:
+    """A subset of arrays, a chunk of rows at a time (never the whole subset at once)."""
+    kind, fields = _structure(arrays, "save")
+    step = _step(fields)
+
+    def gathered():
+        for start in range(0, len(indices), step):
+            rows = indices[start:start + step]
+            yield _rebuild(kind, fields, [a[rows] for _, a in fields])
+    return gathered(), len(indices)
+
+
+def _sample_fields(sample: Any) -> tuple[str, list[tuple[str, np.ndarray]]]:
+    """(kind, [(name, value)]) of one sample: an array, a tuple or a dict of
+    arrays/scalars."""
+    if isinstance(sample, Mapping):
+        return "dict", [(str(k), np.asarray(v)) for k, v in sample.items()]
+    if isinstance(sample, (tuple, list)):
+        return "tuple", [(str(i), np.asarray(v)) for i, v in enumerate(sample)]
+    return "array", [("0", np.asarray(sample))]
 
 
 def _stack(samples: list[Any], kind: str) -> Any:
@@ -356,53 +567,94 @@ def progress_bar(total: int, description: str, enabled: bool) -> Any:
 # -- Reading ---------------------------------------------------------------------------------
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
+def _read_meta(path: Path) -> tuple[dict[str, Any], bytes]:
+    """The manifest, validated field by field (not the files it names), and its bytes."""
     meta_path = path / META
     if not path.exists():
         raise StoreError(f"no store at {path}")
-    if not path.is_dir() or not meta_path.exists():
+    if not path.is_dir():
+        raise StoreError(f"{path} is a file, not a stoker store (a store is a directory)")
+    try:
+        raw = meta_path.read_bytes()
+    except FileNotFoundError:
         raise StoreError(
             f"{path} is not a stoker store: {META} is missing (an interrupted write never "
             "leaves a store behind; write it again with stoker.store.save or stoker ingest)"
-        )
+        ) from None
+    except OSError as error:
+        raise StoreError(f"{meta_path} cannot be read: {error}") from None
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as error:
+        meta = json.loads(raw)
+    except ValueError as error:
         raise StoreError(f"{meta_path} is corrupt: {error}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise StoreError(f"{meta_path} does not describe a stoker store (format "
                          f"{meta.get('format') if isinstance(meta, dict) else None!r})")
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in READS:
         raise StoreError(
             f"{meta_path} is store format version {meta.get('version')!r}; this stoker "
-            f"reads version {VERSION}. Re-create it with this version (stoker ingest)."
+            f"reads versions {', '.join(map(str, READS))}. Re-create it with this version "
+            "(stoker ingest)."
         )
+    if meta["version"] >= 2 and meta.get("meta_sha256") != hashlib.sha256(
+            _canonical(meta)).hexdigest():
+        raise StoreError(f"{meta_path} does not match its own checksum: it was edited or "
+                         "damaged after it was written. Write the store again.")
     try:
-        count = meta["count"]
-        fields = [_field(f, position) for position, f in enumerate(meta["fields"])]
-        if (type(count) is not int or count < 1 or not fields
-                or meta["kind"] not in ("array", "tuple", "dict")
-                or (meta["kind"] == "array" and len(fields) != 1)):
-            raise ValueError("bad kind, fields or count")
+        _check_meta(meta)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise StoreError(f"{meta_path} is corrupt: {error}") from None
-    for _, file, dtype, shape in fields:
-        _check_file(path / file, dtype, (count, *shape))
-    return meta
+    return meta, raw
 
 
-def _field(entry: Any, position: int) -> tuple[str, str, np.dtype, tuple[int, ...]]:
+def _check_meta(meta: dict[str, Any]) -> None:
+    """Everything ``open`` relies on, checked: the count, the structure, each field,
+    unique names, the class names and the generation."""
+    count, kind, entries = meta["count"], meta["kind"], meta["fields"]
+    if type(count) is not int or count < 1:
+        raise ValueError(f"count {count!r} is not a positive int")
+    if kind not in ("array", "tuple", "dict") or not isinstance(entries, list) or not entries:
+        raise ValueError(f"kind {kind!r} with fields {entries!r}")
+    if kind == "array" and len(entries) != 1:
+        raise ValueError(f"an array store has one field, this one {len(entries)}")
+    generation = meta.get("generation") if meta["version"] >= 2 else None
+    if meta["version"] >= 2 and not (isinstance(generation, str)
+                                     and re.fullmatch(r"[0-9a-f]{16}", generation)):
+        raise ValueError(f"generation {generation!r}")
+    names = [_field(entry, position, generation)[0] for position, entry in enumerate(entries)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two fields share a name: {names}")
+    if kind == "tuple" and names != [str(i) for i in range(len(names))]:
+        raise ValueError(f"tuple fields are named {names}")
+    classes = meta.get("classes")
+    if classes is not None:
+        if not isinstance(classes, list):
+            raise ValueError(f"classes is {classes!r}, not a list of class names")
+        _classes(classes)
+
+
+def _field(entry: Any, position: int, generation: str | None
+           ) -> tuple[str, str, np.dtype, tuple[int, ...]]:
     """One field of ``meta.json``, checked: a plain name, the file this version names
     (never a path elsewhere), a numeric dtype, a shape of non-negative ints."""
     name, file, shape = entry["name"], entry["file"], entry["shape"]
-    if not isinstance(name, str) or file != f"field_{position}.npy":
+    expected = (f"field_{position}.npy" if generation is None
+                else f"field_{position}.{generation}.npy")
+    if not isinstance(name, str) or file != expected:
         raise ValueError(f"field {position} has name {name!r} and file {file!r}")
     if not isinstance(shape, list) or any(type(d) is not int or d < 0 for d in shape):
         raise ValueError(f"field {position} has shape {shape!r}")
     dtype = np.dtype(entry["dtype"]) if isinstance(entry["dtype"], str) else None
-    if dtype is None or dtype.kind not in "biufc" or dtype.hasobject:
+    if dtype is None or dtype.kind not in _STORED_KINDS or dtype.hasobject:
         raise ValueError(f"field {position} has dtype {entry['dtype']!r}")
+    if not isinstance(entry.get("sha256"), str):
+        raise ValueError(f"field {position} has no checksum")
     return name, file, dtype, tuple(shape)
+
+
+def _fields(meta: dict[str, Any]) -> list[tuple[str, str, np.dtype, tuple[int, ...]]]:
+    generation = meta.get("generation") if meta["version"] >= 2 else None
+    return [_field(entry, position, generation) for position, entry in enumerate(meta["fields"])]
 
 
 def _check_file(file: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
@@ -427,33 +679,62 @@ def _check_file(file: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
                              f"{shape} {dtype}")
 
 
+def _identity(meta: dict[str, Any], raw: bytes) -> str:
+    """What tells this store from any other written at the same path."""
+    return meta.get("generation") or hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _mapped(path: Path) -> tuple[dict[str, Any], str, list[np.ndarray]]:
+    """The manifest, the store's identity and its files mapped, consistently: a file
+    gone or changed under an overwrite sends the reader back to the new manifest."""
+    for _ in range(_OPEN_ATTEMPTS):
+        meta, raw = _read_meta(path)
+        try:
+            arrays = []
+            for _, file, dtype, shape in _fields(meta):
+                _check_file(path / file, dtype, (meta["count"], *shape))
+                # Plain ndarray views of the maps: indexing a np.memmap costs
+                # microseconds of subclass bookkeeping per sample.
+                arrays.append(np.asarray(np.memmap(path / file, dtype=dtype, mode="r",
+                                                   offset=HEADER_BYTES,
+                                                   shape=(meta["count"], *shape))))
+            return meta, _identity(meta, raw), arrays
+        except (StoreError, OSError, ValueError):
+            with contextlib.suppress(OSError):
+                if (path / META).read_bytes() != raw:
+                    continue  # overwritten meanwhile: read the new store
+            raise
+    raise StoreError(f"the store at {path} was overwritten {_OPEN_ATTEMPTS} times while it was "
+                     "being opened; open it again when its writers are done")
+
+
 class StoreSource(_ArrayFields):
     """A store, memory-mapped: samples are read-only views into the page cache.
 
-    Pickles as its path: each worker maps the same files, so the data is held once by
-    the operating system however many workers read it.
+    Pickles as its path and identity: each worker maps the same files, so the data is
+    held once by the operating system however many workers read it, and a worker that
+    finds another store at the path (overwritten since) refuses it.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, identity: str | None = None) -> None:
         self.path = Path(path).resolve()
-        meta = _read_meta(self.path)
+        meta, self.identity, self._arrays = _mapped(self.path)
+        if identity is not None and identity != self.identity:
+            raise StoreError(
+                f"the store at {self.path} was replaced (overwritten) after this loader "
+                "opened it, so its workers would read other data than it planned for. "
+                "Open the store again (stoker.store.open) and make a new Loader."
+            )
         self._meta = meta
         self._kind = meta["kind"]
         self._names = [f["name"] for f in meta["fields"]]
         self.classes = meta.get("classes")
-        # Plain ndarray views of the maps: indexing a np.memmap costs microseconds of
-        # subclass bookkeeping per sample, the view the same as shared memory.
-        self._arrays = [
-            np.asarray(np.memmap(self.path / f["file"], dtype=np.dtype(f["dtype"]), mode="r",
-                                 offset=HEADER_BYTES, shape=(meta["count"], *f["shape"])))
-            for f in meta["fields"]
-        ]
 
     def __len__(self) -> int:
         return int(self._meta["count"])
 
     def __reduce__(self):
-        return (StoreSource, (str(self.path),))
+        return (StoreSource, (str(self.path), self.identity))
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{f['name']}: {tuple(f['shape'])} {np.dtype(f['dtype'])}"
@@ -462,18 +743,21 @@ class StoreSource(_ArrayFields):
 
 
 def open(path: str | os.PathLike) -> StoreSource:
-    """Open the store at ``path`` as a source (memory-mapped; checks structure and sizes,
-    not every byte: :func:`verify` does that)."""
+    """Open the store at ``path`` as a source (memory-mapped; checks the manifest,
+    structure and sizes, not every byte: :func:`verify` does that)."""
     return StoreSource(path)
 
 
 def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
-    """Check every byte of the store at ``path`` against its checksums; raise
-    :class:`StoreError` naming the first file that differs."""
+    """Check every byte of the store at ``path`` against its checksums, and its labels
+    against its class names; raise :class:`StoreError` naming the first problem."""
     path = Path(path)
-    meta = _read_meta(path)
-    total = sum(HEADER_BYTES + meta["count"] * np.dtype(f["dtype"]).itemsize
-                * math.prod(f["shape"]) for f in meta["fields"])
+    meta, _ = _read_meta(path)
+    fields = _fields(meta)
+    for _, file, dtype, shape in fields:
+        _check_file(path / file, dtype, (meta["count"], *shape))
+    total = sum(HEADER_BYTES + meta["count"] * dtype.itemsize * math.prod(shape)
+                for *_, dtype, shape in fields)
     with progress_bar(total, f"verifying {path.name}", progress) as bar:
         for field in meta["fields"]:
             digest = hashlib.sha256()
@@ -485,3 +769,14 @@ def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
             if digest.hexdigest() != field.get("sha256"):
                 raise StoreError(f"{path / field['file']} does not match its checksum: the data "
                                  "changed after it was written (disk or copy error?)")
+    position = label_position(meta["kind"], meta["fields"], meta.get("classes"))
+    if position is not None:
+        labels = StoreSource(path)._arrays[position]
+        for start in range(0, len(labels), _CHUNK_BYTES // 8):
+            part = labels[start:start + _CHUNK_BYTES // 8]
+            bad = np.flatnonzero((part < 0) | (part >= len(meta["classes"])))
+            if len(bad):
+                raise StoreError(
+                    f"sample {start + int(bad[0])} of {path} has label {part[bad[0]]}, outside "
+                    f"its {len(meta['classes'])} class names"
+                )

@@ -97,6 +97,11 @@ def _plot(history: dict[str, list[float]], path: Path) -> None:
     tmp.replace(path)
 
 
+def _without_keyword(message: str) -> str:
+    """An ETL reader's message without its advice in keyword terms (format=)."""
+    return message.split("; pass format=")[0].replace(" (pass format=)", "").rstrip(".")
+
+
 def user_data(paths: tuple[Path, ...], seed: int) -> Any:
     """A store (one directory) or ETL files as a GlyphSet: 90 % training, 10 % validation,
     a deterministic random split. Samples must be (uint8 image HxWx1, integer label)."""
@@ -106,10 +111,36 @@ def user_data(paths: tuple[Path, ...], seed: int) -> Any:
     from .datasets import etl
     from .datasets.glyphs import GlyphSet
 
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise ValueError(
+            f"--data: no store or file at {', '.join(missing)}. Create a store with `stoker "
+            "ingest FILES --out DATA.stoker` (add --classes NAMES.txt for .npy files), then "
+            "pass --data DATA.stoker"
+        )
     if len(paths) == 1 and Path(paths[0]).is_dir():
-        source = store.open(paths[0])
+        try:
+            source = store.open(paths[0])
+        except store.StoreError as error:
+            raise ValueError(f"--data {paths[0]}: {error}") from None
+    elif any(Path(p).suffix in (".npy", ".npz") for p in paths):
+        raise ValueError(
+            "--data takes a store or ETL files, not .npy/.npz files; make a store of them "
+            "first: `stoker ingest X.npy Y.npy --out DATA.stoker --classes NAMES.txt` "
+            "(one class name per line), then --data DATA.stoker"
+        )
     else:
-        source = etl.load(list(paths))
+        try:
+            source = etl.load(list(paths))
+        except ValueError as error:
+            if "format=" not in str(error):
+                raise
+            raise ValueError(
+                f"--data: {_without_keyword(str(error))}. stoker train reads ETL "
+                "files under their distributed names (ETL8G_01, ETL9B_1, ...); for others, "
+                "make a store first: `stoker ingest FILES --etl-format ETL8G --out "
+                "DATA.stoker`, then --data DATA.stoker"
+            ) from None
     sample = source[0]
     image = sample[0] if isinstance(sample, tuple) and len(sample) == 2 else sample
     if (not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3
@@ -121,7 +152,11 @@ def user_data(paths: tuple[Path, ...], seed: int) -> Any:
         )
     classes = getattr(source, "classes", None)
     if not classes:
-        raise ValueError(f"{paths[0]} has no class names (store.save(..., classes=...))")
+        raise ValueError(
+            f"--data {paths[0]} has no class names, which train needs for its report; write "
+            "it again with `stoker ingest ... --classes NAMES.txt --overwrite` (one class "
+            "name per line)"
+        )
     train, val = source.split(0.9, seed=seed)
     return GlyphSet(train, val, tuple(str(c) for c in classes), image.shape[0])
 

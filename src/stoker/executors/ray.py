@@ -35,7 +35,7 @@ from ..errors import LoaderError, WorkerCrashed
 from ..layout import BatchLayout
 from ..sources import ArraySource, Subset, _ArrayFields
 from ..stats import StatsRecorder
-from ._produce import Producer, SampleFailure, Transform
+from ._produce import Producer, SampleFailure, Transform, uses_torch
 from .failures import failure_record, rebuild_exception, transform_error
 
 try:
@@ -141,12 +141,15 @@ class BatchActor:
         from ._worker import quiet_native_threads
 
         quiet_native_threads()
+        if transform.fn is not None and not transform.takes_rng and uses_torch(transform.fn):
+            import torch  # noqa: F401  seeded per sample from the first one on, as in workers
         self._producer = Producer(source, transform, in_worker=True)
         self._keys: dict[tuple[int, int], np.ndarray] = {}
-        self._where = (os.getpid(), ray.get_runtime_context().get_node_id())
+        self._where = (os.getpid(), ray.get_runtime_context().get_node_id(),
+                       _started_at(os.getpid()))
 
-    def ready(self) -> tuple[int, str]:
-        """Where this actor runs: (pid, Ray node id)."""
+    def ready(self) -> tuple[int, str, str | None]:
+        """Where this actor runs: (pid, Ray node id, the process's start time)."""
         return self._where
 
     def probe(self, key0: int, key1: int, index: int) -> tuple:
@@ -178,12 +181,25 @@ class BatchActor:
 _RemoteBatchActor = ray.remote(BatchActor)
 
 
-def _kill(pid: int) -> None:
+def _started_at(pid: int) -> str | None:
+    """When process ``pid`` started (its /proc start time), to tell it from a later
+    process that reuses the pid; None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _kill(pid: int, started_at: str | None) -> None:
     """SIGKILL a hung actor's process, on its node. ``ray.kill`` asks the actor itself
     to exit, which a stopped or deadlocked process never does; a killed one is what Ray
-    knows how to recover from (restart, retry its tasks)."""
+    knows how to recover from (restart, retry its tasks). Only if ``pid`` is still the
+    process that reported it: after a restart the pid may belong to anything."""
     import signal
 
+    if _started_at(pid) != started_at:
+        return
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -202,6 +218,7 @@ class _Actor:
     handle: Any
     pid: int | None = None
     node_id: str | None = None
+    started_at: str | None = None  # tells this pid's process from a later one
     queued: int = 0
     last_progress: float = field(default_factory=time.monotonic)  # its last batch taken
 
@@ -281,21 +298,28 @@ class RayExecutor:
             for worker_id in range(self.workers)
         ]
         ready = {actor.handle.ready.remote(): actor for actor in self._actors}
-        done, waiting = ray.wait(list(ready), num_returns=len(ready),
-                                 timeout=self._start_timeout)
-        for ref in done:
-            try:
-                ready[ref].pid, ready[ref].node_id = ray.get(ref)
-            except ray.exceptions.RayError as error:
+        waiting = list(ready)
+        deadline = time.monotonic() + self._start_timeout
+        while waiting and time.monotonic() < deadline:
+            if self._stopped:  # close() from another thread: do not wait out the start
                 self._shutdown()
-                raise LoaderError(
-                    f"a Ray worker could not start: {_first_line(error)}. The source or "
-                    "transform failed to load in the actor: the modules they need must be "
-                    "importable on every node (install them there, or pass "
-                    "ray.init(runtime_env={'py_modules': [...]}) or {'working_dir': ...}), "
-                    "and a store must be at the same path on every node."
-                    f"\n\n{error}"
-                ) from None
+                raise LoaderError("the loader was closed while its workers were starting")
+            done, waiting = ray.wait(
+                waiting, num_returns=len(waiting),
+                timeout=max(0.0, min(_POLL_SECONDS, deadline - time.monotonic())))
+            for ref in done:
+                try:
+                    self._note_where(ready[ref], ray.get(ref))
+                except ray.exceptions.RayError as error:
+                    self._shutdown()
+                    raise LoaderError(
+                        f"a Ray worker could not start: {_first_line(error)}. The source or "
+                        "transform failed to load in the actor: the modules they need must be "
+                        "importable on every node (install them there, or pass "
+                        "ray.init(runtime_env={'py_modules': [...]}) or {'working_dir': ...}), "
+                        "and a store must be at the same path on every node."
+                        f"\n\n{error}"
+                    ) from None
         if waiting:
             self._shutdown()
             raise LoaderError(
@@ -461,12 +485,12 @@ class RayExecutor:
 
     # -- failures -------------------------------------------------------------------
 
-    def _note_where(self, actor: _Actor, where: tuple[int, str]) -> None:
+    def _note_where(self, actor: _Actor, where: tuple[int, str, str | None]) -> None:
         """A reply from another process than before: Ray restarted the actor."""
-        pid, node_id = where
-        if actor.pid is not None and (pid, node_id) != (actor.pid, actor.node_id):
+        known = (actor.pid, actor.node_id, actor.started_at)
+        if actor.pid is not None and tuple(where) != known:
             self._record_crash(actor, "was restarted by Ray")
-        actor.pid, actor.node_id = pid, node_id
+        actor.pid, actor.node_id, actor.started_at = where
 
     def _record_crash(self, actor: _Actor, what: str, *, final: bool = False,
                       cause: BaseException | None = None) -> None:
@@ -498,7 +522,8 @@ class RayExecutor:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             on_its_node = NodeAffinitySchedulingStrategy(actor.node_id, soft=False)
-            _remote_kill.options(scheduling_strategy=on_its_node).remote(actor.pid)
+            _remote_kill.options(scheduling_strategy=on_its_node).remote(actor.pid,
+                                                                         actor.started_at)
         else:
             ray.kill(actor.handle, no_restart=False)
         actor.pid = None  # the restart it causes is counted here, not again on its reply
