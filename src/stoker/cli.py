@@ -1,4 +1,6 @@
-"""The ``stoker`` command line: ``train``, ``preview``, ``ingest`` and ``bench``."""
+"""The ``stoker`` command line: ``train``, ``preview``, ``ingest``, ``verify``, ``inspect``
+and ``bench``. Errors are one line in command-line terms and exit status 2 (the
+traceback behind ``--debug``); Ctrl-C is exit status 130."""
 
 from __future__ import annotations
 
@@ -10,44 +12,64 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Help texts that show every default (argparse's formatter, without "None")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or action.default == ():
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stoker", description="Keep the accelerator fed.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser(
-        "train", help="train a Keras kanji classifier fed by stoker (the built-in data set)")
-    train.add_argument("--epochs", type=int, default=10)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="stoker", description="Keep the accelerator fed.",
+                                     formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"stoker {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=text, description=text, formatter_class=_Help)
+
+    train = command(
+        "train", "train a Keras kanji classifier fed by stoker (the built-in data set)")
+    train.add_argument("--epochs", type=int, default=10, help="epochs to train")
     train.add_argument("--classes", type=int, default=100,
                        help="number of kanji, in JIS order (2..2965)")
-    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--batch-size", type=int, default=64, help="samples per batch")
     train.add_argument("--workers", type=int, default=None,
                        help="worker processes (default: every usable core; 0: inline)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0,
+                       help="seed of the shuffling, the augmentation and the model")
     train.add_argument("--out", type=Path, default=Path("runs/train"),
                        help="where the model and the curves go")
     train.add_argument("--data", type=Path, nargs="+", default=(),
                        help="train on a store (stoker ingest) or on ETL files instead of the "
                        "built-in kanji")
-    preview = commands.add_parser(
-        "preview", help="write a PNG grid of images and their augmentations")
+    preview = command("preview", "write a PNG grid of images and their augmentations")
     preview.add_argument("--recipe", default="stoker.augment:kanji_distort",
-                         help="module:callable giving the transform (default: %(default)s)")
+                         help="module:callable giving the transform (modules in the current "
+                         "folder are found)")
     preview.add_argument("--images", type=int, default=6, help="rows: how many images")
     preview.add_argument("--from", dest="source", type=Path, default=None,
-                         help=".npy file of images (N, H, W[, C]); default: the built-in "
-                         "kanji")
+                         help="a store, or a .npy file of images (N, H, W[, C]); default: "
+                         "the built-in kanji")
     preview.add_argument("--augmentations", type=int, default=8, help="columns beside each "
                          "original")
-    preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument("--seed", type=int, default=0, help="the loader seed to show")
     preview.add_argument("--zoom", type=int, default=2, help="pixels per image pixel")
-    preview.add_argument("--out", type=Path, default=Path("preview.png"))
+    preview.add_argument("--out", type=Path, default=Path("preview.png"), help="the PNG to write")
 
-    ingest = commands.add_parser(
-        "ingest", help="write .npy/.npz files, an image folder or ETL files into a store")
+    ingest = command("ingest", "write .npy/.npz files, an image folder or ETL files into a store")
     ingest.add_argument("inputs", nargs="+", type=Path,
                         help=".npy files (one per field) or one .npz; or one folder with a "
                         "sub-folder per class; or ETL files (ETL8G_01, ETL9B_1, ...)")
     ingest.add_argument("--out", type=Path, required=True, help="the store to write")
-    ingest.add_argument("--kind", choices=["auto", "numpy", "folder", "etl"], default="auto")
+    ingest.add_argument("--kind", choices=["auto", "numpy", "folder", "etl"], default="auto",
+                        help="what the inputs are (auto: from their names)")
     ingest.add_argument("--etl-format", default=None,
                         help="ETL format when file names do not tell (ETL8G, ETL9G, ETL1, "
                         "ETL8B, ETL9B)")
@@ -61,16 +83,26 @@ def _parser() -> argparse.ArgumentParser:
                         help=".npy/.npz input: a UTF-8 text file of class names, one per "
                         "line, line N naming label N (folders and ETL files name their own)")
     ingest.add_argument("--overwrite", action="store_true", help="replace --out atomically")
-    ingest.add_argument("--no-progress", action="store_true")
+    ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    bench = commands.add_parser(
-        "bench", help="samples/s of a recipe against worker counts, with a table and a plot")
+    verify = command("verify", "check every byte of a store against its checksums")
+    verify.add_argument("store", type=Path, help="the store (a directory)")
+    verify.add_argument("--no-progress", action="store_true", help="no progress bar")
+    inspect_ = command("inspect", "say what a store holds: samples, fields, classes, size")
+    inspect_.add_argument("store", type=Path, help="the store (a directory)")
+    inspect_.add_argument("--out", type=Path, default=None,
+                          help="also write a PNG grid of its first images")
+    inspect_.add_argument("--images", type=int, default=32, help="images in the grid")
+
+    bench = command(
+        "bench", "samples/s of a recipe against worker counts, with a table and a plot")
     bench.add_argument("--recipe", default="stoker.augment:kanji_distort",
-                       help="module:callable giving the transform (default: %(default)s)")
+                       help="module:callable giving the transform (modules in the current "
+                       "folder are found)")
     bench.add_argument("--workers", default=None,
                        help="comma-separated worker counts (default: 0 to every usable core)")
     bench.add_argument("--samples", type=int, default=16384, help="samples per epoch")
-    bench.add_argument("--batch-size", type=int, default=256)
+    bench.add_argument("--batch-size", type=int, default=256, help="samples per batch")
     bench.add_argument("--no-compare", action="store_true",
                        help="stoker only (else also PyTorch DataLoader and Keras PyDataset "
                        "when installed)")
@@ -78,10 +110,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _recipe(spec: str):
+    """``--recipe``: found in the current folder too, as ``python -m`` would."""
+    from .augment.preview import load_recipe
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return load_recipe(spec)
+    except ValueError as error:
+        raise ValueError(f"--recipe {error}") from None
+
+
 def _bench(args: argparse.Namespace) -> int:
     from . import bench
     from ._system import usable_cpu_count
-    from .augment.preview import load_recipe
 
     if args.workers is None:
         counts = list(range(usable_cpu_count() + 1))
@@ -97,7 +140,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError("--samples must be at least one --batch-size, and both positive")
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out is a PNG plot; give a path ending in .png, not {args.out}")
-    rows = bench.run(load_recipe(args.recipe), counts, samples=args.samples,
+    rows = bench.run(_recipe(args.recipe), counts, samples=args.samples,
                      batch_size=args.batch_size, compare=not args.no_compare)
     print(bench.table(rows))
     path = bench.plot(rows, args.out, f"{args.recipe} on 64x64 kanji, {usable_cpu_count()} "
@@ -122,6 +165,8 @@ def _ingest(args: argparse.Namespace) -> int:
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
         raise ValueError(f"no such file or folder: {', '.join(missing)}")
+    if args.size is not None and not 1 <= args.size <= 65536:
+        raise ValueError(f"--size must be a number of pixels >= 1, got {args.size}")
     if (args.out.exists() or args.out.is_symlink()) and not args.overwrite:
         raise ValueError(f"{args.out} already exists; pass --overwrite to replace it "
                          "(atomically: it stays as it is until the new store is complete)")
@@ -182,11 +227,15 @@ def _class_names(path: Path) -> list[str]:
 def _preview(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .augment.preview import grid, load_recipe, write_png
+    from .augment.preview import grid, write_png
 
     if args.images < 1:
         raise ValueError("--images must be >= 1")
-    if args.source is not None:
+    recipe = _recipe(args.recipe)  # a wrong --recipe fails before any data is read
+    if args.source is not None and args.source.is_dir():  # a store: its image field
+        data = _open_store(args.source, "--from")
+        images = np.asarray(data._arrays[_image_field(data, "--from")][:args.images])
+    elif args.source is not None:
         try:
             images = np.load(args.source, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as error:
@@ -203,7 +252,7 @@ def _preview(args: argparse.Namespace) -> int:
         picks = 2 * len(data.classes) + np.linspace(0, len(data.classes) - 1,
                                                     args.images).astype(int)
         images = np.stack([data.train[int(i)][0] for i in picks])
-    picture = grid(images, load_recipe(args.recipe), augmentations=args.augmentations,
+    picture = grid(images, recipe, augmentations=args.augmentations,
                    seed=args.seed, zoom=args.zoom)
     path = write_png(args.out, picture)
     print(f"{path}: {len(images)} images x {args.augmentations} augmentations of "
@@ -211,17 +260,106 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(path: Path, flag: str = "STORE"):
+    from . import store
+
+    if path.is_file() or path.suffix in (".npy", ".npz"):
+        raise ValueError(f"{path} is a file; {flag} is a store (a directory made by stoker "
+                         "ingest or stoker.store.save)")
+    return store.open(path)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from . import store
+
+    data = _open_store(args.store)
+    store.verify(args.store, progress=not args.no_progress and sys.stderr.isatty())
+    print(f"{args.store}: intact: {len(data)} samples, {data.nbytes / 2**20:.1f} MiB, every "
+          "byte matches its SHA-256" + (", every label one of its class names"
+                                        if data.classes else ""))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    data = _open_store(args.store)
+    meta = json.loads((data.path / "meta.json").read_text())
+    on_disk = sum(f.stat().st_size for f in data.path.iterdir() if f.is_file())
+    print(f"{data.path}: {len(data)} {meta['kind']} samples, {data.nbytes / 2**20:.1f} MiB "
+          f"of data ({on_disk / 2**20:.1f} MiB on disk), store format version "
+          f"{meta['version']}, generation {data.identity}")
+    for field in meta["fields"]:
+        shape = "x".join(map(str, field["shape"])) or "scalar"
+        print(f"  field {field['name']!r}: {np.dtype(field['dtype'])} {shape}")
+    if data.classes:
+        shown = ", ".join(map(str, data.classes[:10]))
+        more = f", ... ({len(data.classes)} in all)" if len(data.classes) > 10 else ""
+        print(f"  classes: {shown}{more}")
+    else:
+        print("  classes: none (stoker ingest ... --classes FILE gives them)")
+    if args.out is not None:
+        if args.images < 1:
+            raise ValueError("--images must be >= 1")
+        path = _write_contact_sheet(data, meta, args.out, args.images)
+        print(f"{path}: the first {min(args.images, len(data))} images")
+    return 0
+
+
+def _image_field(data, flag: str) -> int:
+    """Which field of a store holds images (HxW, HxWx1 or HxWx3)."""
+    for position, field in enumerate(data._meta["fields"]):
+        shape = field["shape"]
+        if len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3)):
+            return position
+    raise ValueError(f"{flag}: {data.path} holds no images (no field is HxW or HxWxC)")
+
+
+def _write_contact_sheet(data, meta, out: Path, count: int) -> Path:
+    import numpy as np
+
+    from .augment.preview import write_png
+
+    images = np.asarray(data._arrays[_image_field(data, "--out")][:count])
+    if images.dtype != np.uint8:
+        low, high = float(images.min()), float(images.max())
+        images = ((images - low) / (high - low or 1) * 255).astype(np.uint8)
+    if images.ndim == 4 and images.shape[3] == 1:
+        images = images[..., 0]
+    n, h, w = images.shape[:3]
+    columns = min(n, 8)
+    rows = -(-n // columns)
+    sheet = np.full((rows * (h + 2) + 2, columns * (w + 2) + 2, *images.shape[3:]), 96,
+                    np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        sheet[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = image
+    if sheet.ndim == 3:
+        sheet = sheet[..., ::-1]  # RGB to OpenCV's BGR
+    return write_png(out, sheet)
+
+
 def _train(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from .train import TrainConfig, run
+    from .train import TrainConfig, check_data_paths, run
 
+    check_data_paths(tuple(args.data))
     run(TrainConfig(epochs=args.epochs, classes=args.classes, batch_size=args.batch_size,
                     workers=args.workers, seed=args.seed, out=args.out,
                     data=tuple(args.data)))
     return 0
 
 
-_COMMANDS = {"train": _train, "preview": _preview, "bench": _bench, "ingest": _ingest}
+_COMMANDS = {"train": _train, "preview": _preview, "bench": _bench, "ingest": _ingest,
+             "verify": _verify, "inspect": _inspect}
+
+
+def _cv2_error() -> type[BaseException]:
+    """OpenCV's exception type when OpenCV is loaded (a bad image it was handed)."""
+    cv2 = sys.modules.get("cv2")
+    return getattr(cv2, "error", ValueError) if cv2 is not None else ValueError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,8 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ValueError, OSError) as error:
-        print(f"stoker {args.command}: {error}", file=sys.stderr)
+    except (ValueError, OSError, TypeError, LookupError, RuntimeError, _cv2_error()) as error:
+        if args.debug:
+            raise
+        text = " ".join(str(error).split()) or type(error).__name__
+        if not isinstance(error, (ValueError, OSError)):
+            text = f"{type(error).__name__}: {text} (stoker --debug {args.command} ... shows "
+            "the traceback)"
+        print(f"stoker {args.command}: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"stoker {args.command}: interrupted; nothing half-written was left behind",

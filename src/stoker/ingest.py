@@ -62,7 +62,9 @@ def from_numpy(paths: Sequence[str | os.PathLike]) -> Plan:
         try:
             arrays.append(np.load(path, mmap_mode="r", allow_pickle=False))
         except (OSError, ValueError) as error:
-            raise ValueError(f"cannot read {path} as a .npy array: {error}") from None
+            why = ("it is shorter than its header says: truncated (an interrupted copy or "
+                   "download?)" if "mmap length" in str(error) else str(error))
+            raise ValueError(f"cannot read {path} as a .npy array: {why}") from None
     total = _equal_lengths({str(p): len(a) for p, a in zip(paths, arrays, strict=True)},
                            paths[0])
     row_bytes = max(1, sum(a[:1].nbytes for a in arrays))

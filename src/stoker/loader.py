@@ -74,7 +74,30 @@ class LoaderOptions:
             if value < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
+        def boolean(name: str, value: Any) -> None:
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {value!r} "
+                                f"({type(value).__name__})")
+
+        def seconds(name: str, value: Any, *, optional: bool) -> None:
+            if value is None and optional:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise TypeError(
+                    f"{name} must be a number of seconds{' or None' if optional else ''}, "
+                    f"got {value!r} ({type(value).__name__})"
+                    + ("" if optional else f"; None is not allowed (default "
+                       f"{LoaderOptions.__dataclass_fields__[name].default:g} s): a worker "
+                       "that never starts must end in an error, not a hang")
+                )
+
         integer("batch_size", self.batch_size, 1)
+        for name in ("shuffle", "drop_remainder", "check_finite"):
+            boolean(name, getattr(self, name))
+        seconds("timeout", self.timeout, optional=True)
+        seconds("start_timeout", self.start_timeout, optional=False)
+        if not isinstance(self.backend, str):
+            raise TypeError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.seed is not None:
             integer("seed", self.seed, 0)
         if self.workers is not None:
@@ -147,6 +170,62 @@ class LoaderOptions:
         return int(self.prefetch) if self.prefetch is not None else max(2, 2 * workers)
 
 
+# What users of other loaders type, and what it is here.
+_HABITS = {
+    "num_workers": "workers=N (None: every usable core; 0: in this process)",
+    "drop_last": "drop_remainder=True",
+    "prefetch_factor": "prefetch=N (batch slots ahead of the consumer)",
+    "num_parallel_calls": "workers=N",
+    "use_multiprocessing": "backend='processes' (the default) or backend='inline'",
+    "persistent_workers": "nothing: workers live as long as the loader, across epochs",
+    "pin_memory": "loader.torch(pin_memory=True)",
+    "collate_fn": "nothing: batches are stacked from the transform's samples; shape "
+                  "samples in transform=",
+    "worker_init_fn": "nothing: create handles lazily in the source or transform (they "
+                      "run in the workers); seed other global generators with "
+                      "stoker.register_global_rng",
+    "generator": "seed=N",
+    "sampler": "shuffle= and seed= (the order is the loader's, keyed by seed and epoch), "
+               "or a Subset / stoker.split of the source",
+    "random_state": "seed=N",
+    "augment": "transform=",
+    "transforms": "transform= (compose several with stoker.augment.Compose)",
+    "map_fn": "transform=",
+    "batchsize": "batch_size=N",
+    "steps_per_epoch": "nothing here: len(loader) is the batches per epoch; pass "
+                       "steps_per_epoch to fit()",
+}
+
+
+def _refuse_habits(positional: tuple[Any, ...], unknown: dict[str, Any],
+                   batch_size: Any) -> None:
+    """Clear errors for other loaders' habits: extra positional arguments, their keyword
+    names, typos ("did you mean"), a missing batch_size."""
+    if positional:
+        hint = (f"Loader(source, batch_size={positional[0]!r})"
+                if isinstance(positional[0], (int, np.integer)) else "Loader(source, "
+                "batch_size=N, transform=f, ...)")
+        raise TypeError(f"Loader takes only the source positionally; pass the rest by "
+                        f"keyword: {hint}")
+    if unknown:
+        import difflib
+        import inspect
+
+        known = [p for p in inspect.signature(Loader.__init__).parameters
+                 if p not in ("self", "source", "positional", "unknown")]
+        name = next(iter(unknown))
+        if name in _HABITS:
+            advice = f"here that is {_HABITS[name]}"
+        else:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            advice = (f"did you mean {close[0]}=?" if close
+                      else f"it takes {', '.join(known)}")
+        raise TypeError(f"Loader got an unexpected argument {name}=; {advice}")
+    if batch_size is None:
+        raise TypeError("Loader needs batch_size=N (samples per batch): "
+                        "Loader(source, batch_size=256)")
+
+
 class Loader:
     """Batches of transformed samples from a source, made on every core, reproducibly.
 
@@ -164,8 +243,8 @@ class Loader:
     def __init__(
         self,
         source: Any,
-        *,
-        batch_size: int,
+        *positional: Any,
+        batch_size: int | None = None,
         transform: Callable[..., Any] | None = None,
         shuffle: bool = True,
         seed: int | None = 0,
@@ -179,7 +258,9 @@ class Loader:
         start_timeout: float = 120.0,
         shard: tuple[int, int] | None = None,
         check_finite: bool = False,
+        **unknown: Any,
     ) -> None:
+        _refuse_habits(positional, unknown, batch_size)
         self.options = LoaderOptions(
             batch_size=batch_size,
             shuffle=shuffle,
@@ -193,7 +274,7 @@ class Loader:
             start_method=start_method,
             start_timeout=start_timeout,
             shard=shard,
-            check_finite=bool(check_finite),
+            check_finite=check_finite,
         )
         self.source = as_source(source)
         if self.samples_per_epoch == 0:

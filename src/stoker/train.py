@@ -102,6 +102,23 @@ def _without_keyword(message: str) -> str:
     return message.split("; pass format=")[0].replace(" (pass format=)", "").rstrip(".")
 
 
+def check_data_paths(paths: tuple[Path, ...]) -> None:
+    """``--data`` that cannot work, refused before anything heavy is imported."""
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise ValueError(
+            f"--data: no store or file at {', '.join(missing)}. Create a store with `stoker "
+            "ingest FILES --out DATA.stoker` (add --classes NAMES.txt for .npy files), then "
+            "pass --data DATA.stoker"
+        )
+    if any(Path(p).suffix in (".npy", ".npz") for p in paths):
+        raise ValueError(
+            "--data takes a store or ETL files, not .npy/.npz files; make a store of them "
+            "first: `stoker ingest X.npy Y.npy --out DATA.stoker --classes NAMES.txt` "
+            "(one class name per line), then --data DATA.stoker"
+        )
+
+
 def user_data(paths: tuple[Path, ...], seed: int) -> Any:
     """A store (one directory) or ETL files as a GlyphSet: 90 % training, 10 % validation,
     a deterministic random split. Samples must be (uint8 image HxWx1, integer label)."""
@@ -111,24 +128,12 @@ def user_data(paths: tuple[Path, ...], seed: int) -> Any:
     from .datasets import etl
     from .datasets.glyphs import GlyphSet
 
-    missing = [str(p) for p in paths if not Path(p).exists()]
-    if missing:
-        raise ValueError(
-            f"--data: no store or file at {', '.join(missing)}. Create a store with `stoker "
-            "ingest FILES --out DATA.stoker` (add --classes NAMES.txt for .npy files), then "
-            "pass --data DATA.stoker"
-        )
+    check_data_paths(paths)
     if len(paths) == 1 and Path(paths[0]).is_dir():
         try:
             source = store.open(paths[0])
         except store.StoreError as error:
             raise ValueError(f"--data {paths[0]}: {error}") from None
-    elif any(Path(p).suffix in (".npy", ".npz") for p in paths):
-        raise ValueError(
-            "--data takes a store or ETL files, not .npy/.npz files; make a store of them "
-            "first: `stoker ingest X.npy Y.npy --out DATA.stoker --classes NAMES.txt` "
-            "(one class name per line), then --data DATA.stoker"
-        )
     else:
         try:
             source = etl.load(list(paths))
