@@ -4,27 +4,37 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.stoker-installed
+# Two environments in one: `make train` installs only what the main job needs (the
+# `train` extra: TensorFlow/Keras, Pillow, matplotlib, fonts), `make test` adds what the
+# whole suite needs (the `dev` extra: PyTorch, JAX, Ray, pytest ...).
+TRAIN_STAMP := $(VENV)/.stoker-train
+DEV_STAMP   := $(VENV)/.stoker-dev
 
 .PHONY: train test lint bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
 
-train: $(STAMP)
+$(TRAIN_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e '.[train]'
+	touch $(TRAIN_STAMP)
+
+$(DEV_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP) $(TRAIN_STAMP)
+
+train: $(TRAIN_STAMP)
 	$(BIN)/stoker train $(ARGS)
 
 # In a private network namespace: the Ray clusters the tests start see only loopback.
-test: $(STAMP)
+test: $(DEV_STAMP)
 	tests/in-private-network $(BIN)/python -m pytest $(ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/bench_augment.py
 	$(BIN)/python benchmarks/bench_loaders.py $(ARGS)
