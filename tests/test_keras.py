@@ -98,7 +98,7 @@ def test_the_stats_callback_reports_every_epoch_with_a_verdict(images):
 
     x, y = images
     lines = []
-    with stoker.Loader(stoker.from_arrays(x, y), batch_size=32, transform=as_float,
+    with stoker.Loader(stoker.from_arrays(x, y), batch_size=8, transform=as_float,
                        workers=2) as loader:
         callback = LoaderStatsCallback(loader, print_fn=lines.append)
         model = small_model(x.shape[1:], 203)
@@ -108,3 +108,29 @@ def test_the_stats_callback_reports_every_epoch_with_a_verdict(images):
                for stats in callback.history)
     assert all(("input-bound" in line) != ("model-bound" in line) for line in lines)
     assert len(history.history["loader_samples_per_s"]) == 2
+
+
+def test_loader_statistics_reach_tensorboard(images, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from stoker.adapters.keras import LoaderStatsCallback
+
+    x, y = images
+    with stoker.Loader(stoker.from_arrays(x, y), batch_size=8, transform=as_float,
+                       workers=1) as loader:
+        model = small_model(x.shape[1:], 203)
+        model.fit(loader.keras(), epochs=2, verbose=0, callbacks=[
+            LoaderStatsCallback(loader, print_fn=lambda line: None),
+            keras.callbacks.TensorBoard(log_dir=str(tmp_path / "logs"))])
+    scalars: dict[str, list[float]] = {}
+    for events in (tmp_path / "logs" / "train").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                if value.tag.startswith("epoch_"):  # the scalars (not the model graph)
+                    scalars.setdefault(value.tag, []).append(
+                        float(tf.make_ndarray(value.tensor)))
+    for name in ("samples_per_s", "wait_fraction", "worker_utilisation", "queue_depth"):
+        assert len(scalars[f"epoch_loader_{name}"]) == 2, sorted(scalars)
+    assert all(rate > 0 for rate in scalars["epoch_loader_samples_per_s"])
+    assert all(0 <= share <= 1 for share in scalars["epoch_loader_wait_fraction"])

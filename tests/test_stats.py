@@ -28,9 +28,26 @@ def test_an_input_bound_run_gets_the_worker_count_that_balances_it():
     # The consumer computed 2 s of the 10; making the data took the workers 12 s.
     stats = snapshot(wait_s=8.0, worker_busy_s=12.0)
     assert stats.input_bound and stats.balanced_workers() == 6
-    assert "about 6 workers would balance it" in stats.verdict()
+    assert "about 6 workers would balance it (workers=6)" in stats.verdict(usable_cpus=8)
     assert "more than the 4 usable cores" in stats.verdict(usable_cpus=4)
     assert "stoker.augment" in stats.verdict(usable_cpus=4)
+
+
+def test_the_verdict_never_advises_more_workers_than_cores_nor_fewer_workers():
+    for needed_work in (12.0, 1200.0):  # 6 workers' worth, or 600 workers' worth
+        text = snapshot(wait_s=8.0, worker_busy_s=needed_work).verdict(usable_cpus=2)
+        assert "more than the 2 usable cores" in text and "(workers=" not in text
+    # Waiting, yet one worker's worth of work: the bottleneck is not making samples.
+    text = snapshot(wait_s=5.0, worker_busy_s=2.0, workers=2).verdict(usable_cpus=2)
+    assert "input-bound" in text and "more workers would not help" in text
+    assert "about 1 workers" not in text
+
+
+def test_too_few_batches_are_not_judged():
+    text = snapshot(judged_batches=3).verdict()
+    assert text.startswith("not enough data to judge: 3 batches after the first")
+    assert snapshot(judged_batches=1).verdict().startswith(
+        "not enough data to judge: 1 batch after")
 
 
 def test_inline_loading_counts_the_consumers_own_time_as_the_work():
@@ -87,4 +104,5 @@ def test_stats_print_as_one_line(images):
     with stoker.Loader(stoker.from_arrays(x, y), batch_size=50, workers=0) as loader:
         next(iter(loader))
         text = str(loader.stats())
-    assert text.startswith("1 batches, 50 samples") and "\n" not in text
+    assert text.startswith("1 batch, 50 samples") and "\n" not in text
+    assert "start-up" in text

@@ -229,15 +229,49 @@ def _refuse_habits(positional: tuple[Any, ...], unknown: dict[str, Any],
 class Loader:
     """Batches of transformed samples from a source, made on every core, reproducibly.
 
-    ``transform`` is ``f(sample, rng) -> sample`` (``rng`` a ``numpy.random.Generator``
-    keyed by (seed, epoch, index)), or a legacy ``f(sample)`` that draws from ``random``
-    / ``np.random``, which are seeded the same way. ``workers=None`` uses every usable
-    core; ``workers=0`` runs in this process. ``backend="ray"`` runs the workers as Ray
-    actors on the cluster ``ray.init()`` connected to (every CPU of it by default), with
-    the same batches. ``seed=None`` draws a seed once (recorded
-    in ``state_dict``). ``shard=(index, count)`` visits one disjoint part of every epoch
-    (data-parallel training); ``check_finite=True`` refuses NaN/inf in float outputs,
-    naming the sample. See DESIGN.md for the contract.
+    Iterate it (``for x, y in loader``), or hand it to a framework: ``loader.keras()``
+    for ``model.fit``, ``loader.tf_dataset()``, ``loader.torch()``; JAX takes the numpy
+    batches as they are. Every iteration continues from the cursor (``position``);
+    ``state_dict()`` / ``load_state_dict()`` resume bit-identically.
+
+    Args:
+        source: what samples are read from: ``from_arrays(...)``, a store
+            (``stoker.store.open``), a ``split`` of either, or anything with
+            ``__len__`` and ``__getitem__(index) -> sample`` (an array, a tuple or a dict
+            of arrays and scalars). The only positional argument.
+        batch_size: samples per batch (required).
+        transform: ``f(sample, rng) -> sample`` with ``rng`` a ``numpy.random.Generator``
+            keyed by (seed, epoch, index), or a legacy ``f(sample)`` that draws from
+            ``random`` / ``np.random`` / torch's generator, which are seeded the same way
+            (see ``register_global_rng`` for others). Runs in the workers, never in this
+            process unless ``workers=0``. None: samples as they are.
+        shuffle: a new order every epoch (True) or the source's order (False).
+        seed: the seed of the order and of every sample's random numbers; None draws
+            one (recorded in ``state_dict``).
+        workers: worker processes; None: every usable core (CPU affinity and cgroup
+            quota respected; every CPU of the Ray cluster with ``backend="ray"``); 0:
+            in this process.
+        prefetch: batch slots ahead of the consumer; None: 2 per worker within 256 MiB
+            of shared memory, at least 2 (batches in flight, with Ray).
+        drop_remainder: drop the last, smaller batch of each epoch.
+        backend: ``"processes"`` (worker processes and shared memory), ``"inline"`` (in
+            this process) or ``"ray"`` (Ray actors on the cluster ``ray.init()``
+            connected to; the same batches).
+        max_worker_restarts: crashed workers replaced (in total) before the loader
+            raises ``WorkerCrashed``; their samples are recomputed, bit-identically.
+        timeout: seconds without a finished sample after which a busy worker counts
+            as hung (killed, then replaced or ``WorkerCrashed``); None: no limit.
+        start_method: ``"forkserver"`` (default on Linux and macOS), ``"spawn"`` or
+            ``"fork"``; None: the default.
+        start_timeout: seconds a worker may take to load the source and transform.
+        shard: ``(index, count)``: this process's disjoint part of every epoch, for
+            data-parallel training (needs an explicit ``seed``, the same everywhere).
+        check_finite: refuse NaN/inf in float outputs of the transform, naming the
+            sample.
+
+    Unknown arguments get a "did you mean" (``num_workers`` is ``workers`` here); the
+    guarantees are in the README's "What it guarantees" and the errors in
+    docs/errors.md.
     """
 
     def __init__(

@@ -3,7 +3,7 @@ and with which random numbers.
 
 Everything here is a function of ``(seed, epoch, index)`` alone, never of a worker,
 a process or the wall clock. That is what makes batches bit-identical for any number
-of workers, any backend, and after a resume (DESIGN.md, invariants 1 and 2).
+of workers, any backend, and after a resume (the README's "What it guarantees").
 
 Random streams are counter-based (Philox): a key derived once per ``(seed, epoch,
 purpose)`` and a counter that starts at the sample's index, so a sample's generator is

@@ -1,6 +1,6 @@
 """Shared-memory blocks and who owns them.
 
-Ownership rules (DESIGN.md, invariant 5):
+Ownership rules:
 
 * A block has exactly one owner: the object that ``create``\\ d it in the consumer
   process (an ``ArraySource`` for the dataset, a processes executor for its batch slots).

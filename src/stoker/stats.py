@@ -15,17 +15,29 @@ from dataclasses import dataclass, field
 __all__ = ["LoaderStats", "StatsRecorder"]
 
 _INPUT_BOUND_WAIT = 0.10  # the consumer waiting more than this share of the time
+MIN_BATCHES = 10  # batches after the first needed to judge at all
+
+
+def plural(count: int, word: str) -> str:
+    """``1 batch``, ``2 batches``, ``3 workers``."""
+    if count == 1:
+        return f"{count} {word}"
+    return f"{count} {word}{'es' if word.endswith(('s', 'ch', 'sh', 'x')) else 's'}"
 
 
 @dataclass(frozen=True, slots=True)
 class LoaderStats:
     """What a loader did since it was created (or since ``stats(reset=True)``).
 
-    ``elapsed_s`` runs from the first batch request to the last delivery; ``wait_s`` is
-    the part of it the consumer spent blocked on the loader; ``worker_busy_s`` is the
-    time workers spent making samples (for ``workers=0``, the consumer made them:
-    equal to ``wait_s``); ``queue_depth`` is the mean number of finished batches
-    waiting when the consumer asked for the next one.
+    ``batches`` and ``samples`` count everything delivered. The rest leaves out the
+    start-up (``startup_s``: from the first request to the first batch, when workers
+    start and the first batch is made) and describes the steady part after it:
+    ``elapsed_s`` runs from the first delivery to the last, over ``judged_batches``
+    batches of ``judged_samples`` samples; ``wait_s`` is the part of it the consumer
+    spent blocked on the loader; ``worker_busy_s`` is the time workers spent making
+    samples (for ``workers=0``, the consumer made them: equal to ``wait_s``);
+    ``queue_depth`` is the mean number of finished batches waiting when the consumer
+    asked for the next one.
     """
 
     batches: int
@@ -35,10 +47,19 @@ class LoaderStats:
     worker_busy_s: float
     workers: int
     queue_depth: float
+    startup_s: float = 0.0
+    judged_batches: int | None = None  # None: all of them (a snapshot made by hand)
+    judged_samples: int | None = None
+
+    @property
+    def _judged(self) -> tuple[int, int]:
+        return (self.batches if self.judged_batches is None else self.judged_batches,
+                self.samples if self.judged_samples is None else self.judged_samples)
 
     @property
     def samples_per_s(self) -> float:
-        return self.samples / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        """Steady throughput: samples after the first batch per second."""
+        return self._judged[1] / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
     def wait_fraction(self) -> float:
@@ -49,7 +70,7 @@ class LoaderStats:
     def worker_utilisation(self) -> float:
         """Share of the workers' time spent working (1: always busy)."""
         capacity = self.elapsed_s * max(self.workers, 1)
-        return self.worker_busy_s / capacity if capacity > 0 else 0.0
+        return min(1.0, self.worker_busy_s / capacity) if capacity > 0 else 0.0
 
     @property
     def input_bound(self) -> bool:
@@ -64,22 +85,38 @@ class LoaderStats:
         return max(1, math.ceil(self.worker_busy_s / consuming))
 
     def verdict(self, usable_cpus: int | None = None) -> str:
-        """One line: model-bound, or input-bound and what would balance it."""
+        """One line a user can act on: not enough data to judge yet, model-bound, or
+        input-bound and what would balance it, never more workers than there are
+        cores (``usable_cpus``: this machine's usable cores unless given)."""
+        judged = self._judged[0]
+        if judged < MIN_BATCHES or self.elapsed_s <= 0:
+            return (f"not enough data to judge: {plural(judged, 'batch')} after the first "
+                    f"(start-up excluded); it takes {MIN_BATCHES}")
         share = f"waited for data {self.wait_fraction:.0%} of the time"
         if not self.input_bound:
             return (f"model-bound: the loader kept up ({share}, workers busy "
                     f"{self.worker_utilisation:.0%}); more workers would not help")
+        if usable_cpus is None:
+            from ._system import usable_cpu_count
+
+            usable_cpus = usable_cpu_count()
         needed = self.balanced_workers()
-        advice = f"about {needed} workers would balance it"
-        if usable_cpus is not None and needed > usable_cpus:
-            advice += (f", more than the {usable_cpus} usable cores: make the transform "
-                       "cheaper (stoker.augment) or add machines")
-        return f"input-bound: the model {share} with {self.workers} workers; {advice}"
+        where = f"input-bound: the model {share} with {plural(self.workers, 'worker')}"
+        if self.workers and needed <= self.workers:
+            return (f"{where}, busy {self.worker_utilisation:.0%}: making samples is not "
+                    "what holds it up but moving batches to the model (the consumer's "
+                    "side); more workers would not help")
+        if needed > usable_cpus:
+            return (f"{where}; it would take about {needed} workers, more than the "
+                    f"{plural(usable_cpus, 'usable core')}: make the transform cheaper "
+                    "(stoker.augment) or add machines (backend='ray')")
+        return f"{where}; about {needed} workers would balance it (workers={needed})"
 
     def __str__(self) -> str:
-        return (f"{self.batches} batches, {self.samples} samples, {self.samples_per_s:.0f} "
-                f"samples/s, waited {self.wait_fraction:.0%}, workers busy "
-                f"{self.worker_utilisation:.0%}, queue depth {self.queue_depth:.1f}")
+        return (f"{plural(self.batches, 'batch')}, {plural(self.samples, 'sample')}, "
+                f"{self.samples_per_s:.0f} samples/s, waited {self.wait_fraction:.0%}, "
+                f"workers busy {self.worker_utilisation:.0%}, queue depth "
+                f"{self.queue_depth:.1f}, start-up {self.startup_s:.2f} s")
 
 
 @dataclass
@@ -94,7 +131,9 @@ class StatsRecorder:
     depth_total: float = 0.0
     depth_count: int = 0
     first_request: float | None = None
+    first_delivery: float | None = None
     last_delivery: float | None = None
+    at_first: tuple[int, float, float] = (0, 0.0, 0.0)  # samples, wait, busy then
     _request: float = field(default=0.0, repr=False)
 
     def requested(self) -> None:
@@ -108,6 +147,9 @@ class StatsRecorder:
         self.batches += 1
         self.samples += samples
         self.last_delivery = now
+        if self.first_delivery is None:
+            self.first_delivery = now
+            self.at_first = (self.samples, self.wait_s, self.worker_busy_s)
 
     def worker_busy(self, seconds: float) -> None:
         self.worker_busy_s += seconds
@@ -117,13 +159,16 @@ class StatsRecorder:
         self.depth_count += 1
 
     def snapshot(self) -> LoaderStats:
-        elapsed = (self.last_delivery - self.first_request
-                   if self.first_request is not None and self.last_delivery is not None
-                   else 0.0)
-        busy = self.worker_busy_s if self.workers else self.wait_s
+        if self.first_delivery is None or self.last_delivery is None:
+            return LoaderStats(0, 0, 0.0, 0.0, 0.0, self.workers, 0.0, 0.0, 0, 0)
+        samples_then, wait_then, busy_then = self.at_first
+        elapsed = self.last_delivery - self.first_delivery
+        wait = self.wait_s - wait_then
+        busy = self.worker_busy_s - busy_then if self.workers else wait
         depth = self.depth_total / self.depth_count if self.depth_count else 0.0
-        return LoaderStats(self.batches, self.samples, elapsed, self.wait_s, busy,
-                           self.workers, depth)
+        startup = self.first_delivery - (self.first_request or self.first_delivery)
+        return LoaderStats(self.batches, self.samples, elapsed, wait, busy, self.workers,
+                           depth, startup, self.batches - 1, self.samples - samples_then)
 
     def reset(self) -> None:
         workers = self.workers

@@ -75,7 +75,7 @@ def build_model(classes: int, size: int) -> Any:
     return model
 
 
-def _plot(history: dict[str, list[float]], path: Path) -> None:
+def _plot(history: dict[str, list[float]], path: Path, held_out: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,8 +85,10 @@ def _plot(history: dict[str, list[float]], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for key, axis in (("loss", left), ("accuracy", right)):
         axis.plot(epochs, history[key], "o-", label=f"training {key}")
-        axis.plot(epochs, history[f"val_{key}"], "o-", label=f"validation {key} (unseen font)")
+        axis.plot(epochs, history[f"val_{key}"], "o-", label=f"validation {key} ({held_out})")
         axis.set_xlabel("epoch")
+        axis.set_xticks(list(epochs))  # whole epochs, also for a one-epoch run
+        axis.set_xlim(0.5, len(epochs) + 0.5)
         axis.set_title(key)
         axis.legend()
         axis.grid(alpha=0.3)
@@ -172,6 +174,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
 
     from .adapters.keras import LoaderStatsCallback
     from .datasets import glyphs
+    from .stats import plural
 
     keras.utils.set_random_seed(config.seed)
     if config.data:
@@ -189,8 +192,8 @@ def run(config: TrainConfig) -> dict[str, Any]:
                 seed=config.seed, workers=config.workers) as train_loader, \
             Loader(data.val, batch_size=config.batch_size, shuffle=False,
                    workers=0) as val_loader:
-        print(f"loader: {train_loader.workers} worker processes, {len(train_loader)} batches "
-              "per epoch", flush=True)
+        print(f"loader: {plural(train_loader.workers, 'worker process')}, "
+              f"{plural(len(train_loader), 'batch')} per epoch", flush=True)
 
         class Throughput(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
@@ -209,9 +212,10 @@ def run(config: TrainConfig) -> dict[str, Any]:
     tmp = config.out / "model.tmp.keras"
     model.save(tmp)
     tmp.replace(model_path)
-    _plot(history.history, config.out / "curves.png")
+    held_out = "the held-out 10 %" if config.data else "the unseen font"
+    _plot(history.history, config.out / "curves.png", held_out.removeprefix("the "))
     final = history.history["val_accuracy"][-1]
-    print(f"validation accuracy on the unseen font: {final:.3f} (chance: "
+    print(f"validation accuracy on {held_out}: {final:.3f} (chance: "
           f"{1 / len(data.classes):.3f}); model: {model_path}, curves: {config.out / 'curves.png'}",
           flush=True)
     return history.history

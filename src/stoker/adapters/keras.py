@@ -397,7 +397,11 @@ class LoaderStatsCallback(keras.callbacks.Callback):
 
         model.fit(loader.keras(), epochs=10, callbacks=[LoaderStatsCallback(loader)])
 
-    Each epoch's statistics are kept in ``history`` (``LoaderStats`` objects).
+    Each epoch's statistics are kept in ``history`` (``LoaderStats`` objects) and put in
+    the epoch's logs as ``loader_samples_per_s``, ``loader_wait_fraction``,
+    ``loader_worker_utilisation`` and ``loader_queue_depth``, so a
+    ``keras.callbacks.TensorBoard`` listed after this callback plots them as scalars
+    (``epoch_loader_wait_fraction``, ...) beside the loss.
     """
 
     def __init__(self, loader: Loader, print_fn: Any = print) -> None:
@@ -405,17 +409,28 @@ class LoaderStatsCallback(keras.callbacks.Callback):
         self.loader = loader
         self.print_fn = print_fn
         self.history: list[Any] = []
+        self._line: str | None = None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._print()
         self.loader.stats(reset=True)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        from .._system import usable_cpu_count
-
         stats = self.loader.stats()
         self.history.append(stats)
-        if logs is not None:
-            logs["loader_samples_per_s"] = stats.samples_per_s
-            logs["loader_wait_fraction"] = stats.wait_fraction
-        self.print_fn(f"  loader: {stats.samples_per_s:.0f} samples/s; "
-                      f"{stats.verdict(usable_cpu_count())}")
+        if logs is not None:  # History, TensorBoard and CSVLogger after this one see them
+            logs.update(loader_samples_per_s=stats.samples_per_s,
+                        loader_wait_fraction=stats.wait_fraction,
+                        loader_worker_utilisation=stats.worker_utilisation,
+                        loader_queue_depth=stats.queue_depth)
+        # Printed once Keras has finished its own line for the epoch (its progress bar
+        # ends the line after every callback's on_epoch_end), never in the middle of it.
+        self._line = f"  loader: {stats.samples_per_s:.0f} samples/s; {stats.verdict()}"
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._print()
+
+    def _print(self) -> None:
+        if self._line is not None:
+            self.print_fn(self._line)
+            self._line = None
