@@ -461,6 +461,8 @@ def test_a_write_killed_at_any_step_leaves_the_old_or_the_new_store(tmp_path, ex
         killed_at.append(target)
         content = _content(path)
         assert content in ((old, new) if existing else (None, new)), (target, content)
+        if sig == signal.SIGINT and content is not None:  # Ctrl-C: nothing left at all
+            _only_the_store_left(parent, path)
         # The next write finds its way, and leaves only the store behind.
         store.save(path, (np.ones((5, 300), np.uint16), np.arange(5)), overwrite=True)
         assert _content(path) == 5
@@ -489,6 +491,8 @@ def test_readers_never_see_a_half_store_during_overwrites(tmp_path):
                 images, labels = source.arrays
                 n = len(source)
                 assert n in (64, 80) and images[-1, -1] == n and labels[0] == n, n
+                if opens % 50 == 0:
+                    store.verify(path)  # one consistent generation, however it changes
             except Exception as error:  # every kind counts as a failure
                 failures.append(repr(error))
             opens += 1
@@ -576,3 +580,101 @@ def test_the_readmes_store_section_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main([*line[1:], "--no-progress"]) == 0
     assert store.open(tmp_path / "data.stoker").classes == ["even", "odd"]
+
+
+# -- after an error, on fork, at the edges of paths (found by red-teaming) ----------------
+
+FAILING_APPEND = """
+    import resource, signal, sys
+    import numpy as np
+    sys.path.insert(0, {src!r})
+    from stoker import store
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises EFBIG
+    writer = store.Writer({path!r}, overwrite=True)
+    writer.append((np.zeros((10, 1), np.uint8), np.zeros((10, 1000))))
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, hard))
+    try:  # field 0 takes its rows, field 1 cannot
+        writer.append((np.zeros((100, 1), np.uint8), np.zeros((100, 1000))))
+    except OSError as error:
+        print("append failed:", error.errno, flush=True)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    try:
+        writer.close()
+    except ValueError as error:
+        print("close refused:", error, flush=True)
+"""
+
+
+def test_a_failed_append_is_never_committed(tmp_path):
+    path = tmp_path / "s.stoker"
+    store.save(path, (np.ones((7, 1), np.uint8), np.ones((7, 1000))))
+    script = textwrap.dedent(FAILING_APPEND).format(src=str(ROOT / "src"), path=str(path))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert "append failed: 27" in done.stdout, done.stdout + done.stderr
+    assert "close refused: an append failed half-way" in done.stdout, done.stdout
+    assert _content(path) == 7  # the old store, intact
+    _only_the_store_left(tmp_path, path)
+
+
+def test_a_bad_first_batch_leaves_the_writer_as_new(tmp_path):
+    with store.Writer(tmp_path / "s") as writer:
+        with pytest.raises(TypeError, match="numbers and booleans only"):
+            writer.append((np.zeros((3, 2)), np.array(["2020-01-01"] * 3, "datetime64[D]")))
+        writer.append((np.zeros((3, 2)), np.arange(3)))
+    assert len(store.open(tmp_path / "s")) == 3
+
+
+def test_a_list_of_samples_or_a_set_of_classes_is_refused(tmp_path):
+    images = [np.zeros((4, 4), np.uint8)] * 100
+    with pytest.raises(ValueError, match=r"list of 100 items.*np\.stack\(images\)"):
+        store.save(tmp_path / "s", images)
+    with pytest.raises(TypeError, match="in label order"):
+        store.save(tmp_path / "s", np.zeros((3, 2)), classes={"cat", "dog"})
+    with pytest.raises(ValueError, match="classes is empty"):
+        store.save(tmp_path / "s", np.zeros((3, 2)), classes=[])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_forked_child_never_discards_its_parents_write(tmp_path):
+    import multiprocessing
+
+    writer = store.Writer(tmp_path / "s")
+    writer.append(np.zeros((3, 2)))
+    child = multiprocessing.get_context("fork").Process(target=writer.abort)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert writer.close() == tmp_path / "s"
+    assert len(store.open(tmp_path / "s")) == 3
+
+
+def test_odd_paths_symlinks_across_filesystems_and_a_changed_folder(tmp_path, monkeypatch):
+    # A name with glob characters: its dead writer's temporary is still found.
+    odd = tmp_path / "run[1].stoker"
+    script = textwrap.dedent(WRITER_KILLED).format(src=str(ROOT / "src"), path=str(odd))
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "writing"
+    process.kill()
+    process.wait(timeout=30)
+    store.save(odd, np.zeros((2, 2)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run[1].stoker"]
+    # A symlink to a store on another filesystem (/dev/shm is tmpfs): overwritable.
+    elsewhere = Path("/dev/shm") / f"stoker-test-{os.getpid()}.store"
+    try:
+        store.save(elsewhere, np.zeros((2, 2)))
+        (tmp_path / "link.stoker").symlink_to(elsewhere)
+        store.save(tmp_path / "link.stoker", np.ones((5, 2)), overwrite=True)
+        assert len(store.open(tmp_path / "link.stoker")) == 5
+        assert (tmp_path / "link.stoker").is_symlink()
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+    # A relative path, and the working folder changed before close().
+    monkeypatch.chdir(tmp_path)
+    writer = store.Writer("relative.stoker")
+    writer.append(np.zeros((4, 2)))
+    monkeypatch.chdir("/")
+    writer.close()
+    assert len(store.open(tmp_path / "relative.stoker")) == 4

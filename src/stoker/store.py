@@ -31,6 +31,7 @@ every label against the class names.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import math
@@ -40,6 +41,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,7 @@ HEADER_BYTES = 256  # every .npy header is padded to this, so data starts 64-byt
 _CHUNK_BYTES = 64 << 20  # what save() and verify() handle at a time: constant memory
 _STORED_KINDS = "biufc"  # numbers and booleans: what np.load and open read back
 _OURS = re.compile(r"field_\d+(\.[0-9a-f]{16})?\.npy|\.meta-[0-9a-f]{16}\.tmp")
+_MAX_FIELDS = 16  # a longer tuple or list is a list of samples, not of fields
 _OPEN_ATTEMPTS = 50  # an overwrite between reading the manifest and mapping the files
 
 try:
@@ -100,6 +103,13 @@ def _structure(batch: Any, caller: str = "Writer.append") -> tuple[
         arrays, named = (), batch
     elif isinstance(batch, (tuple, list)):
         arrays, named = tuple(batch), {}
+        if len(arrays) > _MAX_FIELDS:
+            raise ValueError(
+                f"{caller} got a {type(batch).__name__} of {len(arrays)} items; a tuple or "
+                f"list is read as fields (x, y, ...), as from_arrays reads its arguments, and "
+                f"stores hold at most {_MAX_FIELDS}. For {len(arrays)} samples, stack them "
+                "first: np.stack(images)"
+            )
     else:
         arrays, named = (batch,), {}
     return field_arrays(arrays, named, caller=caller, refuse_kinds="", allow_empty=True)
@@ -115,8 +125,10 @@ def _classes(classes: Iterable[Any] | None) -> list[Any] | None:
     Python ones), or None."""
     if classes is None:
         return None
-    if isinstance(classes, (str, bytes, Mapping)) or not isinstance(classes, Iterable):
-        raise TypeError(f"classes must be a list of class names, got {type(classes).__name__}")
+    if (isinstance(classes, (str, bytes, Mapping, AbstractSet))
+            or not isinstance(classes, Iterable)):
+        raise TypeError(f"classes must be a list of class names (in label order), got "
+                        f"{type(classes).__name__}")
     names = [c.item() if isinstance(c, np.generic) else c for c in classes]
     bad = [c for c in names if isinstance(c, bool) or not isinstance(c, (str, int))]
     if bad:
@@ -130,8 +142,10 @@ def _classes(classes: Iterable[Any] | None) -> list[Any] | None:
 
 # -- leases: who is still writing ------------------------------------------------------------
 
-_live_leases: set[str] = set()  # this process's own (flock does not stop the same process
-_live_lock = threading.Lock()   # from locking its own file through a second descriptor)
+# This process's own leases: where flock is emulated with per-process POSIX locks (NFS),
+# a second descriptor of the same process would get the lock; the set answers then.
+_live_leases: set[str] = set()  # real paths
+_live_lock = threading.Lock()
 
 
 class _Lease:
@@ -140,20 +154,30 @@ class _Lease:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._pid = os.getpid()  # a forked child must not release its parent's lease
         with _live_lock:
             _live_leases.add(str(path))
         while True:
             fresh = path.with_name(path.name + "-" + uuid.uuid4().hex[:8])
             self._fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            _flock(self._fd)
             try:
+                _flock(self._fd)
                 os.rename(fresh, path)  # visible under its name only once locked
                 return
             except FileNotFoundError:  # a cleaner took it in the instant before the lock
                 os.close(self._fd)
+            except BaseException:  # Ctrl-C, or the lock or rename failed: nothing stays
+                for name in (fresh, path):
+                    with contextlib.suppress(OSError):
+                        name.unlink()
+                os.close(self._fd)
+                self._fd = -1
+                with _live_lock:
+                    _live_leases.discard(str(path))
+                raise
 
     def release(self) -> None:
-        if self._fd < 0:
+        if self._fd < 0 or os.getpid() != self._pid:
             return
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
@@ -168,7 +192,9 @@ def _remove_stale_temporaries(path: Path) -> list[Path]:
     held); return what was removed. A live writer's lease cannot be taken, here or on
     another host sharing the storage."""
     removed = []
-    for lease in path.parent.glob(f".{path.name}.tmp-*.lease*"):
+    for legacy in path.parent.glob(f".{glob.escape(path.name)}.tmp-*-*"):
+        _remove_legacy_temporary(legacy)
+    for lease in path.parent.glob(f".{glob.escape(path.name)}.tmp-*.lease*"):
         final = lease.name.endswith(".lease")  # else one being created (``.lease-<id>``)
         with _live_lock:
             if str(lease if final else lease.with_name(lease.name.rsplit("-", 1)[0])) \
@@ -194,6 +220,20 @@ def _remove_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
+def _remove_legacy_temporary(candidate: Path) -> None:
+    """A temporary of stoker before leases (``.NAME.tmp-<pid>-<hex>``): judged by its pid,
+    as it was written."""
+    match = re.fullmatch(r".*\.tmp-(\d+)-[0-9a-f]{8}", candidate.name)
+    if match is None or not candidate.is_dir():
+        return
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        shutil.rmtree(candidate, ignore_errors=True)
+    except (OSError, ValueError):
+        pass
+
+
 @contextlib.contextmanager
 def _store_lock(path: Path) -> Iterator[None]:
     """The store's lock, held while a commit replaces the manifest and clears out what
@@ -211,9 +251,16 @@ def _collect_garbage(path: Path, meta: Mapping[str, Any]) -> None:
     only names this module writes, never anything else in the directory."""
     keep = {field["file"] for field in meta["fields"]}
     for entry in os.scandir(path):
-        if _OURS.fullmatch(entry.name) and entry.name not in keep:
-            with contextlib.suppress(FileNotFoundError):
+        if (_OURS.fullmatch(entry.name) and entry.name not in keep
+                and entry.is_file(follow_symlinks=False)):
+            with contextlib.suppress(OSError):
                 os.unlink(entry.path)
+
+
+def _sweep(path: Path) -> None:
+    """Under the store's lock, remove what its manifest does not name (best effort)."""
+    with contextlib.suppress(StoreError, OSError, KeyError, TypeError), _store_lock(path):
+        _collect_garbage(path, _read_meta(path)[0])
 
 
 def _is_store(path: Path) -> bool:
@@ -229,6 +276,9 @@ def _refuse_target(path: Path, overwrite: bool) -> None:
         if not path.is_dir() or (not _is_store(path) and any(path.iterdir())):
             raise FileExistsError(f"{path} is not a stoker store (no {META}); refusing to "
                                   "replace it: choose another path or remove it yourself")
+        if (path / META).exists() and not (path / META).is_file():
+            raise FileExistsError(f"{path / META} is not a file, so {path} is not a stoker "
+                                  "store; refusing to replace it: remove it yourself")
 
 
 class Writer:
@@ -249,16 +299,30 @@ class Writer:
                  overwrite: bool = False) -> None:
         if not isinstance(overwrite, bool):
             raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
-        self.path = Path(path)
+        # Absolute and through symlinks: the temporary is built beside the real target
+        # (one filesystem, so renames stay atomic), whatever the working folder later is.
+        self.path = Path(os.path.realpath(path))
         self.classes = _classes(classes)
+        if self.classes == []:
+            raise ValueError("classes is empty; pass the class names (label i is "
+                             "classes[i]) or leave classes=None")
         self.overwrite = overwrite
         _refuse_target(self.path, overwrite)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(self.path)
         self.generation = uuid.uuid4().hex[:16]
+        self._pid = os.getpid()
+        self._closed = True  # until the temporary exists: nothing to discard
+        self._committed = False
+        self._broken: str | None = None  # why an append failed half-way
+        self._moved: list[Path] = []  # files this write put in the store's folder
         self._tmp = self.path.parent / f".{self.path.name}.tmp-{self.generation}"
         self._lease = _Lease(self._tmp.with_name(self._tmp.name + ".lease"))
-        self._tmp.mkdir()
+        try:
+            self._tmp.mkdir()
+        except BaseException:
+            self._lease.release()
+            raise
         self._kind: str | None = None
         self._fields: list[dict[str, Any]] = []
         self._files: list[Any] = []
@@ -270,32 +334,45 @@ class Writer:
         """Add a batch of samples (leading axis: samples) in the store's structure."""
         if self._closed:
             raise ValueError(f"the writer for {self.path} is closed")
+        if self._broken:
+            raise ValueError(f"the writer for {self.path} is broken: {self._broken}; "
+                             "nothing can be saved from it, start a new one")
         kind, fields = _structure(batch)
         if self._kind is None:
             self._start(kind, fields)
         self._check(kind, fields)
         self._check_labels(fields)
-        for handle, digest, (_, array) in zip(self._files, self._hashes, fields, strict=True):
-            data = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
-            handle.write(data)
-            digest.update(data)
+        try:
+            for handle, digest, (_, array) in zip(self._files, self._hashes, fields,
+                                                  strict=True):
+                data = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
+                handle.write(data)
+                digest.update(data)
+        except BaseException as error:
+            # Some fields may have this batch and others not: the files no longer agree,
+            # and close() must not commit them.
+            self._broken = f"an append failed half-way ({type(error).__name__}: {error})"
+            raise
         self.count += len(fields[0][1])
 
     def _start(self, kind: str, fields: list[tuple[str, np.ndarray]]) -> None:
-        for position, (name, array) in enumerate(fields):
+        entries = []
+        for position, (name, array) in enumerate(fields):  # all checked before any is kept
             if array.dtype.hasobject or array.dtype.kind not in _STORED_KINDS:
                 raise TypeError(
                     f"field {name!r} has dtype {array.dtype}; stores hold numbers and "
-                    "booleans only (convert dates with .astype('int64'), strings to class "
-                    "indices with classes=)"
+                    "booleans only (convert dates with .astype('int64'); map strings to "
+                    "integer labels and pass the names as classes=)"
                 )
-            file = f"field_{position}.{self.generation}.npy"
-            self._fields.append({"name": name, "file": file, "dtype": array.dtype.str,
-                                 "shape": list(array.shape[1:])})
-            handle = (self._tmp / file).open("wb")
+            _npy_header(array.dtype, (2**62, *array.shape[1:]))  # fits, whatever the count
+            entries.append({"name": name, "file": f"field_{position}.{self.generation}.npy",
+                            "dtype": array.dtype.str, "shape": list(array.shape[1:])})
+        for entry in entries:
+            handle = (self._tmp / entry["file"]).open("wb")
             handle.write(b"\0" * HEADER_BYTES)  # rewritten with the final count on close
             self._files.append(handle)
             self._hashes.append(hashlib.sha256())
+            self._fields.append(entry)
         self._kind = kind
 
     def _check(self, kind: str, fields: list[tuple[str, np.ndarray]]) -> None:
@@ -332,6 +409,10 @@ class Writer:
         """Finish the files, fsync, and commit the store. Returns its path."""
         if self._closed:
             return self.path
+        if self._broken:
+            self.abort()
+            raise ValueError(f"{self._broken}, so nothing was saved and {self.path} is as "
+                             "it was; write it again")
         if self.count == 0:
             self.abort()
             raise ValueError(f"no samples were written to {self.path}; nothing was saved")
@@ -355,10 +436,20 @@ class Writer:
             _write_synced(self._tmp / META, self._meta_bytes)
             fsync_path(self._tmp)
             self._commit(meta)
-        except BaseException:
-            self.abort()
-            raise
-        self._closed = True
+        except BaseException as error:
+            if not self._committed:
+                self.abort()  # which sees a commit that happened all the same
+            if not self._committed:
+                raise
+            if not isinstance(error, Exception):
+                raise  # Ctrl-C after the commit point: the store is saved, and it stops
+        finally:
+            if self._committed:  # saved: what follows the commit point is best effort
+                self._closed = True
+                with contextlib.suppress(OSError):
+                    self._clean_up()
+                if not getattr(self, "_swept", True):  # interrupted before it swept
+                    _sweep(self.path)
         return self.path
 
     def _commit(self, meta: dict[str, Any]) -> None:
@@ -369,31 +460,63 @@ class Writer:
                 if not (self.path.is_symlink() or self.path.exists()):
                     raise
             else:
-                fsync_path(self.path.parent)
-                self._lease.release()
+                self._committed = True
+                with contextlib.suppress(OSError):
+                    fsync_path(self.path.parent)
                 return
         if not self.overwrite:  # another writer created it meanwhile
             raise FileExistsError(f"{self.path} appeared while writing; nothing replaced")
         _refuse_target(self.path, True)
         with _store_lock(self.path):
+            # What writers killed in here left (only a lock holder moves files in).
+            with contextlib.suppress(StoreError, OSError, KeyError, TypeError):
+                _collect_garbage(self.path, _read_meta(self.path)[0])
+            self._swept = False
             for field in meta["fields"]:  # named by nothing yet: invisible to readers
+                self._moved.append(self.path / field["file"])
                 os.rename(self._tmp / field["file"], self.path / field["file"])
             fsync_path(self.path)
             staged = self.path / f".meta-{self.generation}.tmp"
+            self._moved.append(staged)
             _write_synced(staged, self._meta_bytes)
             os.replace(staged, self.path / META)  # the commit point
-            fsync_path(self.path)
-            _collect_garbage(self.path, meta)
-        self._clean_up()
+            self._committed = True
+            with contextlib.suppress(OSError):
+                fsync_path(self.path)
+            with contextlib.suppress(OSError):
+                _collect_garbage(self.path, meta)
+                self._swept = True
 
     def abort(self) -> None:
-        """Discard everything written; ``path`` is left as it was."""
+        """Discard everything written; ``path`` is left as it was. Does nothing in a
+        forked child (the write is its parent's)."""
+        if self._committed or os.getpid() != self._pid or self._on_disk():
+            self._committed = self._committed or os.getpid() == self._pid
+            self._closed = True
+            return
         for handle in self._files:
             handle.close()
+        for moved in self._moved:  # moved into the store's folder, never committed
+            with contextlib.suppress(OSError):
+                moved.unlink()
         self._clean_up()
         self._closed = True
 
+    def _on_disk(self) -> bool:
+        """Whether the commit happened although this writer did not see it return (a
+        Ctrl-C landing right after ``os.replace``): then the store is this write's, and
+        nothing of it may be removed."""
+        expected = getattr(self, "_meta_bytes", None)
+        if expected is None:
+            return False
+        try:
+            return (self.path / META).read_bytes() == expected
+        except OSError:
+            return False
+
     def _clean_up(self) -> None:
+        if os.getpid() != self._pid:
+            return
         shutil.rmtree(self._tmp, ignore_errors=True)
         self._lease.release()
 
@@ -407,7 +530,7 @@ class Writer:
             self.abort()
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
+        if not getattr(self, "_closed", True) and getattr(self, "_pid", None) == os.getpid():
             self.abort()
 
 
@@ -590,7 +713,7 @@ def _read_meta(path: Path) -> tuple[dict[str, Any], bytes]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise StoreError(f"{meta_path} does not describe a stoker store (format "
                          f"{meta.get('format') if isinstance(meta, dict) else None!r})")
-    if meta.get("version") not in READS:
+    if type(meta.get("version")) is not int or meta["version"] not in READS:
         raise StoreError(
             f"{meta_path} is store format version {meta.get('version')!r}; this stoker "
             f"reads versions {', '.join(map(str, READS))}. Re-create it with this version "
@@ -752,26 +875,24 @@ def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
     """Check every byte of the store at ``path`` against its checksums, and its labels
     against its class names; raise :class:`StoreError` naming the first problem."""
     path = Path(path)
-    meta, _ = _read_meta(path)
-    fields = _fields(meta)
-    for _, file, dtype, shape in fields:
-        _check_file(path / file, dtype, (meta["count"], *shape))
-    total = sum(HEADER_BYTES + meta["count"] * dtype.itemsize * math.prod(shape)
-                for *_, dtype, shape in fields)
+    # One consistent generation, mapped: an overwrite meanwhile does not pull files
+    # from under the check (mapped files stay readable after they are removed).
+    meta, _, arrays = _mapped(path)
+    total = sum(array.nbytes for array in arrays)
     with progress_bar(total, f"verifying {path.name}", progress) as bar:
-        for field in meta["fields"]:
+        for field, array in zip(meta["fields"], arrays, strict=True):
             digest = hashlib.sha256()
-            with (path / field["file"]).open("rb") as handle:
-                handle.seek(HEADER_BYTES)
-                while block := handle.read(_CHUNK_BYTES):
-                    digest.update(block)
-                    bar.update(len(block))
+            flat = array.reshape(-1).view(np.uint8)
+            for start in range(0, len(flat), _CHUNK_BYTES):
+                block = flat[start:start + _CHUNK_BYTES]
+                digest.update(block)
+                bar.update(len(block))
             if digest.hexdigest() != field.get("sha256"):
                 raise StoreError(f"{path / field['file']} does not match its checksum: the data "
                                  "changed after it was written (disk or copy error?)")
     position = label_position(meta["kind"], meta["fields"], meta.get("classes"))
     if position is not None:
-        labels = StoreSource(path)._arrays[position]
+        labels = arrays[position]
         for start in range(0, len(labels), _CHUNK_BYTES // 8):
             part = labels[start:start + _CHUNK_BYTES // 8]
             bad = np.flatnonzero((part < 0) | (part >= len(meta["classes"])))
