@@ -145,3 +145,19 @@ def test_ingest_classes_and_train_data_meet_on_the_command_line(tmp_path, capsys
         with pytest.raises(ValueError, match=expected) as caught:
             user_data(data, seed=0)
         assert "format=" not in str(caught.value) and "classes=" not in str(caught.value)
+
+
+def test_folder_ingest_says_what_it_converted(tmp_path, capsys):
+    folder = tmp_path / "photos" / "cat"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(folder / "colour.png"), rng.integers(0, 255, (12, 12, 3), dtype=np.uint8))
+    cv2.imwrite(str(folder / "grey.png"), np.full((10, 10), 7, np.uint8))
+    out = tmp_path / "s"
+    assert main(["ingest", str(tmp_path / "photos"), "--size", "10", "--out", str(out),
+                 "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "2 samples, 1 class," in said
+    assert "converted: 1 colour image made grey (--color keeps colour); 1 image resized" \
+        in said
+    assert store.open(out)[1][0].shape == (10, 10, 1)

@@ -443,30 +443,42 @@ def _only_the_store_left(parent: Path, path: Path) -> None:
 @pytest.mark.parametrize("existing", [False, True], ids=["first-write", "overwrite"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_a_write_killed_at_any_step_leaves_the_old_or_the_new_store(tmp_path, existing, sig):
-    parent = tmp_path / "data"
-    path = parent / "s.stoker"
-    script = textwrap.dedent(CRASH_AT).format(src=str(ROOT / "src"), path=str(path))
+    from concurrent.futures import ThreadPoolExecutor
+
     old, new = 40, 25
-    killed_at = []
-    for target in range(1, 200):
-        shutil.rmtree(parent, ignore_errors=True)
+
+    def attempt(target: int) -> tuple[Path, Path, subprocess.CompletedProcess]:
+        parent = tmp_path / f"kill-at-{target}"
+        path = parent / "s.stoker"
         parent.mkdir()
         if existing:
             store.save(path, (np.zeros((old, 300), np.uint16), np.arange(old)))
-        done = subprocess.run([sys.executable, "-c", script, str(target), str(int(sig)),
-                               str(new)], capture_output=True, text=True, timeout=60)
-        if done.returncode == 0:
-            assert done.stdout.startswith("done")
-            break
-        killed_at.append(target)
-        content = _content(path)
-        assert content in ((old, new) if existing else (None, new)), (target, content)
-        if sig == signal.SIGINT and content is not None:  # Ctrl-C: nothing left at all
-            _only_the_store_left(parent, path)
-        # The next write finds its way, and leaves only the store behind.
-        store.save(path, (np.ones((5, 300), np.uint16), np.arange(5)), overwrite=True)
-        assert _content(path) == 5
-        _only_the_store_left(parent, path)
+        script = textwrap.dedent(CRASH_AT).format(src=str(ROOT / "src"), path=str(path))
+        return parent, path, subprocess.run(
+            [sys.executable, "-c", script, str(target), str(int(sig)), str(new)],
+            capture_output=True, text=True, timeout=60)
+
+    killed_at, finished, first = [], False, 1
+    with ThreadPoolExecutor(max_workers=3) as pool:  # each kill in its own folder
+        while not finished and first < 200:
+            for target, (parent, path, done) in zip(
+                    range(first, first + 6), pool.map(attempt, range(first, first + 6)),
+                    strict=True):
+                if done.returncode == 0:
+                    assert done.stdout.startswith("done")
+                    finished = True
+                    continue
+                killed_at.append(target)
+                content = _content(path)
+                assert content in ((old, new) if existing else (None, new)), (target, content)
+                if sig == signal.SIGINT and content is not None:  # Ctrl-C: nothing left
+                    _only_the_store_left(parent, path)
+                # The next write finds its way, and leaves only the store behind.
+                store.save(path, (np.ones((5, 300), np.uint16), np.arange(5)), overwrite=True)
+                assert _content(path) == 5
+                _only_the_store_left(parent, path)
+            first += 6
+    assert finished
     assert len(killed_at) >= 12, killed_at  # every fsync, rename and replace, both sides
 
 

@@ -187,8 +187,12 @@ def _ingest(args: argparse.Namespace) -> int:
     path = _in_flags(lambda: ingesting.ingest(plan, args.out, overwrite=args.overwrite,
                                               progress=not args.no_progress))
     data = store.open(path)
-    classes = f", {len(data.classes)} classes" if data.classes else ""
-    print(f"{path}: {len(data)} samples{classes}, {data.nbytes / 2**20:.1f} MiB")
+    from .stats import plural
+
+    classes = f", {plural(len(data.classes), 'class')}" if data.classes else ""
+    print(f"{path}: {plural(len(data), 'sample')}{classes}, {data.nbytes / 2**20:.1f} MiB")
+    if plan.conversions():
+        print(f"converted: {plan.conversions()}")
     return 0
 
 

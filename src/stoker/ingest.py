@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,17 @@ class Plan:
     chunks: Iterable[Any]
     total: int
     classes: list[Any] | None = None
+    # what was converted on the way, counted while the chunks are read
+    converted: dict[str, int] = field(default_factory=dict)
+
+    def conversions(self) -> str:
+        """What the ingest changed, in a line ("" when nothing)."""
+        from .stats import plural
+
+        said = {"grey": ("colour image", "made grey (--color keeps colour)"),
+                "resized": ("image", "resized to --size")}
+        return "; ".join(f"{plural(n, said[k][0])} {said[k][1]}"
+                         for k, n in self.converted.items() if n)
 
 
 def from_numpy(paths: Sequence[str | os.PathLike]) -> Plan:
@@ -100,21 +111,30 @@ def from_folder(root: str | os.PathLike, *, size: int | None = None, color: bool
             f"no images in {root}: expected one sub-folder per class holding image files "
             f"({', '.join(IMAGE_SUFFIXES)})"
         )
-    flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
+    converted = {"grey": 0, "resized": 0}
 
     def read() -> Iterator[Any]:
         shape = None
         for start in range(0, len(files), _CHUNK):
             images, labels = [], []
             for label, path in files[start:start + _CHUNK]:
-                image = cv2.imread(str(path), flag)
+                image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
                 if image is None:
                     raise ValueError(f"{path} is not a readable image (corrupt or truncated?)")
+                if image.dtype != np.uint8:  # 16-bit PNG/TIFF: to 8 bits, as IMREAD_COLOR
+                    image = cv2.convertScaleAbs(image, alpha=255 / np.iinfo(image.dtype).max)
+                if image.ndim == 3 and image.shape[2] == 4:
+                    image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+                if color:
+                    image = (cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2
+                             else cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+                elif image.ndim == 3:
+                    converted["grey"] += int(not _is_grey(image))
+                    image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
                 if size is not None and image.shape[:2] != (size, size):
                     image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-                if color:
-                    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-                else:
+                    converted["resized"] += 1
+                if not color:
                     image = image[..., None]
                 if shape is None:
                     shape = image.shape
@@ -126,7 +146,12 @@ def from_folder(root: str | os.PathLike, *, size: int | None = None, color: bool
                 images.append(image)
                 labels.append(label)
             yield np.stack(images), np.asarray(labels, np.int32)
-    return Plan(read(), len(files), classes)
+    return Plan(read(), len(files), classes, converted)
+
+
+def _is_grey(image: np.ndarray) -> bool:
+    """Whether a 3-channel image holds grey pixels only (nothing lost making it grey)."""
+    return bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
 
 
 def from_etl(paths: Sequence[str | os.PathLike], *, size: int = 64,
