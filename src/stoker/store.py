@@ -257,10 +257,17 @@ def _collect_garbage(path: Path, meta: Mapping[str, Any]) -> None:
                 os.unlink(entry.path)
 
 
-def _sweep(path: Path) -> None:
-    """Under the store's lock, remove what its manifest does not name (best effort)."""
-    with contextlib.suppress(StoreError, OSError, KeyError, TypeError), _store_lock(path):
+def _collect_unnamed(path: Path) -> None:
+    """What the store's current manifest does not name, removed (best effort; the
+    caller holds the store's lock: only a lock holder moves files in)."""
+    with contextlib.suppress(StoreError, OSError, KeyError, TypeError):
         _collect_garbage(path, _read_meta(path)[0])
+
+
+def _sweep(path: Path) -> None:
+    """``_collect_unnamed`` under the store's lock."""
+    with contextlib.suppress(OSError), _store_lock(path):
+        _collect_unnamed(path)
 
 
 def _is_store(path: Path) -> bool:
@@ -468,9 +475,7 @@ class Writer:
             raise FileExistsError(f"{self.path} appeared while writing; nothing replaced")
         _refuse_target(self.path, True)
         with _store_lock(self.path):
-            # What writers killed in here left (only a lock holder moves files in).
-            with contextlib.suppress(StoreError, OSError, KeyError, TypeError):
-                _collect_garbage(self.path, _read_meta(self.path)[0])
+            _collect_unnamed(self.path)  # what writers killed in here left
             self._swept = False
             for field in meta["fields"]:  # named by nothing yet: invisible to readers
                 self._moved.append(self.path / field["file"])
