@@ -108,7 +108,20 @@ API_MISTAKES = [
      r"save\(\) needs arrays"),
     ("open of nothing", lambda d: store.open("/nonexistent/x"), store.StoreError,
      r"no store at"),
+    ("fit(loader) without .keras()", lambda d: _fit_the_loader_itself(d), ValueError,
+     r"Unrecognized data type.*fit\(\) takes loader\.keras\(\)"),
 ]
+
+
+def _fit_the_loader_itself(data):
+    """Keras dispatches on type and quotes the loader's repr, which says what to call."""
+    import keras
+
+    model = keras.Sequential([keras.Input((4, 4)), keras.layers.Flatten(),
+                              keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    with _loader(data)() as loader:
+        model.fit(loader, epochs=1, verbose=0)
 
 
 @pytest.mark.parametrize("what, call, kind, message", API_MISTAKES,

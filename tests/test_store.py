@@ -569,7 +569,7 @@ def test_a_live_writers_temporary_is_never_removed_and_a_dead_ones_is(tmp_path):
         live.kill()
 
 
-def test_the_readmes_store_section_runs_as_written(tmp_path, monkeypatch):
+def test_the_readmes_store_section_runs_as_written(tmp_path):
     readme = (ROOT / "README.md").read_text()
     start = readme.index("## Data larger than RAM")
     body = readme.index("```python\n", start) + len("```python\n")
@@ -580,18 +580,6 @@ def test_the_readmes_store_section_runs_as_written(tmp_path, monkeypatch):
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(store.open(tmp_path / "big.stoker")) == 900
     assert store.open(tmp_path / "kanji.stoker").classes == [f"class {i}" for i in range(10)]
-    # The first ingest line, on files it names.
-    shell = readme.index("```sh\n", body) + len("```sh\n")
-    line = readme[shell:readme.index("\n", shell)].split("#")[0].split()
-    assert line[:2] == ["stoker", "ingest"]
-    np.save(tmp_path / "x.npy", np.zeros((20, 8, 8), np.uint8))
-    np.save(tmp_path / "y.npy", np.arange(20) % 2)
-    (tmp_path / "names.txt").write_text("even\nodd\n")
-    from stoker.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    assert main([*line[1:], "--no-progress"]) == 0
-    assert store.open(tmp_path / "data.stoker").classes == ["even", "odd"]
 
 
 # -- after an error, on fork, at the edges of paths (found by red-teaming) ----------------

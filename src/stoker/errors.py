@@ -30,8 +30,9 @@ class TransformError(LoaderError):
     """Producing one sample failed: the source's ``__getitem__`` or the transform raised,
     or the transform returned something that does not fit the batch.
 
-    ``index`` is the sample's position in the loader's source; the original exception
-    is ``__cause__`` (with the worker's traceback as its own ``__cause__``).
+    ``message`` says what happened; ``index`` is the sample's position in the loader's
+    source and ``epoch`` its epoch (None where not known); the original exception is
+    ``__cause__`` (with the worker's traceback as its own ``__cause__``).
     """
 
     def __init__(self, message: str, *, index: int, epoch: int | None = None) -> None:
@@ -43,7 +44,8 @@ class TransformError(LoaderError):
 class WorkerCrashed(LoaderError):
     """A worker process died without reporting an error (killed, segfault, out of memory).
 
-    ``exitcode`` follows ``multiprocessing``: negative for a signal (``-9`` is SIGKILL).
+    ``message`` says what happened and ``worker_id`` which worker died; ``exitcode``
+    follows ``multiprocessing``: negative for a signal (``-9`` is SIGKILL).
     ``crashes`` lists every crash seen by this loader, oldest first, as
     ``(worker_id, exitcode)`` pairs.
     """

@@ -269,9 +269,9 @@ class Loader:
         check_finite: refuse NaN/inf in float outputs of the transform, naming the
             sample.
 
-    Unknown arguments get a "did you mean" (``num_workers`` is ``workers`` here); the
-    guarantees are in the README's "What it guarantees" and the errors in
-    docs/errors.md.
+    Unknown arguments (``**unknown``) get a "did you mean" (``num_workers`` is
+    ``workers`` here); the guarantees are in the README's "What it guarantees" and the
+    errors in docs/errors.md.
     """
 
     def __init__(
@@ -414,8 +414,8 @@ class Loader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from ``state_dict()``: the next iteration continues that epoch after the
-        last batch taken. Checked completely before anything changes; an iteration still
+        """Resume from ``state``, a ``state_dict()``: the next iteration continues that epoch
+        after the last batch taken. Checked completely before anything changes; an iteration still
         running ends (its next step raises LoaderError)."""
         seed, cursor = parse_state(state, self._fixed_state(), len(self))
         self.seed = seed
@@ -626,10 +626,12 @@ class Loader:
         self.close()
 
     def __repr__(self) -> str:
+        # Keras dispatches fit()'s data by type and quotes the repr of what it does not
+        # know ("Unrecognized data type: x=..."): the hint is for `model.fit(loader)`.
         return (
             f"<stoker.Loader {len(self.source)} samples, batch_size={self.options.batch_size}, "
             f"{len(self)} batches/epoch, workers={self.workers}, epoch={self._cursor.epoch}, "
-            f"batch={self._cursor.batch}>"
+            f"batch={self._cursor.batch}; Keras' fit() takes loader.keras()>"
         )
 
 

@@ -173,7 +173,8 @@ def from_arrays(*arrays: Any, **named: Any) -> ArraySource:
 
     ``from_arrays(x, y)`` gives ``(x[i], y[i])`` samples, ``from_arrays(image=x,
     label=y)`` gives dict samples, ``from_arrays(x)`` gives ``x[i]``. The arrays are
-    copied; drop your own references afterwards to hold the data only once.
+    copied; drop your own references afterwards to hold the data only once. ``arrays``
+    (positional) or ``named`` (keywords) give the fields, not both.
     """
     kind, converted = field_arrays(arrays, named, caller="from_arrays", refuse_kinds="OUSV")
     converted = [(name if kind == "dict" else "", array) for name, array in converted]
@@ -240,7 +241,9 @@ def as_source(obj: Any) -> Any:
 def split(
     source: Any, fraction: float, *, seed: int = 0, shuffle: bool = True
 ) -> tuple[Subset, Subset]:
-    """Split any source into two disjoint, deterministic views (see ``plan.split_indices``)."""
+    """Split any source into two disjoint, deterministic views (see ``plan.split_indices``):
+    the first holds ``round(fraction * len(source))`` samples. With ``shuffle`` the
+    samples are assigned by a permutation from ``seed``, else the first part is a prefix."""
     source = as_source(source)
     first, second = split_indices(len(source), fraction, seed=seed, shuffle=shuffle)
     return Subset(source, first), Subset(source, second)

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["LoaderStats", "StatsRecorder"]
+__all__ = ["LoaderStats"]
 
 _INPUT_BOUND_WAIT = 0.10  # the consumer waiting more than this share of the time
 MIN_BATCHES = 10  # batches after the first needed to judge at all
@@ -74,6 +74,7 @@ class LoaderStats:
 
     @property
     def input_bound(self) -> bool:
+        """Whether the consumer waited for data long enough to call it input-bound."""
         return self.wait_fraction > _INPUT_BOUND_WAIT
 
     def balanced_workers(self) -> int:

@@ -572,7 +572,9 @@ def save(path: str | os.PathLike, data: Any, *, classes: Iterable[Any] | None = 
     of equal-length arrays (the fields: ``(x, y)``), or a dict of them; or any source
     (``from_arrays``, another store, a ``split`` of either, anything with
     ``__len__``/``__getitem__``), read a chunk at a time. ``classes`` defaults to
-    ``data.classes`` when it has them; ``progress=True`` shows a progress bar.
+    ``data.classes`` when it has them; ``progress=True`` shows a progress bar. A store
+    already at ``path`` is refused unless ``overwrite=True``: then it is replaced at one
+    instant (readers see the old store or the new one).
     """
     if classes is None:
         classes = getattr(data, "classes", None)
@@ -878,7 +880,8 @@ def open(path: str | os.PathLike) -> StoreSource:
 
 def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
     """Check every byte of the store at ``path`` against its checksums, and its labels
-    against its class names; raise :class:`StoreError` naming the first problem."""
+    against its class names; raise :class:`StoreError` naming the first problem.
+    ``progress=True`` shows a progress bar."""
     path = Path(path)
     # One consistent generation, mapped: an overwrite meanwhile does not pull files
     # from under the check (mapped files stay readable after they are removed).

@@ -306,6 +306,8 @@ class BackupAndRestore(LoaderCursor):
     weights are written, so a kill at any moment leaves the previous backup or the new
     one, never a mix. The model must be built before ``fit()``, as for Keras' own. The
     backup is deleted when training ends (``delete_checkpoint=False`` keeps it).
+    ``backup_dir`` is the folder that holds it; ``save_freq`` is ``"epoch"`` or a number
+    of batches.
     """
 
     def __init__(self, backup_dir: str | os.PathLike, loader: Loader, *,
@@ -325,6 +327,7 @@ class BackupAndRestore(LoaderCursor):
 
     @property
     def manifest(self) -> Path:
+        """The backup's manifest, ``backup_dir/latest.json``."""
         return self.backup_dir / "latest.json"
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -401,7 +404,8 @@ class LoaderStatsCallback(keras.callbacks.Callback):
     the epoch's logs as ``loader_samples_per_s``, ``loader_wait_fraction``,
     ``loader_worker_utilisation`` and ``loader_queue_depth``, so a
     ``keras.callbacks.TensorBoard`` listed after this callback plots them as scalars
-    (``epoch_loader_wait_fraction``, ...) beside the loss.
+    (``epoch_loader_wait_fraction``, ...) beside the loss. ``print_fn`` prints the
+    line (``None``: print nothing).
     """
 
     def __init__(self, loader: Loader, print_fn: Any = print) -> None:
@@ -431,6 +435,6 @@ class LoaderStatsCallback(keras.callbacks.Callback):
         self._print()
 
     def _print(self) -> None:
-        if self._line is not None:
+        if self._line is not None and self.print_fn is not None:
             self.print_fn(self._line)
             self._line = None

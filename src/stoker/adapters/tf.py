@@ -31,6 +31,9 @@ __all__ = ["tf_dataset"]
 
 
 def tf_dataset(loader: Loader) -> tf.data.Dataset:
+    """``loader`` as a ``tf.data.Dataset`` (what ``loader.tf_dataset()`` returns): each
+    iteration is one loader epoch from the cursor, the ``element_spec`` comes from the
+    batch layout with a variable batch dimension."""
     layout = loader.layout
     specs = [tf.TensorSpec(shape=(None, *field.shape), dtype=tf.as_dtype(field.dtype))
              for field in layout.fields]

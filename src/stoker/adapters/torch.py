@@ -34,6 +34,9 @@ _NO_DATALOADER_WORKERS = (
 
 
 class TorchBatches(IterableDataset):
+    """``loader``'s epochs as PyTorch tensor batches (what ``loader.torch()`` returns);
+    ``pin_memory=True`` pins each batch (a CUDA device is needed)."""
+
     def __init__(self, loader: Loader, *, pin_memory: bool = False) -> None:
         if pin_memory and not torch.cuda.is_available():
             raise ValueError(

@@ -41,10 +41,10 @@ def _children(transforms: Sequence[Any], owner: str) -> tuple[ImageTransform, ..
 
 
 class Lambda(ImageTransform):
-    """A user function ``f(image, rng) -> image`` as a transform.
+    """A user function ``fn(image, rng) -> image`` as a transform.
 
-    Its draw takes one 63-bit seed from the rng; apply gives ``f`` a generator made from
-    it, so ``f`` stays reproducible wherever it runs.
+    Its draw takes one 63-bit seed from the rng; apply gives ``fn`` a generator made from
+    it, so ``fn`` stays reproducible wherever it runs.
     """
 
     def __init__(self, fn: Callable[[np.ndarray, np.random.Generator], np.ndarray]) -> None:
@@ -66,7 +66,7 @@ class Lambda(ImageTransform):
 
 
 class Compose(ImageTransform):
-    """Apply every transform in order."""
+    """Apply every transform of ``transforms`` in order."""
 
     def __init__(self, transforms: Sequence[Any]) -> None:
         self.transforms = _children(transforms, "Compose")

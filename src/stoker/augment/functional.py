@@ -138,8 +138,9 @@ def pil_affine_matrix(coefficients: tuple[float, ...]) -> np.ndarray:
 
 
 def rotation_matrix(degrees: float, width: int, height: int) -> np.ndarray:
-    """Pillow's ``Image.rotate(degrees)`` (counter-clockwise, about the centre, same size)
-    as an OpenCV inverse map (:func:`pil_affine_matrix`, written out: this runs once per
+    """Pillow's ``Image.rotate(degrees)`` of a ``width`` x ``height`` image
+    (counter-clockwise, about the centre, same size) as an OpenCV inverse map
+    (:func:`pil_affine_matrix`, written out: this runs once per
     rotated image)."""
     angle = -math.radians(degrees % 360.0)
     cos, sin = round(math.cos(angle), 15), round(math.sin(angle), 15)
@@ -171,14 +172,16 @@ def _affine(work: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
-    """Rotate counter-clockwise by ``degrees`` about the centre, as ``PIL.Image.rotate``."""
+    """Rotate ``image`` counter-clockwise by ``degrees`` about the centre, as
+    ``PIL.Image.rotate``."""
     work = as_working(image)
     return from_working(_affine(work, rotation_matrix(degrees, work.shape[1], work.shape[0])),
                         image)
 
 
 def shear(image: np.ndarray, x_shear: float, y_shear: float) -> np.ndarray:
-    """Shear with Pillow's affine convention: input x = x + x_shear*y, y = y_shear*x + y."""
+    """Shear ``image`` with Pillow's affine convention: input x = x + x_shear*y,
+    y = y_shear*x + y."""
     return from_working(_affine(as_working(image), shear_matrix(x_shear, y_shear)), image)
 
 
@@ -293,7 +296,7 @@ def _scale_translate(work: np.ndarray, width: int, height: int, left: int, top: 
 
 def scale_translate(image: np.ndarray, width: int, height: int, left: int, top: int
                     ) -> np.ndarray:
-    """Resize to ``width`` x ``height`` (Pillow's bicubic, antialiased when shrinking) and
+    """Resize ``image`` to ``width`` x ``height`` (Pillow's bicubic, antialiased when shrinking) and
     paste at (``left``, ``top``) on a black canvas of the original size."""
     if width < 1 or height < 1:
         raise ValueError(f"scale_translate needs a positive size, got {width}x{height}")
@@ -314,7 +317,8 @@ def _sine_table(height: int, width: int) -> np.ndarray:
 
 
 def sine_shifts(factor: float, height: int, width: int) -> np.ndarray:
-    """Integer downward shift of each column: ``int(factor * (H/3) * sin(-2π·x·2/W))``."""
+    """Integer downward shift of each column of a ``height`` x ``width`` image:
+    ``int(factor * (H/3) * sin(-2π·x·2/W))``."""
     return np.trunc(factor * (height / 3.0) * _sine_table(height, width)).astype(np.intp)
 
 
@@ -360,7 +364,7 @@ def _sine_warp_batch(stack: np.ndarray, factors: list[float]) -> np.ndarray:
 
 
 def sine_warp(image: np.ndarray, factor: float) -> np.ndarray:
-    """Roll each column x down by ``int(factor * (H/3) * sin(-2π·x·2/W))`` pixels,
+    """Roll each column x of ``image`` down by ``int(factor * (H/3) * sin(-2π·x·2/W))`` pixels,
     wrapping around, exactly as the question's loop of ``np.roll`` calls."""
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         raise ValueError("sine_warp expects an HxW or HxWxC numpy array")
@@ -408,7 +412,7 @@ def _gaussian_blur(work: np.ndarray, radius: float) -> np.ndarray:
 
 
 def gaussian_blur(image: np.ndarray, radius: float) -> np.ndarray:
-    """Blur as ``PIL.ImageFilter.GaussianBlur(radius)`` (edges replicated)."""
+    """Blur ``image`` as ``PIL.ImageFilter.GaussianBlur(radius)`` (edges replicated)."""
     if radius < 0:
         raise ValueError(f"blur radius must be >= 0, got {radius}")
     return from_working(_gaussian_blur(as_working(image), radius), image)
@@ -439,10 +443,10 @@ def _filter3x3_batch(stack: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
 
 def sharpen(image: np.ndarray) -> np.ndarray:
-    """``PIL.ImageFilter.SHARPEN``: 3x3 kernel, the outer frame left as it is."""
+    """``PIL.ImageFilter.SHARPEN`` of ``image``: 3x3 kernel, the outer frame left as it is."""
     return from_working(_filter3x3(as_working(image), SHARPEN_KERNEL), image)
 
 
 def smooth(image: np.ndarray) -> np.ndarray:
-    """``PIL.ImageFilter.SMOOTH``: 3x3 kernel, the outer frame left as it is."""
+    """``PIL.ImageFilter.SMOOTH`` of ``image``: 3x3 kernel, the outer frame left as it is."""
     return from_working(_filter3x3(as_working(image), SMOOTH_KERNEL), image)

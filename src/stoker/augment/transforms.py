@@ -64,12 +64,14 @@ class ImageTransform:
     uniforms = 0
 
     def from_uniforms(self, u: Sequence[float], shape: Shape) -> Any:
-        """The parameters for one image from ``uniforms`` numbers in [0, 1): a pure
-        function, so a recipe can draw every number it needs in one generator call."""
+        """The parameters for one image of working shape ``shape`` from ``u``, a sequence
+        of ``uniforms`` numbers in [0, 1): a pure function, so a recipe can draw every
+        number it needs in one generator call."""
         return None
 
     def draw(self, rng: np.random.Generator, shape: Shape) -> Any:
-        """The random parameters for one image of ``shape`` (the working shape)."""
+        """The random parameters for one image of ``shape`` (the working shape), drawn
+        from ``rng``."""
         if self.uniforms == 0:
             return self.from_uniforms((), shape)
         if self.uniforms == 1:
@@ -90,7 +92,8 @@ class ImageTransform:
         return out
 
     def transform_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One image in, one image out, same dtype and shape."""
+        """One image in, one image out, same dtype and shape, its parameters drawn from
+        ``rng``."""
         work = F.as_working(image)
         return F.from_working(self.apply(work, self.draw(rng, work.shape)), image)
 

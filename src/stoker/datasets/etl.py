@@ -69,8 +69,9 @@ _NAMES = ((r"ETL8G", "ETL8G"), (r"ETL9G", "ETL9G"), (r"ETL8B", "ETL8B"), (r"ETL9
 
 @dataclass(frozen=True)
 class EtlRecord:
-    """One record: its position, the character, the image (uint8, ink bright) and the
-    raw unpacked fields (sheet, serial, writer data, ...)."""
+    """One record: its position (``file``, and ``number``, 0-based, in it), the
+    ``character``, the ``image`` (uint8, ink bright) and the raw unpacked ``fields``
+    (sheet, serial, writer data, ...)."""
 
     file: Path
     number: int  # 0-based record number in the file
@@ -80,8 +81,8 @@ class EtlRecord:
 
 
 def detect_format(path: str | os.PathLike) -> EtlFormat:
-    """The format from the file name as AIST distributes it (``ETL8G_01``, ``ETL9B_1``,
-    ``ETL8B2C1``, ``ETL1C_07``, ...)."""
+    """The format of the file at ``path`` from its name as AIST distributes it
+    (``ETL8G_01``, ``ETL9B_1``, ``ETL8B2C1``, ``ETL1C_07``, ...)."""
     name = Path(path).name.upper()
     for pattern, format_name in _NAMES:
         if re.match(pattern, name):
@@ -137,8 +138,9 @@ def _checked_format(path: Path, format: str | None) -> EtlFormat:
 
 
 def characters(path: str | os.PathLike, *, format: str | None = None) -> list[str]:
-    """The character of every record of one file, in order, without decoding images
-    (fast: reads the code bytes of a memory map)."""
+    """The character of every record of the file at ``path``, in order, without decoding
+    images (fast: reads the code bytes of a memory map). ``format`` (``"ETL8G"``, ...)
+    overrides the format read from the file name."""
     path = Path(path)
     fmt = _checked_format(path, format)
     table = np.memmap(path, np.uint8, mode="r").reshape(-1, fmt.record_size)
@@ -154,7 +156,9 @@ def characters(path: str | os.PathLike, *, format: str | None = None) -> list[st
 
 def records(path: str | os.PathLike, *, format: str | None = None, size: int | None = 64
             ) -> Iterator[EtlRecord]:
-    """Read the records of one ETL file lazily (constant memory).
+    """Read the records of the ETL file at ``path`` lazily (constant memory), images
+    resized to ``size`` x ``size`` (``None``: as stored). ``format`` (``"ETL8G"``, ...)
+    overrides the format read from the file name.
 
     A file whose size is not a whole number of records is refused before anything is
     read, naming the file and the incomplete record.
@@ -185,7 +189,7 @@ _GROUPS = {
 
 
 def character_group(name: str) -> Any:
-    """A predicate for a named group of characters: kanji, hiragana, katakana, digits,
+    """A predicate for the group of characters called ``name``: kanji, hiragana, katakana, digits,
     latin (the question's ``ETLCharacterGroups.kanji``)."""
     try:
         return _GROUPS[name]
@@ -212,6 +216,8 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], *, size: int = 
     ``characters`` keeps only some: a group name (``"kanji"``, ``"hiragana"``,
     ``"katakana"``, ``"digits"``, ``"latin"``) or the characters themselves. For data
     larger than memory, ``stoker ingest`` writes the same samples to a store instead.
+    ``paths`` is one file or several; ``format`` (``"ETL8G"``, ...) overrides the
+    format read from the file name.
     """
     from ..sources import from_arrays
 

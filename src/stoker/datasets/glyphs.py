@@ -59,10 +59,13 @@ class Face:
 
     @property
     def label(self) -> str:
+        """A short name for reports: the file's stem, the index and the weight."""
         name = Path(self.file).stem
         return f"{name}#{self.index}" + (f"@{self.weight}" if self.weight else "")
 
     def path(self) -> Path:
+        """The font file, found in its installed package (ImportError naming the extra
+        to install when the package is missing)."""
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
             raise ImportError(
@@ -72,6 +75,7 @@ class Face:
         return Path(next(iter(spec.submodule_search_locations))) / self.file
 
     def font(self, points: int) -> Any:
+        """The face as a Pillow font of ``points`` points, at its weight."""
         from PIL import ImageFont
 
         font = ImageFont.truetype(str(self.path()), points, index=self.index)
@@ -94,7 +98,12 @@ VALIDATION_FACES = (Face("pylopdf_fonts_jp", "NotoSerifJP-Regular.otf"),)
 
 @dataclass(frozen=True)
 class GlyphSet:
-    """Training and validation sources of (image uint8 HxWx1, label int32) samples."""
+    """Training and validation sources of (image uint8 HxWx1, label int32) samples.
+
+    ``train`` is rendered from ``TRAIN_FACES``, ``val`` from ``VALIDATION_FACES`` (a font
+    never trained on); ``classes`` holds the characters (label i is ``classes[i]``) and
+    ``size`` the side of the square images in pixels.
+    """
 
     train: Any
     val: Any
@@ -103,7 +112,8 @@ class GlyphSet:
 
 
 def render(characters: tuple[str, ...], face: Face, size: int = 64) -> np.ndarray:
-    """Each character centred on a size x size black canvas, ink bright: (N, size, size)."""
+    """Each of ``characters`` in the font ``face``, centred on a ``size`` x ``size`` black
+    canvas, ink bright: (N, size, size) uint8."""
     from PIL import Image, ImageDraw
 
     font = face.font(round(size * 0.85))
@@ -150,7 +160,7 @@ def _open_or_render(name: str, faces: tuple[Face, ...], size: int) -> store.Stor
 
 def load(*, classes: int = 2965, size: int = 64) -> GlyphSet:
     """The data set, memory-mapped from the cache (rendered on first use): the first
-    ``classes`` kanji in JIS order."""
+    ``classes`` kanji in JIS order, as ``size`` x ``size`` images."""
     every = level1_kanji()
     if not 2 <= classes <= len(every):
         raise ValueError(f"classes must be between 2 and {len(every)}, got {classes}")
