@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import cv2
 import pytest
 
@@ -20,6 +23,17 @@ def test_bench_writes_its_table_and_plot(tmp_path, capsys):
     picture = cv2.imread(str(out))
     assert picture is not None and picture.shape[0] > 200 and picture.shape[1] > 300
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.png"]
+
+
+def test_bench_prints_no_tensorflow_banners(tmp_path):
+    """TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL; the CLI holds them back."""
+    done = subprocess.run([sys.executable, "-m", "stoker", "bench", "--workers", "1",
+                           "--samples", "256", "--batch-size", "128", "--out", "b.png"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Keras PyDataset" in done.stdout
+    for banner in ("absl::InitializeLog", "oneDNN", "Traceback"):
+        assert banner not in done.stderr, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize(("argv", "message"), [

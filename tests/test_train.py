@@ -20,6 +20,8 @@ def test_stoker_train_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val_accuracy" in result.stdout
     assert "validation accuracy on the unseen font" in result.stdout
+    for banner in ("absl::InitializeLog", "oneDNN"):  # TensorFlow's start-up noise
+        assert banner not in result.stderr, result.stderr[-3000:]
     assert (out / "model.keras").stat().st_size > 0
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import keras

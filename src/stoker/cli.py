@@ -5,8 +5,10 @@ traceback behind ``--debug``); Ctrl-C is exit status 130."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["main"]
@@ -122,6 +124,35 @@ def _recipe(spec: str):
         raise ValueError(f"--recipe {error}") from None
 
 
+# TensorFlow 2.21 prints start-up banners from C++ whatever TF_CPP_MIN_LOG_LEVEL says:
+# absl's "All log messages before absl::InitializeLog() ..." and oneDNN's notice, once per
+# native library it loads (twice). In the middle of the CLI's table or progress bar they
+# read as errors; the library leaves them alone (importing TensorFlow is the user's).
+_TF_BANNERS = ("All log messages before absl::InitializeLog()", "oneDNN custom operations",
+               "cpu_feature_guard.cc", "To enable the following instructions")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow (when installed) with its start-up banners held back; anything
+    else it writes to stderr meanwhile, and any import error, still comes through."""
+    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines
+                                     if not any(banner in line for banner in _TF_BANNERS)))
+
+
 def _bench(args: argparse.Namespace) -> int:
     from . import bench
     from ._system import usable_cpu_count
@@ -140,6 +171,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError("--samples must be at least one --batch-size, and both positive")
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out is a PNG plot; give a path ending in .png, not {args.out}")
+    if not args.no_compare:
+        _import_tensorflow_quietly()  # Keras' PyDataset is one of the rows
     rows = bench.run(_recipe(args.recipe), counts, samples=args.samples,
                      batch_size=args.batch_size, compare=not args.no_compare)
     print(bench.table(rows))
@@ -257,7 +290,7 @@ def _preview(args: argparse.Namespace) -> int:
                                                     args.images).astype(int)
         images = np.stack([data.train[int(i)][0] for i in picks])
     picture = grid(images, recipe, augmentations=args.augmentations,
-                   seed=args.seed, zoom=args.zoom)
+                   seed=args.seed, zoom=args.zoom, title=args.recipe)
     path = write_png(args.out, picture)
     print(f"{path}: {len(images)} images x {args.augmentations} augmentations of "
           f"{args.recipe} ({picture.shape[1]}x{picture.shape[0]} pixels)")
@@ -346,7 +379,7 @@ def _write_contact_sheet(data, meta, out: Path, count: int) -> Path:
 
 
 def _train(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _import_tensorflow_quietly()
     from .train import TrainConfig, check_data_paths, run
 
     check_data_paths(tuple(args.data))

@@ -3,6 +3,8 @@
 Row ``i`` shows image ``i`` in its first column and ``augmentations`` results of the
 recipe beside it, each drawn with the generator a Loader with seed ``seed`` would give
 sample ``i`` in successive epochs, so the grid shows exactly what training will see.
+A header names the columns ("original", "epoch 0", ...) under a title line (the recipe
+and the seed).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ __all__ = ["grid", "load_recipe", "write_png"]
 
 _GAP = 2  # pixels between cells
 _SEPARATOR = 6  # wider gap after the originals' column
+_LINE = 16  # pixels per header line
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_TEXT_SCALE = 0.4
+_SMALLEST_SCALE = 0.3  # below this, labels are unreadable: epoch numbers instead
 
 
 def _as_display(image: np.ndarray) -> np.ndarray:
@@ -38,11 +44,41 @@ def _as_display(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def _text(canvas: np.ndarray, text: str, left: int, baseline: int, width: int,
+          scale: float = _TEXT_SCALE) -> None:
+    """``text`` on ``canvas`` in white, cut short (ending in "..") to fit ``width``."""
+    white = (255, 255, 255) if canvas.ndim == 3 else 255
+    shown = text
+    while shown and cv2.getTextSize(shown + (".." if shown != text else ""), _FONT, scale,
+                                    1)[0][0] > width:
+        shown = shown[:-1]
+    shown += ".." if shown != text and shown else ""
+    cv2.putText(canvas, shown, (left, baseline), _FONT, scale, white, 1, cv2.LINE_AA)
+
+
+def _column_labels(augmentations: int, cell_w: int) -> list[str]:
+    """"original", "epoch 0", ... when they fit a cell at a readable size, else the
+    epoch numbers alone (the title then says what they are)."""
+    labels = ["original", *(f"epoch {e}" for e in range(augmentations))]
+    widest = max(cv2.getTextSize(label, _FONT, 1.0, 1)[0][0] for label in labels)
+    if widest * _SMALLEST_SCALE <= cell_w - 2:
+        return labels
+    return ["", *(str(e) for e in range(augmentations))]
+
+
 def grid(images: np.ndarray, transform: Callable[[Any, np.random.Generator], Any], *,
-         augmentations: int = 8, seed: int = 0, zoom: int = 2) -> np.ndarray:
+         augmentations: int = 8, seed: int = 0, zoom: int = 2, title: str | None = None,
+         labels: bool = True) -> np.ndarray:
     """The preview grid as a uint8 array: one row per image, the original first.
 
-    Size: ``rows * (H * zoom + 2) + 2`` by ``(augmentations + 1) * (W * zoom + 2) + 8``.
+    ``images`` are the originals; ``transform`` is called as ``transform(image, rng)``
+    with the generator a Loader seeded ``seed`` gives the sample in epochs 0 to
+    ``augmentations - 1``; each cell is ``zoom`` times the image's size. With ``labels``
+    a header names the columns ("original", "epoch 0", ...) under a line with ``title``
+    (e.g. the recipe's name) and the seed.
+
+    Size: ``rows * (H * zoom + 2) + 2`` by ``(augmentations + 1) * (W * zoom + 2) + 6``,
+    plus ``2 * 16`` rows of header with ``labels``.
     """
     if len(images) == 0:
         raise ValueError("preview needs at least one image")
@@ -52,9 +88,21 @@ def grid(images: np.ndarray, transform: Callable[[Any, np.random.Generator], Any
     cell_h, cell_w = height * zoom, width * zoom
     colour = _as_display(images[0]).ndim == 3
     rows, columns = len(images), augmentations + 1
-    shape = (rows * (cell_h + _GAP) + _GAP,
+    header = 2 * _LINE if labels else 0
+    shape = (header + rows * (cell_h + _GAP) + _GAP,
              columns * (cell_w + _GAP) + _GAP + _SEPARATOR - _GAP)
     canvas = np.full(shape + ((3,) if colour else ()), 96, np.uint8)
+    if labels:
+        names = _column_labels(augmentations, cell_w)
+        heading = f"{title or 'preview'}, seed {seed}"
+        if not names[0]:
+            heading += f": the originals, then epochs 0-{augmentations - 1}"
+        _text(canvas, heading, _GAP, _LINE - 4, shape[1] - 2 * _GAP)
+        scale = min(_TEXT_SCALE, max(_SMALLEST_SCALE, (cell_w - 2) / max(
+            cv2.getTextSize(name, _FONT, 1.0, 1)[0][0] for name in names)))
+        for column, name in enumerate(names):
+            left = _GAP + column * (cell_w + _GAP) + (_SEPARATOR - _GAP if column else 0)
+            _text(canvas, name, left + 1, 2 * _LINE - 4, cell_w - 1, scale)
     sample_rng = SampleRng.create()
     for row, image in enumerate(images):
         cells = [image] + [
@@ -71,7 +119,7 @@ def grid(images: np.ndarray, transform: Callable[[Any, np.random.Generator], Any
             if colour and shown.ndim == 2:
                 shown = cv2.cvtColor(shown, cv2.COLOR_GRAY2BGR)
             big = cv2.resize(shown, (cell_w, cell_h), interpolation=cv2.INTER_NEAREST)
-            top = _GAP + row * (cell_h + _GAP)
+            top = header + _GAP + row * (cell_h + _GAP)
             left = _GAP + column * (cell_w + _GAP) + (_SEPARATOR - _GAP if column else 0)
             canvas[top:top + cell_h, left:left + cell_w] = big
     return canvas
