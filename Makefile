@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 TRAIN_STAMP := $(VENV)/.stoker-train
 DEV_STAMP   := $(VENV)/.stoker-dev
 
-.PHONY: train test lint bench clean
+.PHONY: train test lint docs bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(DEV_STAMP)
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
 
+# The API reference, from the docstrings, into site/ (open site/index.html).
+docs: $(DEV_STAMP)
+	$(BIN)/mkdocs build --strict
+
 bench: $(DEV_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/bench_augment.py
@@ -43,4 +47,4 @@ bench: $(DEV_STAMP)
 	tests/in-private-network $(BIN)/python benchmarks/bench_ray.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) runs build site *.egg-info src/*.egg-info

@@ -11,6 +11,7 @@ is in test_ray_cluster.py (one Ray connection per process at a time).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -310,3 +311,5 @@ def test_the_readme_scaling_out_example_runs():
                           timeout=280, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "accuracy" in done.stdout and "Epoch 2/2" in done.stdout
+    # No error-level line from Ray's C++ core ("[date time E pid tid] ...") on a good run.
+    assert not re.search(r"^\[[^\]]* E \d+ \d+\]", done.stderr, re.M), done.stderr[-3000:]

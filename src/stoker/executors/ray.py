@@ -137,31 +137,43 @@ def portable(source: Any) -> Any:
 class BatchActor:
     """One Ray worker: makes whole batches with the same ``Producer`` as every executor."""
 
-    def __init__(self, source: Any, transform: Transform) -> None:
+    def __init__(self) -> None:
         from ._worker import quiet_native_threads
 
         quiet_native_threads()
-        if transform.fn is not None and not transform.takes_rng and uses_torch(transform.fn):
-            import torch  # noqa: F401  seeded per sample from the first one on, as in workers
-        self._producer = Producer(source, transform, in_worker=True)
+        self._producer: Producer | None = None
         self._keys: dict[tuple[int, int], np.ndarray] = {}
         self._where = (os.getpid(), ray.get_runtime_context().get_node_id(),
                        _started_at(os.getpid()))
 
-    def ready(self) -> tuple[int, str, str | None]:
-        """Where this actor runs: (pid, Ray node id, the process's start time)."""
+    def _load(self, arguments: list[Any]) -> Producer:
+        """The producer, made from ``arguments`` (the refs of the source and the transform)
+        on first use: every call carries them, so an actor Ray restarted (which re-runs
+        only ``__init__``) loads them again from its first retried task."""
+        if self._producer is None:
+            source, transform = ray.get(arguments)
+            if transform.fn is not None and not transform.takes_rng and uses_torch(transform.fn):
+                import torch  # noqa: F401  seeded per sample from the first one on, as in workers
+            self._producer = Producer(source, transform, in_worker=True)
+        return self._producer
+
+    def ready(self, arguments: list[Any]) -> tuple[int, str, str | None]:
+        """Load the source and transform; where this actor runs: (pid, Ray node id, the
+        process's start time)."""
+        self._load(arguments)
         return self._where
 
-    def probe(self, key0: int, key1: int, index: int) -> tuple:
+    def probe(self, arguments: list[Any], key0: int, key1: int, index: int) -> tuple:
         """``(where, True, layout)`` of sample ``index``, or ``(where, False, failure)``:
         the batch layout is learnt here, never in the consumer."""
         key = np.array([key0, key1], dtype=np.uint64)
         try:
-            return (self._where, True, self._producer.layout_of(key, index))
+            return (self._where, True, self._load(arguments).layout_of(key, index))
         except SampleFailure as failure:
             return (self._where, False, failure_record(failure))
 
-    def produce(self, key0: int, key1: int, indices: np.ndarray, layout: BatchLayout) -> tuple:
+    def produce(self, arguments: list[Any], key0: int, key1: int, indices: np.ndarray,
+                layout: BatchLayout) -> tuple:
         """``(where, True, (busy_seconds, arrays))``, or ``(where, False, failure)`` when
         a sample failed: the transform's errors are the consumer's to raise, not Ray's to
         retry. ``where`` (pid, node) tells the consumer when Ray restarted the actor."""
@@ -172,7 +184,7 @@ class BatchActor:
         out = layout.empty(len(indices))
         started = time.perf_counter()
         try:
-            self._producer.fill(layout, key, indices, out)
+            self._load(arguments).fill(layout, key, indices, out)
         except SampleFailure as failure:
             return (self._where, False, failure_record(failure))
         return (self._where, True, (time.perf_counter() - started, out))
@@ -260,7 +272,7 @@ class RayExecutor:
         self._closed = False
         self._stopped = False  # close() was called by the loader: nothing runs again
         self._actors: list[_Actor] = []
-        self._arguments: tuple[Any, ...] = ()
+        self._arguments: list[Any] = []
         self._in_flight: dict[int, _InFlight] = {}
         self._generation = 0
         self._restarts_used = 0
@@ -284,20 +296,21 @@ class RayExecutor:
                 "actors wait for CPUs to appear (an autoscaler, or nodes joining)",
                 stacklevel=4,
             )
-        # Held for the executor's life: Ray re-reads an actor's arguments to restart it.
-        self._arguments = source_ref, transform_ref = (ray.put(portable(self._source)),
-                                                       ray.put(self._transform))
+        # Held for the executor's life, and handed to the actors with every call, not to
+        # their constructor: Ray logs an error-level line for each actor with max_restarts
+        # > 0 whose constructor takes objects from the store ("if they go out of scope,
+        # the restart will fail"), and a restarted actor reloads them from its next call.
+        self._arguments = [ray.put(portable(self._source)), ray.put(self._transform)]
         options = {
             "num_cpus": 1,
             "max_restarts": self._max_restarts,
             "max_task_retries": -1,
         }
         self._actors = [
-            _Actor(worker_id, _RemoteBatchActor.options(**options).remote(
-                source_ref, transform_ref))
+            _Actor(worker_id, _RemoteBatchActor.options(**options).remote())
             for worker_id in range(self.workers)
         ]
-        ready = {actor.handle.ready.remote(): actor for actor in self._actors}
+        ready = {actor.handle.ready.remote(self._arguments): actor for actor in self._actors}
         waiting = list(ready)
         deadline = time.monotonic() + self._start_timeout
         while waiting and time.monotonic() < deadline:
@@ -346,7 +359,8 @@ class RayExecutor:
     def _learn_layout(self) -> BatchLayout:
         index, key = self._probe
         actor = self._actors[0]
-        flight = _InFlight(actor.handle.probe.remote(int(key[0]), int(key[1]), index), actor)
+        flight = _InFlight(actor.handle.probe.remote(self._arguments, int(key[0]),
+                                                     int(key[1]), index), actor)
         while True:
             if self._closed:
                 raise LoaderError("the loader was closed while its workers were starting")
@@ -383,7 +397,7 @@ class RayExecutor:
         self._closed = True
         with self._lock:
             actors, self._actors = self._actors, []
-            self._arguments = ()
+            self._arguments = []
             self._cancel_in_flight()
             for actor in actors:
                 try:
@@ -435,8 +449,8 @@ class RayExecutor:
                         )
                     while next_submit < len(batches) and next_submit - next_batch < self._prefetch:
                         actor = min(self._actors, key=lambda a: (a.queued, a.worker_id))
-                        ref = actor.handle.produce.remote(key0, key1, batches[next_submit],
-                                                          layout)
+                        ref = actor.handle.produce.remote(
+                            self._arguments, key0, key1, batches[next_submit], layout)
                         self._in_flight[next_submit] = _InFlight(ref, actor)
                         actor.queued += 1
                         next_submit += 1
