@@ -518,7 +518,13 @@ class Loader:
         total = len(self)
         stats = self._stats
         stats.workers = executor.workers
-        produced = executor.run(start.epoch, key, batches)
+
+        def following() -> tuple[int, np.ndarray, list[np.ndarray]]:
+            # The run that follows this one unless the cursor moves: the next epoch.
+            return (start.epoch + 1, epoch_key(self.seed, start.epoch + 1, Purpose.SAMPLES),
+                    self.epoch_batches(start.epoch + 1))
+
+        produced = executor.run(start.epoch, key, batches, following)
         layout = None
         position = start
         try:

@@ -10,6 +10,7 @@ import numpy as np
 from ..layout import BatchLayout
 from ._produce import Producer, SampleFailure, Transform, preserved_global_rngs
 from .failures import transform_error
+from .protocol import Following
 
 __all__ = ["InlineExecutor"]
 
@@ -44,7 +45,8 @@ class InlineExecutor:
         return []
 
     def run(
-        self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray]
+        self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray],
+        following: Following | None = None,
     ) -> Iterator[list[np.ndarray]]:
         layout = self.layout
         for indices in batches:

@@ -19,6 +19,13 @@ Scheduling, all of it in the consumer's thread (no background threads):
 * Every run (one call of ``run``) has a generation. A new run first lets the work of
   the one before finish (its slots may still be written to) and ignores its results;
   the older run, if resumed, raises LoaderError: two runs never share the ring.
+* Warm epoch boundaries. While a run drains (every batch of it dispatched), the slots
+  it frees get the first batches of the run expected next (``following``: the next
+  epoch from its start, as the plan says). The next run adopts them when it is that
+  run (same epoch, key and indices); any other run (``set_epoch``, a resume, a new
+  seed) lets them finish and ignores them, like an abandoned run's. Nothing is
+  delivered twice or out of order: adopted batches are still taken in plan order, and
+  a sample failing in them is raised by the run it belongs to.
 * Messages stay small, so a send never blocks on a full pipe (a stopped worker stops
   reading): a batch's sample indices are written into the shared index row of its slot,
   and a task names only (slot, row, count).
@@ -53,6 +60,7 @@ from . import _payload, _worker
 from ._produce import Transform, uses_torch
 from ._spawning import WORKER_NAME_PREFIX, fork_safe_native_pools, worker_context
 from .failures import rebuild_exception, transform_error
+from .protocol import Following
 
 __all__ = ["ProcessExecutor"]
 
@@ -82,6 +90,30 @@ class _Task:
     key: tuple[int, int]
     generation: int = 0
     layout: Any = None  # a probe's answer
+
+
+@dataclass(slots=True)
+class _Ahead:
+    """The first batches of the run expected next, dispatched while the last one drained."""
+
+    epoch: int
+    key: tuple[int, int]
+    tag: int  # the generation its tasks carry until a run adopts them (negative)
+    plan: Sequence[np.ndarray]  # that run's batches; the first len(slot_of) are dispatched
+    slot_of: dict[int, int] = field(default_factory=dict)
+    remaining: dict[int, int] = field(default_factory=dict)  # chunks still to finish
+    failed: bool = False  # a sample failed: the run itself recomputes and raises it
+
+    @property
+    def dispatched(self) -> int:
+        return len(self.slot_of)
+
+    def matches(self, epoch: int, key: tuple[int, int], batches: Sequence[np.ndarray]) -> bool:
+        """Whether the run of ``batches`` is the one these batches were made for."""
+        count = self.dispatched
+        return (not self.failed and epoch == self.epoch and key == self.key
+                and len(batches) >= count
+                and all(np.array_equal(self.plan[i], batches[i]) for i in range(count)))
 
 
 @dataclass(slots=True, eq=False)
@@ -197,6 +229,8 @@ class ProcessExecutor:
         self._context = None
         self._dirty = False
         self._generation = 0
+        self._ahead: _Ahead | None = None
+        self.adopted_batches = 0  # batches made ahead that their run delivered
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -320,6 +354,7 @@ class ProcessExecutor:
             self._attach = None
             self._payload = None
             self._dirty = False
+            self._ahead = None
             self._closed = True  # again: a run that reset it meanwhile must still end
 
     def _check_open(self) -> None:
@@ -333,25 +368,36 @@ class ProcessExecutor:
     # -- one epoch ----------------------------------------------------------------
 
     def run(
-        self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray]
+        self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray],
+        following: Following | None = None,
     ) -> Iterator[list[np.ndarray]]:
         """Yield the batches of ``batches`` (index arrays) in order, as fresh arrays.
-        Starting a run ends the one before it (module docstring)."""
+        Starting a run ends the one before it; while this one drains, the first batches
+        of ``following()`` are made (module docstring)."""
+        key_words = (int(key[0]), int(key[1]))
         with self._lock:
             self._check_open()
             self._generation += 1
             generation = self._generation
+            adopted = self._adopt(epoch, key_words, batches, generation)
             if self._dirty:
                 self._drain()
             self._check_open()
             self._closed = False
             self.start()
             self._dirty = True
-        key_words = (int(key[0]), int(key[1]))
         pending = deque(range(len(batches)))
         free_slots = deque(range(len(self._slot_views)))
         remaining: dict[int, int] = {}
         slot_of: dict[int, int] = {}
+        if adopted is not None:
+            for _ in range(adopted.dispatched):
+                pending.popleft()
+            slot_of.update(adopted.slot_of)
+            remaining.update(adopted.remaining)
+            held = set(adopted.slot_of.values())
+            free_slots = deque(slot for slot in free_slots if slot not in held)
+        ahead: _Ahead | None = None
         next_batch = 0
         while next_batch < len(batches):
             out = None
@@ -370,6 +416,8 @@ class ProcessExecutor:
                     slot_of[batch] = slot
                     remaining[batch] = self._dispatch(batch, batches[batch], slot, epoch,
                                                       key_words, generation)
+                if free_slots and following is not None:  # draining: start the next run
+                    ahead = self._dispatch_ahead(ahead, following, free_slots, generation)
                 if remaining.get(next_batch) == 0:
                     if self._stats is not None:
                         self._stats.queue(sum(1 for left in remaining.values() if left == 0))
@@ -381,16 +429,51 @@ class ProcessExecutor:
                     next_batch += 1
                     if next_batch == len(batches):
                         self._dirty = False
+                        self._ahead = ahead  # for the next run to adopt
                 else:
                     done, failed = self._pump()
                     for task in done:
                         if task.generation == generation:
                             remaining[task.batch] -= 1
+                        elif ahead is not None and task.generation == ahead.tag:
+                            ahead.remaining[task.batch] -= 1
+                    if ahead is not None and any(f[0].generation == ahead.tag for f in failed):
+                        ahead.failed = True
                     failed = [f for f in failed if f[0].generation == generation]
                     if failed:
                         raise _failure(failed[0][1], epoch)
             if out is not None:
                 yield out
+
+    def _adopt(self, epoch: int, key: tuple[int, int], batches: Sequence[np.ndarray],
+               generation: int) -> _Ahead | None:
+        """The batches made ahead for this run, now its own; or None, and then whatever
+        was made ahead must finish before its slots are used again."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        if self._dirty or not ahead.matches(epoch, key, batches):
+            self._dirty = True  # drained before this run starts
+            return None
+        for task in self._tasks.values():
+            if task.generation == ahead.tag:
+                task.generation = generation
+        self.adopted_batches += ahead.dispatched
+        return ahead
+
+    def _dispatch_ahead(self, ahead: _Ahead | None, following: Following,
+                        free_slots: deque[int], generation: int) -> _Ahead:
+        """Fill the free slots with the next batches of the run expected next."""
+        if ahead is None:
+            epoch, key, plan = following()
+            ahead = _Ahead(epoch, (int(key[0]), int(key[1])), -1 - generation, plan)
+        while free_slots and ahead.dispatched < len(ahead.plan):
+            batch = ahead.dispatched
+            slot = free_slots.popleft()
+            ahead.slot_of[batch] = slot
+            ahead.remaining[batch] = self._dispatch(batch, ahead.plan[batch], slot, ahead.epoch,
+                                                    ahead.key, ahead.tag)
+        return ahead
 
     def _dispatch(
         self, batch: int, indices: np.ndarray, slot: int, epoch: int, key: tuple[int, int],

@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from ..layout import BatchLayout
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "Following"]
+
+#: The run expected after this one, as ``(epoch, key, batches)``: the next epoch from its
+#: start, unless the cursor moves. Called only if the executor starts on it early.
+Following = Callable[[], tuple[int, np.ndarray, Sequence[np.ndarray]]]
 
 
 @runtime_checkable
@@ -19,8 +23,10 @@ class Executor(Protocol):
 
     ``run`` is one epoch run: it yields the batches of ``batches`` (index arrays) as
     fresh arrays, one list per field, and starting a run ends the one before it (its
-    next step raises LoaderError). ``layout`` is learnt where the user's code runs (a
-    worker, except inline). ``close`` is idempotent and safe from any thread.
+    next step raises LoaderError). ``following`` tells it the run expected next, which
+    it may start on while this one drains, as long as only that run delivers those
+    batches. ``layout`` is learnt where the user's code runs (a worker, except
+    inline). ``close`` is idempotent and safe from any thread.
     """
 
     workers: int
@@ -34,7 +40,7 @@ class Executor(Protocol):
     @property
     def crashes(self) -> list[tuple[int, int | None]]: ...
 
-    def run(self, epoch: int, key: np.ndarray,
-            batches: Sequence[np.ndarray]) -> Iterator[list[np.ndarray]]: ...
+    def run(self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray],
+            following: Following | None = None) -> Iterator[list[np.ndarray]]: ...
 
     def close(self) -> None: ...

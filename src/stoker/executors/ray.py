@@ -37,6 +37,7 @@ from ..sources import ArraySource, Subset, _ArrayFields
 from ..stats import StatsRecorder
 from ._produce import Producer, SampleFailure, Transform, uses_torch
 from .failures import failure_record, rebuild_exception, transform_error
+from .protocol import Following
 
 try:
     import ray
@@ -418,11 +419,13 @@ class RayExecutor:
     # -- one epoch ----------------------------------------------------------------
 
     def run(
-        self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray]
+        self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray],
+        following: Following | None = None,
     ) -> Iterator[list[np.ndarray]]:
         """Yield the batches of ``batches`` (index arrays) in order, as fresh arrays.
         Starting a run ends the one before it: its batches in flight are cancelled, and
-        it raises LoaderError if resumed."""
+        it raises LoaderError if resumed. (``following`` is not used: every batch is a
+        task of its own, and the next epoch's start on time at ``prefetch`` in flight.)"""
         with self._lock:
             self._generation += 1
             generation = self._generation

@@ -1,0 +1,238 @@
+"""What the training process pays per batch: its own CPU time for each 1 MiB batch taken
+from a loader (plain loop, no transform), and Keras fit() steps/s with a near-free model,
+where the data path is the whole cost. Candidates alternate, medians after a warm-up.
+
+    python benchmarks/bench_consumer.py [--rounds 3] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+
+import stoker
+from common import machine_line, median, write_results, write_section
+
+BATCH = 256
+SHAPE = (64, 64, 1)  # 256 of these as uint8: 1 MiB
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU of this process (every thread, no child): the consumer's share."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def data(samples: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (samples, *SHAPE), dtype=np.uint8),
+            rng.integers(0, 10, samples).astype(np.int32))
+
+
+# -- 1. consumer CPU per batch, plain loop -------------------------------------------------
+
+
+def consumer_candidates(x: np.ndarray, y: np.ndarray, workers: int
+                        ) -> list[tuple[str, Callable[[], tuple[Callable[[], Iterable], Any]]]]:
+    source = stoker.from_arrays(x, y)
+
+    def stoker_loader():
+        loader = stoker.Loader(source, batch_size=BATCH, workers=workers, seed=0)
+        return (lambda: loader), loader.close
+
+    found = [(f"stoker, {workers} workers", stoker_loader)]
+    try:
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+    except ImportError:
+        return found
+    dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+
+    def torch_loader():
+        loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
+                            persistent_workers=True)
+        return (lambda: loader), lambda: None  # its workers end with the DataLoader
+
+    found.append((f"PyTorch DataLoader, {workers} workers", torch_loader))
+    return found
+
+
+def consumer_cpu(make: Callable, epochs: int) -> dict:
+    epoch_iterable, close = make()
+    try:
+        per_batch, rates = [], []
+        for epoch in range(epochs + 1):
+            cpu, wall, batches = own_cpu_seconds(), time.perf_counter(), 0
+            for _ in epoch_iterable():
+                batches += 1
+            if epoch:  # epoch 0: start-up and warm-up
+                per_batch.append((own_cpu_seconds() - cpu) / batches)
+                rates.append(batches / (time.perf_counter() - wall))
+    finally:
+        close()
+    return {"cpu_per_batch_s": per_batch, "batches_per_s": rates}
+
+
+# -- 2. fit() with a near-free model ----------------------------------------------------------
+
+
+def near_free_model() -> Any:
+    import keras
+
+    model = keras.Sequential([keras.Input(SHAPE, dtype="uint8"),
+                              keras.layers.GlobalMaxPooling2D(),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    return model
+
+
+def epoch_timer() -> Any:
+    """A Keras callback that keeps each epoch's wall time in ``times``."""
+    import keras
+
+    class Timer(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.times: list[float] = []
+            self._began = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._began = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self._began)
+
+    return Timer()
+
+
+def fit_candidates(x: np.ndarray, y: np.ndarray, workers: int) -> list[tuple[str, Callable]]:
+    import keras
+    import tensorflow as tf
+
+    source = stoker.from_arrays(x, y)
+    steps = len(x) // BATCH
+
+    def in_memory():
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).prefetch(
+            tf.data.AUTOTUNE)
+        return dataset, {}, lambda: None
+
+    class Slices(keras.utils.PyDataset):
+        def __len__(self):
+            return steps
+
+        def __getitem__(self, i):
+            return x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]
+
+    def py_dataset():
+        return Slices(), {}, lambda: None
+
+    def stoker_keras():
+        loader = stoker.Loader(source, batch_size=BATCH, workers=workers, seed=0)
+        return loader.keras(), {}, loader.close
+
+    def stoker_tf():
+        loader = stoker.Loader(source, batch_size=BATCH, workers=workers, seed=0)
+        return loader.tf_dataset(), {"shuffle": False}, loader.close
+
+    return [("tf.data from in-memory tensors", in_memory),
+            ("Keras PyDataset, plain slices", py_dataset),
+            (f"stoker loader.keras(), {workers} workers", stoker_keras),
+            (f"stoker loader.tf_dataset(), {workers} workers", stoker_tf)]
+
+
+def fit_steps_per_s(make: Callable, epochs: int) -> dict:
+    data_, extra, close = make()
+    model = near_free_model()
+    timer = epoch_timer()
+    try:
+        model.fit(data_, epochs=epochs + 1, verbose=0, callbacks=[timer], **extra)
+    finally:
+        close()
+    steps = len(data_) if hasattr(data_, "__len__") else int(data_.cardinality())
+    return {"steps_per_s": [steps / t for t in timer.times[1:]]}
+
+
+def plain_loop_steps(x: np.ndarray, y: np.ndarray, workers: int, epochs: int) -> list[float]:
+    with stoker.Loader(stoker.from_arrays(x, y), batch_size=BATCH, workers=workers,
+                       seed=0) as loader:
+        rates = []
+        for epoch in range(epochs + 1):
+            began = time.perf_counter()
+            for _ in loader:
+                pass
+            if epoch:
+                rates.append(len(loader) / (time.perf_counter() - began))
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=32768)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="measured epochs after warm-up")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    import tensorflow as tf  # noqa: F401  the consumer runs TensorFlow, as in training
+
+    x, y = data(args.samples)
+    consumers = consumer_candidates(x, y, args.workers)
+    fits = fit_candidates(x, y, args.workers)
+    cpu_runs: dict[str, list[dict]] = {name: [] for name, _ in consumers}
+    fit_runs: dict[str, list[dict]] = {name: [] for name, _ in fits}
+    loop_rates: list[float] = []
+    for round_ in range(args.rounds):
+        order = 1 if round_ % 2 == 0 else -1  # alternate, so no candidate always goes first
+        for name, make in consumers[::order]:
+            cpu_runs[name].append(consumer_cpu(make, args.epochs))
+        for name, make in fits[::order]:
+            fit_runs[name].append(fit_steps_per_s(make, args.epochs))
+        loop_rates += plain_loop_steps(x, y, args.workers, args.epochs)
+
+    lines = [f"Machine: {machine_line()}. {args.samples} samples of 64x64x1 uint8 per epoch, "
+             f"batch {BATCH} (1.00 MiB), no transform; {args.rounds} rounds in alternating "
+             f"order, medians of {args.epochs} epochs each after a warm-up epoch.", "",
+             "### CPU of the consuming process per batch (plain loop)", "",
+             "| loader | consumer CPU per batch | batches/s one consumer core could take | "
+             "batches/s here |", "|---|---:|---:|---:|"]
+    summary: dict[str, Any] = {"consumer": {}, "fit": {}}
+    for name, runs in cpu_runs.items():
+        cpu = median([c for r in runs for c in r["cpu_per_batch_s"]])
+        rate = median([b for r in runs for b in r["batches_per_s"]])
+        summary["consumer"][name] = {"cpu_per_batch_us": cpu * 1e6, "batches_per_s": rate}
+        lines.append(f"| {name} | {cpu * 1e6:.0f} µs | {1 / cpu:.0f} | {rate:.0f} |")
+    reference = None
+    lines += ["", "### Keras fit() with a near-free model (the data path is the cost)", "",
+              "| data | steps/s | vs tf.data in memory |", "|---|---:|---:|"]
+    for name, runs in fit_runs.items():
+        rate = median([s for r in runs for s in r["steps_per_s"]])
+        reference = reference or rate
+        summary["fit"][name] = rate
+        lines.append(f"| {name} | {rate:.0f} | {rate / reference:.2f}x |")
+    loop = median(loop_rates)
+    summary["plain_loop_steps_per_s"] = loop
+    lines.append(f"| the same stoker loader in a plain Python loop (no fit) | {loop:.0f} | "
+                 f"{loop / reference:.2f}x |")
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_results("consumer", summary)
+        write_section("consumer", "## What the training process pays per batch "
+                      "(`benchmarks/bench_consumer.py`)\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Warm epoch boundaries: while an epoch drains, the workers start on the next epoch's
+first batches; only the run they were made for delivers them, in plan order, and any
+other run (a moved cursor, a new seed) ignores them."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import stoker
+from stoker.plan import Purpose, SampleRng, epoch_key
+
+X = np.arange(200 * 6, dtype=np.float32).reshape(200, 6)
+Y = np.arange(200, dtype=np.int64)
+
+
+def noisy(sample, rng):
+    x, y = sample
+    return x + rng.random(x.shape, dtype=np.float32), y
+
+
+@pytest.fixture(scope="module")
+def data():
+    source = stoker.from_arrays(X, Y)
+    yield source
+    source.release()
+
+
+def epochs_of(loader, count: int) -> list[list[tuple[np.ndarray, ...]]]:
+    return [[tuple(np.copy(a) for a in batch) for batch in loader] for _ in range(count)]
+
+
+def reference(data, epochs: int, *, seed: int = 3, first: int = 0, **options):
+    with stoker.Loader(data, batch_size=16, transform=noisy, seed=seed, workers=0,
+                       **options) as loader:
+        loader.set_epoch(first)
+        return epochs_of(loader, epochs)
+
+
+def assert_same(got, expected):
+    assert len(got) == len(expected)
+    for batches, wanted in zip(got, expected, strict=True):
+        assert len(batches) == len(wanted)
+        for batch, want in zip(batches, wanted, strict=True):
+            for a, b in zip(batch, want, strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_the_next_epoch_is_started_while_this_one_drains(data):
+    with stoker.Loader(data, batch_size=16, transform=noisy, seed=3, workers=2,
+                       prefetch=4) as loader:
+        first = epochs_of(loader, 1)
+        ahead = loader._executor._ahead  # white box: what the workers made meanwhile
+        assert ahead is not None and ahead.epoch == 1 and 1 <= ahead.dispatched <= 3
+        made_ahead = ahead.dispatched
+        rest = epochs_of(loader, 2)
+        assert loader._executor._ahead.epoch == 3
+        assert made_ahead < loader._executor.adopted_batches <= 2 * made_ahead + 3
+    assert_same(first + rest, reference(data, 3))
+
+
+def test_a_moved_cursor_or_a_new_seed_ignores_what_was_made_ahead(data):
+    with stoker.Loader(data, batch_size=16, transform=noisy, seed=3, workers=2,
+                       prefetch=4) as loader:
+        epochs_of(loader, 1)
+        loader.set_epoch(5)
+        assert_same(epochs_of(loader, 1), reference(data, 1, first=5))
+        assert loader._executor.adopted_batches == 0
+        # set_epoch to the epoch expected anyway (as with DistributedSampler) adopts them.
+        loader.set_epoch(6)
+        assert_same(epochs_of(loader, 1), reference(data, 1, first=6))
+        with stoker.Loader(data, batch_size=16, transform=noisy, seed=11, workers=0) as other:
+            other.set_epoch(7)
+            state = other.state_dict()
+        loader.load_state_dict(state)  # another seed, another epoch
+        assert_same(epochs_of(loader, 2), reference(data, 2, seed=11, first=7))
+        # Mid-epoch: the position (epoch 9, batch 4) of a run that never started.
+        with stoker.Loader(data, batch_size=16, transform=noisy, seed=3, workers=0) as other:
+            other.set_epoch(9)
+            iterator = iter(other)
+            for _ in range(4):
+                next(iterator)
+            state = other.state_dict()
+        loader.load_state_dict(state)
+        assert_same(epochs_of(loader, 1), [reference(data, 1, first=9)[0][4:]])
+
+
+def test_an_epoch_left_early_discards_what_it_made(data):
+    with stoker.Loader(data, batch_size=16, transform=noisy, seed=3, workers=2,
+                       prefetch=4) as loader:
+        iterator = iter(loader)
+        taken = [tuple(np.copy(a) for a in next(iterator)) for _ in range(11)]
+        iterator.close()  # 2 batches short of the epoch's end: the drain had begun
+        rest = epochs_of(loader, 2)
+    expected = reference(data, 2)
+    assert_same([taken, rest[0], rest[1]], [expected[0][:11], expected[0][11:], expected[1]])
+
+
+def _failing_only_early_in_epoch_one(seed: int) -> float | None:
+    """A threshold on a sample's first uniform that fails a sample in epoch 1's first
+    batch and none in epoch 0 (for this seed), if there is one."""
+    rng = SampleRng.create()
+    with stoker.Loader(stoker.from_arrays(X, Y), batch_size=16, seed=seed, workers=0) as plan:
+        batches = [plan.epoch_batches(e) for e in (0, 1)]
+
+    def first_uniform(epoch, index):
+        return rng.for_sample(epoch_key(seed, epoch, Purpose.SAMPLES), int(index)).random()
+
+    early = min(first_uniform(1, i) for i in batches[1][0])
+    safe = min(first_uniform(0, i) for b in batches[0] for i in b)
+    later = min(first_uniform(1, i) for b in batches[1][1:] for i in b)
+    return early + 1e-12 if early < safe and early < later else None
+
+
+class FailsBelow:
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def __call__(self, sample, rng):
+        if rng.random() < self.threshold:
+            raise ValueError("this sample is bad")
+        return sample
+
+
+def test_a_failure_in_a_batch_made_ahead_is_raised_by_its_own_epoch(data):
+    seed, threshold = next((s, t) for s in range(200)
+                           if (t := _failing_only_early_in_epoch_one(s)) is not None)
+    with stoker.Loader(data, batch_size=16, transform=FailsBelow(threshold), seed=seed,
+                       workers=2, prefetch=4) as loader:
+        # Epoch 0 is whole: the sample that fails in epoch 1's first batch was made (and
+        # failed) while epoch 0 drained, and that is epoch 1's to raise, not epoch 0's.
+        assert len(epochs_of(loader, 1)[0]) == len(loader)
+        assert loader._executor._ahead.dispatched >= 1
+        with pytest.raises(stoker.TransformError, match="sample") as caught:
+            epochs_of(loader, 1)
+        assert caught.value.epoch == 1
+
+
+def test_a_worker_killed_while_making_the_next_epoch_is_replaced(data):
+    with stoker.Loader(data, batch_size=16, transform=noisy, seed=3, workers=2,
+                       prefetch=4, max_worker_restarts=1) as loader:
+        first = epochs_of(loader, 1)
+        os.kill(loader.worker_pids[0], signal.SIGKILL)
+        rest = epochs_of(loader, 2)
+        assert len(loader.crashes) == 1
+    assert_same(first + rest, reference(data, 3))
