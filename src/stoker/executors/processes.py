@@ -7,9 +7,10 @@ Scheduling, all of it in the consumer's thread (no background threads):
   in the consumer. Then the slots are created and every worker attaches to them.
 
 * The ring has ``prefetch`` slots, one batch each. When a slot is free, the next batch
-  of the plan is cut into one chunk per worker, and each chunk is sent to the worker
-  with the fewest samples queued. Every batch is thus shared by all workers and batches
-  complete one after another at an even pace, not in bursts of ``workers`` batches.
+  of the plan is cut into one chunk per worker (of at least ``MIN_CHUNK`` samples), and
+  each chunk is sent to the worker with the fewest samples queued. Every batch is thus
+  shared by the workers and batches complete one after another at an even pace, not in
+  bursts of ``workers`` batches.
 * The consumer waits on the workers' pipes and process sentinels together
   (``multiprocessing.connection.wait``, with a timeout), so a dead worker is noticed as
   soon as it dies, and a hung one (no progress for ``timeout`` seconds) is killed.
@@ -39,6 +40,7 @@ Scheduling, all of it in the consumer's thread (no background threads):
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 import weakref
@@ -70,6 +72,9 @@ _STOP_GRACE_SECONDS = 2.0
 # (one being read while the next fills), at most 2 per worker. Every batch is already
 # spread over all workers, so more slots than that only add /dev/shm use.
 RING_BYTES = 256 * 2**20
+# The fewest samples a task carries (unless the batch is smaller): each task costs the
+# consumer a message out and one back, about 20 µs.
+MIN_CHUNK = 32
 
 
 def ring_slots(prefetch: int | None, workers: int, slot_nbytes: int) -> int:
@@ -127,6 +132,46 @@ class _Worker:
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     samples_done: int = -1  # its progress counter when last looked at
+
+
+class _Waiter:
+    """Waits on the workers' pipes and sentinels with one ``poll`` object, kept while the
+    pool is the same (``multiprocessing.connection.wait`` builds a new selector and
+    registers every object at each call: most of the consumer's CPU per batch)."""
+
+    def __init__(self) -> None:
+        self._workers: list[_Worker] | None = None
+        self._poll: Any = None
+        self._owners: dict[int, tuple[_Worker, bool]] = {}  # fd -> (worker, is its pipe)
+
+    def wait(self, workers: list[_Worker], timeout: float
+             ) -> tuple[list[_Worker], list[_Worker]]:
+        """(workers with a message or an EOF on their pipe, workers whose process ended),
+        after at most ``timeout`` seconds."""
+        if not hasattr(select, "poll"):  # Windows: the portable, slower way
+            by_conn = {w.conn: w for w in workers}
+            by_sentinel = {w.process.sentinel: w for w in workers}
+            ready = wait([*by_conn, *by_sentinel], timeout=timeout)
+            return ([by_conn[o] for o in ready if o in by_conn],
+                    [by_sentinel[o] for o in ready if o in by_sentinel])
+        if workers != self._workers:
+            self._poll = select.poll()
+            self._owners = {}
+            for worker in workers:
+                for fd, is_pipe in ((worker.conn.fileno(), True),
+                                    (worker.process.sentinel, False)):
+                    self._poll.register(fd, select.POLLIN)
+                    self._owners[fd] = (worker, is_pipe)
+            self._workers = list(workers)
+        events = self._poll.poll(timeout * 1000)
+        readable, ended = [], []
+        for fd, _ in events:
+            worker, is_pipe = self._owners[fd]
+            (readable if is_pipe else ended).append(worker)
+        return readable, ended
+
+    def forget(self) -> None:
+        self._workers, self._poll, self._owners = None, None, {}
 
 
 @dataclass(slots=True)
@@ -230,6 +275,7 @@ class ProcessExecutor:
         self._dirty = False
         self._generation = 0
         self._ahead: _Ahead | None = None
+        self._waiter = _Waiter()
         self.adopted_batches = 0  # batches made ahead that their run delivered
 
     # -- life cycle ---------------------------------------------------------------
@@ -481,7 +527,11 @@ class ProcessExecutor:
     ) -> int:
         """Send one batch's chunks to the least-loaded workers; return the chunk count."""
         self._index_rows[slot, :len(indices)] = indices  # read by the workers from here
-        chunks = split_into_chunks(len(indices), len(self._resources.workers))
+        # One chunk per worker, each of at least MIN_CHUNK samples: with many workers a
+        # batch goes to some of them and the next batches in the ring to the others, so
+        # the consumer's messages per batch stop growing with the pool.
+        parts = min(len(self._resources.workers), max(1, len(indices) // MIN_CHUNK))
+        chunks = split_into_chunks(len(indices), parts)
         for start, stop in chunks:
             task = _Task(self._next_task_id, batch, slot, start, indices[start:stop], epoch, key,
                          generation)
@@ -512,20 +562,13 @@ class ProcessExecutor:
         workers = self._resources.workers
         if not workers:
             raise LoaderError("the loader was closed while another thread was reading from it")
-        by_conn = {w.conn: w for w in workers}
-        by_sentinel = {w.process.sentinel: w for w in workers}
-        ready = wait([*by_conn, *by_sentinel], timeout=_POLL_SECONDS)
+        readable, dead = self._waiter.wait(workers, _POLL_SECONDS)
         done: list[_Task] = []
         failed: list[tuple[_Task, _worker.Failed]] = []
-        dead: list[_Worker] = []
-        for obj in ready:
-            worker = by_conn.get(obj)
-            if worker is None:
-                dead.append(by_sentinel[obj])
-                continue
+        for worker in readable:
+            # One message per worker and wait: a pipe with more is readable at once again.
             try:
-                while worker.conn.poll():
-                    self._receive(worker, worker.conn.recv(), done, failed)
+                self._receive(worker, worker.conn.recv(), done, failed)
             except (EOFError, OSError):
                 dead.append(worker)
         for worker in dict.fromkeys(dead):
