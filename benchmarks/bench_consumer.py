@@ -44,15 +44,18 @@ def data(samples: int) -> tuple[np.ndarray, np.ndarray]:
 # -- 1. consumer CPU per batch, plain loop -------------------------------------------------
 
 
-def consumer_candidates(x: np.ndarray, y: np.ndarray, workers: int
+def consumer_candidates(x: np.ndarray, y: np.ndarray, workers: int, pools: list[int]
                         ) -> list[tuple[str, Callable[[], tuple[Callable[[], Iterable], Any]]]]:
     source = stoker.from_arrays(x, y)
 
-    def stoker_loader():
-        loader = stoker.Loader(source, batch_size=BATCH, workers=workers, seed=0)
-        return (lambda: loader), loader.close
+    def stoker_loader(count: int):
+        def make():
+            loader = stoker.Loader(source, batch_size=BATCH, workers=count, seed=0)
+            return (lambda: loader), loader.close
+        return make
 
-    found = [(f"stoker, {workers} workers", stoker_loader)]
+    found = [(f"stoker, {count} worker{'s' if count != 1 else ''}", stoker_loader(count))
+             for count in pools]
     try:
         import torch
         from torch.utils.data import DataLoader, TensorDataset
@@ -182,6 +185,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=32768)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pools", default="1,2,4,8,16",
+                        help="worker counts for the consumer-CPU table (more workers than "
+                        "cores still shows what the consumer pays per batch)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3, help="measured epochs after warm-up")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -189,7 +195,8 @@ def main() -> None:
     import tensorflow as tf  # noqa: F401  the consumer runs TensorFlow, as in training
 
     x, y = data(args.samples)
-    consumers = consumer_candidates(x, y, args.workers)
+    pools = [int(p) for p in args.pools.split(",")]
+    consumers = consumer_candidates(x, y, args.workers, pools)
     fits = fit_candidates(x, y, args.workers)
     cpu_runs: dict[str, list[dict]] = {name: [] for name, _ in consumers}
     fit_runs: dict[str, list[dict]] = {name: [] for name, _ in fits}

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..layout import BatchLayout
+from ._batches import BatchArrays
 from ._produce import Producer, SampleFailure, Transform, preserved_global_rngs
 from .failures import transform_error
 from .protocol import Following
@@ -26,6 +27,7 @@ class InlineExecutor:
         self._layout: BatchLayout | None = None
         self._legacy = transform.fn is not None and not transform.takes_rng
         self.crashes: list[tuple[int, int | None]] = []
+        self._arrays: BatchArrays | None = None
 
     @property
     def layout(self) -> BatchLayout:
@@ -49,8 +51,11 @@ class InlineExecutor:
         following: Following | None = None,
     ) -> Iterator[list[np.ndarray]]:
         layout = self.layout
+        rows = max((len(indices) for indices in batches), default=0)
+        if self._arrays is None or self._arrays.rows < rows:
+            self._arrays = BatchArrays(layout, rows)
         for indices in batches:
-            out = layout.empty(len(indices))
+            out = self._arrays.take(len(indices))
             try:
                 if self._legacy:
                     with preserved_global_rngs():

@@ -14,9 +14,10 @@ Scheduling, all of it in the consumer's thread (no background threads):
 * The consumer waits on the workers' pipes and process sentinels together
   (``multiprocessing.connection.wait``, with a timeout), so a dead worker is noticed as
   soon as it dies, and a hung one (no progress for ``timeout`` seconds) is killed.
-* A finished batch is copied out of its slot (the caller may keep it), the slot goes
-  back to the ring and is refilled with new work before the batch is handed over, so
-  the workers keep going while the consumer trains.
+* A finished batch is copied out of its slot (the caller may keep it; ``_batches.py``
+  says where that memory comes from), the slot goes back to the ring and is refilled
+  with new work before the batch is handed over, so the workers keep going while the
+  consumer trains.
 * Every run (one call of ``run``) has a generation. A new run first lets the work of
   the one before finish (its slots may still be written to) and ignores its results;
   the older run, if resumed, raises LoaderError: two runs never share the ring.
@@ -59,6 +60,7 @@ from ..plan import split_into_chunks
 from ..shm import SharedBlock
 from ..stats import StatsRecorder
 from . import _payload, _worker
+from ._batches import BatchArrays
 from ._produce import Transform, uses_torch
 from ._spawning import WORKER_NAME_PREFIX, fork_safe_native_pools, worker_context
 from .failures import rebuild_exception, transform_error
@@ -276,6 +278,7 @@ class ProcessExecutor:
         self._generation = 0
         self._ahead: _Ahead | None = None
         self._waiter = _Waiter()
+        self._arrays: BatchArrays | None = None  # the memory of delivered batches
         self.adopted_batches = 0  # batches made ahead that their run delivered
 
     # -- life cycle ---------------------------------------------------------------
@@ -332,6 +335,7 @@ class ProcessExecutor:
             self._resources.slots.append(index_block)
             self._index_rows = index_block.ndarray((ring, self._batch_size), np.int64)
             self._attach = _worker.Attach(self._layout, tuple(slots), index_block)
+            self._arrays = BatchArrays(self._layout, self._batch_size)
             for worker in list(self._resources.workers):
                 self._send(worker, self._attach)
         except BaseException:
@@ -470,7 +474,7 @@ class ProcessExecutor:
                     slot = slot_of.pop(next_batch)
                     del remaining[next_batch]
                     count = len(batches[next_batch])
-                    out = [view[:count].copy() for view in self._slot_views[slot]]
+                    out = self._arrays.copy(self._slot_views[slot], count)
                     free_slots.append(slot)
                     next_batch += 1
                     if next_batch == len(batches):

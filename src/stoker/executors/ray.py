@@ -35,6 +35,7 @@ from ..errors import LoaderError, WorkerCrashed
 from ..layout import BatchLayout
 from ..sources import ArraySource, Subset, _ArrayFields
 from ..stats import StatsRecorder
+from ._batches import BatchArrays
 from ._produce import Producer, SampleFailure, Transform, uses_torch
 from .failures import failure_record, rebuild_exception, transform_error
 from .protocol import Following
@@ -264,6 +265,8 @@ class RayExecutor:
         self._transform = transform
         self._probe = probe
         self._layout: BatchLayout | None = None
+        self._arrays: BatchArrays | None = None  # the memory of delivered batches
+        self._batch_rows = 0
         self._prefetch = prefetch
         self._max_restarts = max_worker_restarts
         self._timeout = timeout
@@ -437,6 +440,8 @@ class RayExecutor:
                 self._layout = self._learn_layout()
             layout = self._layout
         key0, key1 = int(key[0]), int(key[1])
+        if batches:  # the first batch of a run is a full one (only the last is short)
+            self._batch_rows = max(self._batch_rows, len(batches[0]))
         next_submit = next_batch = 0
         try:
             while next_batch < len(batches):
@@ -498,7 +503,10 @@ class RayExecutor:
         if self._stats is not None:
             self._stats.worker_busy(busy)
         # Copies: the object store is freed at once, and the consumer may write to them.
-        return [np.array(array) for array in arrays]
+        count = len(arrays[0])
+        if self._arrays is None or self._arrays.rows < count:
+            self._arrays = BatchArrays(self._layout, max(count, self._batch_rows))
+        return self._arrays.copy(list(arrays), count)
 
     # -- failures -------------------------------------------------------------------
 

@@ -1,0 +1,72 @@
+"""Where the memory of a delivered batch comes from.
+
+A batch handed to the consumer is its own: it may keep it, write into it, take views of
+it or hand it to a framework. Made fresh every time, a 1 MiB array costs 256 page
+faults whenever the allocator has given such blocks back to the system (glibc does,
+after allocation patterns like those of a Keras ``fit()``): measured, that tripled the
+consumer's CPU per batch. So each field keeps a few buffers of a whole batch and hands
+out a view of the rows a batch needs; a buffer is used again only once its reference
+count shows that nothing refers to it any more (no array, view or buffer export: numpy
+points every view at the buffer that owns the memory), else a new array is made.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ..layout import BatchLayout
+
+__all__ = ["BatchArrays"]
+
+# Buffers kept per field: batches a consumer and its framework hold at once (Keras and
+# tf.data hold two or three), within a budget of memory.
+_KEEP = 8
+_KEEP_BYTES = 64 * 2**20
+
+
+def _references(buffers: list[np.ndarray], index: int) -> int:
+    return sys.getrefcount(buffers[index])
+
+
+# What _references() counts for a buffer that only the list holds (measured, not assumed).
+_IDLE = _references([np.empty(1)], 0)
+
+
+class BatchArrays:
+    """Arrays for the batches of ``layout`` (up to ``rows`` samples each)."""
+
+    def __init__(self, layout: BatchLayout, rows: int) -> None:
+        self._layout = layout
+        self.rows = rows
+        nbytes = max(1, layout.batch_nbytes(rows))
+        self._keep = max(2, min(_KEEP, _KEEP_BYTES // nbytes))
+        self._buffers: list[list[np.ndarray]] = [[] for _ in layout.fields]
+        self.reused = 0  # arrays handed out in a buffer used before
+
+    def take(self, count: int) -> list[np.ndarray]:
+        """One array per field of ``count`` rows, that nothing else refers to."""
+        arrays = []
+        for buffers, field in zip(self._buffers, self._layout.fields, strict=True):
+            array = None
+            for index in range(len(buffers)):
+                if _references(buffers, index) == _IDLE:
+                    array = buffers[index][:count]
+                    self.reused += 1
+                    break
+            if array is None:
+                if len(buffers) < self._keep and count <= self.rows:
+                    buffers.append(np.empty((self.rows, *field.shape), field.dtype))
+                    array = buffers[-1][:count]
+                else:
+                    array = np.empty((count, *field.shape), field.dtype)
+            arrays.append(array)
+        return arrays
+
+    def copy(self, views: list[np.ndarray], count: int) -> list[np.ndarray]:
+        """The first ``count`` rows of ``views`` (a batch slot), copied into ``take``'s."""
+        arrays = self.take(count)
+        for array, view in zip(arrays, views, strict=True):
+            np.copyto(array, view[:count])
+        return arrays
