@@ -183,8 +183,14 @@ def test_a_torch_dataloader_with_workers_is_refused_with_the_fix(images, context
     with stoker.Loader(stoker.from_arrays(x, y), batch_size=50, workers=2) as loader:
         wrapped = torch.utils.data.DataLoader(loader.torch(), batch_size=None, num_workers=2,
                                               multiprocessing_context=context)
+        iterator = None
         with pytest.raises(Exception, match="num_workers=0") as caught:
-            list(wrapped)
+            iterator = iter(wrapped)  # spawn: refused here, fork: by the first worker
+            next(iterator)
         assert "stoker already runs the workers" in str(caught.value)
+        if iterator is not None:
+            # torch's own clean-up, at once; left to garbage collection, the iterator of
+            # a failed epoch waits 5 s for each of its workers.
+            iterator._shutdown_workers()
         plain = torch.utils.data.DataLoader(loader.torch(), batch_size=None, num_workers=0)
         assert sum(len(labels) for _, labels in plain) == len(x)
