@@ -44,6 +44,8 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/bench_loaders.py $(ARGS)
 	$(BIN)/python benchmarks/bench_store.py   # writes (and removes) a 4 GiB store
 	$(BIN)/python benchmarks/bench_memory.py
+	$(BIN)/python benchmarks/bench_consumer.py
+	$(BIN)/python benchmarks/bench_epochs.py
 	tests/in-private-network $(BIN)/python benchmarks/bench_ray.py
 
 clean:
