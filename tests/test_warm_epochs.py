@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -116,18 +117,30 @@ def _failing_only_early_in_epoch_one(seed: int) -> float | None:
 
 
 class FailsBelow:
-    def __init__(self, threshold: float) -> None:
+    """Fails (raises, exits the worker or hangs) on the samples whose first uniform is
+    below ``threshold``."""
+
+    def __init__(self, threshold: float, how: str = "raise") -> None:
         self.threshold = threshold
+        self.how = how
 
     def __call__(self, sample, rng):
         if rng.random() < self.threshold:
+            if self.how == "exit":
+                os._exit(3)
+            if self.how == "hang":
+                time.sleep(1000)
             raise ValueError("this sample is bad")
         return sample
 
 
+def _bad_in_epoch_one() -> tuple[int, float]:
+    return next((s, t) for s in range(200) if (t := _failing_only_early_in_epoch_one(s))
+                is not None)
+
+
 def test_a_failure_in_a_batch_made_ahead_is_raised_by_its_own_epoch(data):
-    seed, threshold = next((s, t) for s in range(200)
-                           if (t := _failing_only_early_in_epoch_one(s)) is not None)
+    seed, threshold = _bad_in_epoch_one()
     with stoker.Loader(data, batch_size=16, transform=FailsBelow(threshold), seed=seed,
                        workers=2, prefetch=4) as loader:
         # Epoch 0 is whole: the sample that fails in epoch 1's first batch was made (and
@@ -147,3 +160,35 @@ def test_a_worker_killed_while_making_the_next_epoch_is_replaced(data):
         rest = epochs_of(loader, 2)
         assert len(loader.crashes) == 1
     assert_same(first + rest, reference(data, 3))
+
+
+def test_a_crash_in_work_made_ahead_is_not_this_epochs_and_costs_no_restart(data):
+    seed, threshold = _bad_in_epoch_one()
+    with stoker.Loader(data, batch_size=16, transform=FailsBelow(threshold, "exit"),
+                       seed=seed, workers=2, prefetch=4) as loader:
+        assert len(epochs_of(loader, 1)[0]) == len(loader)  # max_worker_restarts=0
+        assert loader.crashes == []
+        with pytest.raises(stoker.WorkerCrashed, match="batch 0 of epoch 1"):
+            epochs_of(loader, 1)  # epoch 1's own crash is an error, as always
+    with stoker.Loader(data, batch_size=16, transform=FailsBelow(threshold, "exit"),
+                       seed=seed, workers=2, prefetch=4, max_worker_restarts=1) as loader:
+        epochs_of(loader, 1)
+        loader.set_epoch(0)  # the work made for epoch 1 is discarded, not redone
+        iterator = iter(loader)
+        first = [tuple(np.copy(a) for a in next(iterator))]
+        os.kill(loader.worker_pids[0], signal.SIGKILL)  # the one restart is still there
+        rest = [tuple(np.copy(a) for a in batch) for batch in iterator]
+        assert [worker for worker, _ in loader.crashes] == [0]
+    with stoker.Loader(data, batch_size=16, transform=FailsBelow(threshold, "exit"),
+                       seed=seed, workers=0) as reference_loader:
+        assert_same([first + rest], epochs_of(reference_loader, 1))
+
+
+def test_a_hang_in_work_made_ahead_does_not_block_another_epoch(data):
+    seed, threshold = _bad_in_epoch_one()
+    with stoker.Loader(data, batch_size=16, transform=FailsBelow(threshold, "hang"),
+                       seed=seed, workers=2, prefetch=4) as loader:
+        epochs_of(loader, 1)
+        loader.set_epoch(0)  # not epoch 1: its hanging sample is nobody's
+        again = epochs_of(loader, 1)
+        assert len(again[0]) == len(loader) and loader.crashes == []

@@ -25,9 +25,13 @@ Scheduling, all of it in the consumer's thread (no background threads):
   it frees get the first batches of the run expected next (``following``: the next
   epoch from its start, as the plan says). The next run adopts them when it is that
   run (same epoch, key and indices); any other run (``set_epoch``, a resume, a new
-  seed) lets them finish and ignores them, like an abandoned run's. Nothing is
-  delivered twice or out of order: adopted batches are still taken in plan order, and
-  a sample failing in them is raised by the run it belongs to.
+  seed) ignores them: it waits ``_AHEAD_GRACE_SECONDS`` for them, then replaces the
+  workers still on them. Work made ahead is nobody's until adopted: a worker that
+  dies (or hangs past ``timeout``) on it is replaced without using up
+  ``max_worker_restarts`` and the work is dropped; the run it was for makes it again,
+  and fails there if it must. Nothing is delivered twice or out of order: adopted
+  batches are taken in plan order, and a sample failing in them is raised by the run
+  it belongs to.
 * Messages stay small, so a send never blocks on a full pipe (a stopped worker stops
   reading): a batch's sample indices are written into the shared index row of its slot,
   and a task names only (slot, row, count).
@@ -77,6 +81,9 @@ RING_BYTES = 256 * 2**20
 # The fewest samples a task carries (unless the batch is smaller): each task costs the
 # consumer a message out and one back, about 20 µs.
 MIN_CHUNK = 32
+# How long a run that does not adopt the work made ahead for another waits for it to
+# finish before the workers still on it are replaced (a sample of that epoch may hang).
+_AHEAD_GRACE_SECONDS = 1.0
 
 
 def ring_slots(prefetch: int | None, workers: int, slot_nbytes: int) -> int:
@@ -220,6 +227,11 @@ def _failure(failed: _worker.Failed, epoch: int) -> BaseException:
     return raised
 
 
+def _made_ahead(task: _Task) -> bool:
+    """Work made ahead for a run not yet started (tagged -1 - generation; probes are -1)."""
+    return task.generation < -1
+
+
 def _join_all(workers: list[_Worker], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     for worker in workers:
@@ -280,6 +292,7 @@ class ProcessExecutor:
         self._waiter = _Waiter()
         self._arrays: BatchArrays | None = None  # the memory of delivered batches
         self.adopted_batches = 0  # batches made ahead that their run delivered
+        self._dropped: set[int] = set()  # tags of work made ahead and lost with a worker
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -502,7 +515,7 @@ class ProcessExecutor:
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return None
-        if self._dirty or not ahead.matches(epoch, key, batches):
+        if self._dirty or ahead.tag in self._dropped or not ahead.matches(epoch, key, batches):
             self._dirty = True  # drained before this run starts
             return None
         for task in self._tasks.values():
@@ -652,6 +665,16 @@ class ProcessExecutor:
         if not worker.ready and not hung:
             what += " during start-up"
         lost = list(worker.tasks.values())
+        ahead = [task for task in lost if _made_ahead(task)]
+        for task in ahead:  # nobody's work yet: dropped, made again by its own run
+            self._tasks.pop(task.task_id, None)
+            self._dropped.add(task.generation)
+        lost = [task for task in lost if not _made_ahead(task)]
+        if ahead and not lost:  # died on work made ahead only: not this run's crash
+            self.crashes.pop()
+            index = self._resources.workers.index(worker)
+            self._resources.workers[index] = self._spawn(worker.worker_id)
+            return
         if self._restarts_used < self._max_restarts:
             self._restarts_used += 1
             replacement = self._spawn(worker.worker_id)
@@ -685,13 +708,23 @@ class ProcessExecutor:
         )
 
     def _drain(self) -> None:
-        """Let the work of an abandoned epoch finish (or restart the pool if that fails)."""
+        """Let the work of an abandoned epoch finish (or restart the pool if that fails).
+        Work made ahead for a run that did not come gets ``_AHEAD_GRACE_SECONDS``; the
+        workers still on it then are replaced (it may hang)."""
+        deadline = time.monotonic() + _AHEAD_GRACE_SECONDS
         try:
             while self._tasks:
                 if self._stopped:
                     raise LoaderError("the loader was closed")
+                if time.monotonic() > deadline:
+                    for worker in list(self._resources.workers):
+                        if worker.tasks and all(_made_ahead(t) for t in worker.tasks.values()):
+                            worker.process.kill()
+                            worker.process.join(_STOP_GRACE_SECONDS)
+                            self._handle_death(worker)
                 self._pump()
         except LoaderError:
             self._shutdown()
             self._check_open()
         self._dirty = False
+        self._dropped.clear()
