@@ -192,3 +192,22 @@ def test_a_hang_in_work_made_ahead_does_not_block_another_epoch(data):
         loader.set_epoch(0)  # not epoch 1: its hanging sample is nobody's
         again = epochs_of(loader, 1)
         assert len(again[0]) == len(loader) and loader.crashes == []
+
+
+@pytest.mark.parametrize("restarts", [0, 1])
+def test_what_a_worker_finished_before_dying_on_work_made_ahead_is_kept(data, restarts):
+    """A worker that sent its last chunks of this epoch, then died on the next epoch's
+    sample: the chunks it sent are this epoch's, not lost work (a slow consumer, as in
+    training, leaves them unread in the pipe when the death is noticed)."""
+    seed, threshold = _bad_in_epoch_one()
+    with stoker.Loader(data, batch_size=16, transform=FailsBelow(threshold, "exit"),
+                       seed=seed, workers=2, prefetch=6,
+                       max_worker_restarts=restarts) as loader:
+        got = []
+        for batch in loader:
+            got.append(tuple(np.copy(a) for a in batch))
+            time.sleep(0.05)  # a training step
+        assert loader.crashes == [] and loader._executor._restarts_used == 0
+    with stoker.Loader(data, batch_size=16, transform=FailsBelow(threshold, "exit"),
+                       seed=seed, workers=0) as reference_loader:
+        assert_same([got], epochs_of(reference_loader, 1))

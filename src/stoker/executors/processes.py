@@ -569,8 +569,10 @@ class ProcessExecutor:
         else:
             message = _worker.Task(task.task_id, task.epoch, *task.key, task.slot, task.row,
                                    len(task.indices))
-        if not self._send(worker, message):
-            self._handle_death(worker)
+        # A send to a dead worker fails; the task stays its own, and the pump, which sees
+        # the death (sentinel, EOF) and first reads what the worker sent before it died,
+        # hands its unfinished tasks on.
+        self._send(worker, message)
 
     # -- waiting --------------------------------------------------------------------
 
@@ -590,7 +592,7 @@ class ProcessExecutor:
                 dead.append(worker)
         for worker in dict.fromkeys(dead):
             if worker in self._resources.workers:
-                self._handle_death(worker)
+                self._handle_death(worker, done=done, failed=failed)
         self._check_started()
         if self._timeout is not None:
             now = time.monotonic()
@@ -604,7 +606,7 @@ class ProcessExecutor:
                 if worker.ready and worker.tasks and now - worker.last_progress > self._timeout:
                     worker.process.kill()
                     worker.process.join(_STOP_GRACE_SECONDS)
-                    self._handle_death(worker, hung=True)
+                    self._handle_death(worker, hung=True, done=done, failed=failed)
         return done, failed
 
     def _check_started(self) -> None:
@@ -651,10 +653,20 @@ class ProcessExecutor:
         else:
             failed.append((task, message))
 
-    def _handle_death(self, worker: _Worker, *, hung: bool = False) -> None:
-        """Replace a dead worker and give it the dead one's chunks, or raise WorkerCrashed."""
+    def _handle_death(self, worker: _Worker, *, hung: bool = False,
+                      done: list | None = None, failed: list | None = None) -> None:
+        """Replace a dead worker and give it the dead one's chunks, or raise WorkerCrashed.
+        Given ``done`` and ``failed`` (the pump's), what it finished and sent before it
+        died is read into them first: those chunks are not lost. (Without them it is
+        left unread and its chunks are made again: nobody would count them done.)"""
         worker.process.join(_STOP_GRACE_SECONDS)
         exitcode = worker.process.exitcode
+        if done is not None and failed is not None:
+            try:
+                while worker.conn.poll(0):
+                    self._receive(worker, worker.conn.recv(), done, failed)
+            except (EOFError, OSError):
+                pass
         self.crashes.append((worker.worker_id, exitcode))
         worker.conn.close()
         what = (
