@@ -11,9 +11,9 @@ Scheduling, all of it in the consumer's thread (no background threads):
   each chunk is sent to the worker with the fewest samples queued. Every batch is thus
   shared by the workers and batches complete one after another at an even pace, not in
   bursts of ``workers`` batches.
-* The consumer waits on the workers' pipes and process sentinels together
-  (``multiprocessing.connection.wait``, with a timeout), so a dead worker is noticed as
-  soon as it dies, and a hung one (no progress for ``timeout`` seconds) is killed.
+* The consumer waits on the workers' pipes and process sentinels together (one
+  ``poll`` object, ``_Waiter``, with a timeout), so a dead worker is noticed as soon as
+  it dies, and a hung one (no progress for ``timeout`` seconds) is killed.
 * A finished batch is copied out of its slot (the caller may keep it; ``_batches.py``
   says where that memory comes from), the slot goes back to the ring and is refilled
   with new work before the batch is handed over, so the workers keep going while the
@@ -178,9 +178,6 @@ class _Waiter:
             worker, is_pipe = self._owners[fd]
             (readable if is_pipe else ended).append(worker)
         return readable, ended
-
-    def forget(self) -> None:
-        self._workers, self._poll, self._owners = None, None, {}
 
 
 @dataclass(slots=True)
@@ -667,7 +664,6 @@ class ProcessExecutor:
                     self._receive(worker, worker.conn.recv(), done, failed)
             except (EOFError, OSError):
                 pass
-        self.crashes.append((worker.worker_id, exitcode))
         worker.conn.close()
         what = (
             f"made no progress for {self._timeout} s and was killed"
@@ -683,10 +679,10 @@ class ProcessExecutor:
             self._dropped.add(task.generation)
         lost = [task for task in lost if not _made_ahead(task)]
         if ahead and not lost:  # died on work made ahead only: not this run's crash
-            self.crashes.pop()
             index = self._resources.workers.index(worker)
             self._resources.workers[index] = self._spawn(worker.worker_id)
             return
+        self.crashes.append((worker.worker_id, exitcode))
         if self._restarts_used < self._max_restarts:
             self._restarts_used += 1
             replacement = self._spawn(worker.worker_id)
