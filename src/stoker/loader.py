@@ -505,10 +505,12 @@ class Loader:
         """An adapter that runs ahead reports what its consumer took (``cursor.py``)."""
         self._cursor = position
 
-    def _run(self, claim: tuple[int, Position], *, commit: bool) -> Iterator[Any]:
+    def _run(self, claim: tuple[int, Position], *, commit: bool,
+             flat: bool = False) -> Iterator[Any]:
         """One run from ``claim``'s position to the end of that epoch. Yields batches and
         moves the cursor (``commit``), or yields ``(position after, batch)`` and leaves
-        the cursor to the adapter."""
+        the cursor to the adapter. ``flat``: a batch is the layout's list of arrays, not
+        the sample's structure."""
         run_id, start = claim
         if self._run_id != run_id:
             raise superseded(self._run_ended)
@@ -545,7 +547,7 @@ class Loader:
                 position = position.after(1, total)
                 if layout is None:
                     layout = self.layout
-                batch = layout.assemble(arrays)
+                batch = arrays if flat else layout.assemble(arrays)
                 if commit:
                     if self._run_id != run_id:
                         raise superseded(self._run_ended)
@@ -620,6 +622,8 @@ class Loader:
         # An iteration running in another thread (Keras', tf.data's) ends with a
         # LoaderError: its executor stops below, and its next step sees the loader closed.
         self._finalizer()
+        for adapter in list(self._adapters):
+            adapter.release()  # a run an adapter holds, suspended, must not pin the source
         # A closed loader must not pin the dataset: frameworks (Keras, tf.data) may keep
         # a reference to the loader long after training.
         self._executor = None

@@ -175,6 +175,21 @@ class KerasDataset(keras.utils.PyDataset):
             rows = len(self.loader.epoch_batches(self.loader.epoch)[0])
         return self.loader.layout.zeros(rows)
 
+    def release(self) -> None:
+        """The loader is closing: the run this view holds ends, so that it pins nothing
+        (unless a Keras thread is in it now: that call ends with the closed loader's
+        LoaderError)."""
+        if self._lock.acquire(blocking=False):
+            try:
+                run, self._run = self._run, None
+                if run is not None:
+                    try:
+                        run.close()  # type: ignore[attr-defined]
+                    except ValueError:  # running in this very thread (close() from a
+                        pass            # signal handler): it ends with the LoaderError
+            finally:
+                self._lock.release()
+
     def _abandon(self) -> None:
         """Whatever was handed out and not known consumed is given back."""
         if self._run is not None:

@@ -1,24 +1,34 @@
 """``loader.tf_dataset()``: a Loader as a ``tf.data.Dataset``.
 
 Each iteration of the dataset is the rest of the loader's current epoch, from its
-cursor (so ``fit(dataset, epochs=N)`` sees N fresh epochs). Its declared cardinality is
-what the first iteration has (fewer than ``len(loader)`` after a mid-epoch resume); an
-iteration that would have another number is refused with a LoaderError saying to make
-a new dataset, never cut short by tf.data's assertion. Batches keep the sample's
-structure (a tensor, a tuple or a dict) with an ``element_spec`` read off the loader's
-layout, the batch axis unknown (the last batch may be short). Prefetching is stoker's
-(its ring of batch slots), and tf.data's own (injected by its optimizer) is turned off,
-so a batch leaves the loader when it is asked for and the loader's cursor is what the
-consumer took; a ``.prefetch()`` of your own runs ahead of the cursor. tf.data reads
-the loader from threads of its own, so the loader is registered for a safe exit
-(``_tf_exit``).
+cursor (so ``fit(dataset, epochs=N)`` sees N fresh epochs). Its cardinality is what the
+first iteration has (fewer than ``len(loader)`` after a mid-epoch resume); an iteration
+that would have another number is refused with a LoaderError saying to make a new
+dataset. Batches keep the sample's structure (a tensor, a tuple or a dict) with an
+``element_spec`` read off the loader's layout, the batch axis unknown (the last batch
+may be short).
+
+The dataset is ``Dataset.range(n).map(take)``, where ``take`` is one
+``tf.numpy_function`` call that hands the loader's next batch over as arrays (aligned
+numpy arrays become tensors without a copy; the tensor keeps the array alive, so stoker
+never reuses its buffer early). Batch 0 starts a run of the loader at the cursor. This
+costs far less per batch than ``from_generator`` (measured in
+``benchmarks/bench_consumer.py``), and has the same semantics: the map runs when the
+consumer asks for the batch, so the loader's cursor is what the consumer took.
+Prefetching is stoker's (its ring of batch slots); tf.data's own (which its optimizer
+would inject) is turned off; a ``.prefetch()`` of your own runs ahead of the cursor.
+tf.data calls ``take`` from threads of its own, so the loader is registered for a safe
+exit (``_tf_exit``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import tensorflow as tf
 
 from ..errors import LoaderError
@@ -30,52 +40,124 @@ if TYPE_CHECKING:
 __all__ = ["tf_dataset"]
 
 
+class _Reader:
+    """The state behind one dataset: the loader run that its current iteration reads.
+
+    The dataset holds it; TensorFlow's registry of numpy functions (which lives as long
+    as the process, in eager mode) holds only a weak reference, so a dataset nobody uses
+    any more lets its run go. The loader's ``close()`` ends the run too (``release``):
+    a suspended run must not pin the loader's source.
+    """
+
+    def __init__(self, loader: Loader, declared: int) -> None:
+        self.loader = loader
+        self.declared = declared
+        self._lock = threading.Lock()
+        self._run: Iterator[list[np.ndarray]] | None = None
+
+    def take(self, index: np.ndarray) -> list[np.ndarray]:
+        """Batch ``index`` of an iteration, as the layout's arrays."""
+        with tensorflow_call(), self._lock:
+            if int(index) == 0:
+                self._start()
+            if self._run is None:
+                raise LoaderError(
+                    "this iteration of the tf.data.Dataset has no loader run: it did not "
+                    "start at its first batch; iterate the dataset from the beginning"
+                )
+            try:
+                arrays = next(self._run)
+            except StopIteration:
+                self._run = None
+                raise LoaderError(
+                    "the loader's epoch ended before this tf.data.Dataset's iteration did "
+                    "(the cursor was moved meanwhile); call loader.tf_dataset() again"
+                ) from None
+            if int(index) == self.declared - 1:
+                self._finish()
+            return arrays
+
+    def _start(self) -> None:
+        loader = self.loader
+        if self._run is not None:
+            self._run.close()  # type: ignore[attr-defined]
+            self._run = None
+        position = loader.position
+        if len(loader) - position.batch != self.declared:
+            raise LoaderError(
+                f"this tf.data.Dataset was made for {self.declared} batches an iteration, "
+                f"but the loader's cursor is at batch {position.batch} of epoch "
+                f"{position.epoch} (a resume, or an iteration left early), so the next "
+                f"iteration has {len(loader) - position.batch}; call loader.tf_dataset() "
+                "again for it"
+            )
+        self._run = loader._run(loader._start_run(), commit=True, flat=True)
+
+    def release(self) -> None:
+        """End the run (the loader is closing), unless ``take`` is in it now: that call
+        ends it itself, with the LoaderError of a closed loader."""
+        if self._lock.acquire(blocking=False):
+            try:
+                run, self._run = self._run, None
+                if run is not None:
+                    try:
+                        run.close()  # type: ignore[attr-defined]
+                    except ValueError:  # running in this very thread (a signal handler)
+                        pass
+            finally:
+                self._lock.release()
+
+    def check_state(self) -> None:
+        """``state_dict()`` is exact at any moment: the cursor is what the consumer took."""
+
+    def _finish(self) -> None:
+        """The last batch was taken: let the run end as a loop's would."""
+        run, self._run = self._run, None
+        if run is not None:
+            for _ in run:  # nothing is left: this only lets the run return
+                pass
+
+
+def _weak_take(reader: weakref.ref[_Reader]) -> Callable[[np.ndarray], list[np.ndarray]]:
+    def take(index: np.ndarray) -> list[np.ndarray]:
+        alive = reader()
+        if alive is None:  # no dataset or iterator holds it: nothing can ask
+            raise LoaderError("this tf.data.Dataset of a loader no longer exists")
+        return alive.take(index)
+
+    return take
+
+
 def tf_dataset(loader: Loader) -> tf.data.Dataset:
     """``loader`` as a ``tf.data.Dataset`` (what ``loader.tf_dataset()`` returns): each
     iteration is one loader epoch from the cursor, the ``element_spec`` comes from the
     batch layout with a variable batch dimension."""
     layout = loader.layout
-    specs = [tf.TensorSpec(shape=(None, *field.shape), dtype=tf.as_dtype(field.dtype))
-             for field in layout.fields]
-    if layout.kind == "dict":
-        signature: Any = dict(zip(layout.keys, specs, strict=True))
-    elif layout.kind == "tuple":
-        signature = tuple(specs)
-    else:
-        signature = specs[0]
-
+    dtypes = [tf.as_dtype(field.dtype) for field in layout.fields]
+    shapes = [tf.TensorShape((None, *field.shape)) for field in layout.fields]
     declared = len(loader) - loader.position.batch
+    reader = _Reader(loader, declared)
+    loader._adapters.add(reader)
+    take = _weak_take(weakref.ref(reader))
 
-    def batches() -> Iterator[Any]:
-        position = loader.position
-        if len(loader) - position.batch != declared:
-            raise LoaderError(
-                f"this tf.data.Dataset was made for {declared} batches an iteration, but the "
-                f"loader's cursor is at batch {position.batch} of epoch {position.epoch} (a "
-                f"resume, or an iteration left early), so the next iteration has "
-                f"{len(loader) - position.batch}; call loader.tf_dataset() again for it"
-            )
-        epoch = iter(loader)
-        try:
-            while True:
-                with tensorflow_call():
-                    batch = next(epoch, None)
-                if batch is None:
-                    return
-                yield batch
-        finally:
-            epoch.close()  # type: ignore[attr-defined]
+    def element(index: tf.Tensor) -> Any:
+        arrays = tf.numpy_function(take, [index], dtypes, stateful=True, name="stoker_batch")
+        tensors = [tf.ensure_shape(array, shape) for array, shape in
+                   zip(arrays, shapes, strict=True)]
+        if layout.kind == "dict":
+            return dict(zip(layout.keys, tensors, strict=True))
+        if layout.kind == "tuple":
+            return tuple(tensors)
+        return tensors[0]
 
     read_by_tensorflow(loader)
-
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
-    # No prefetch that tf.data would inject by itself: a batch leaves the loader when the
-    # consumer asks for it, so the loader's cursor is what the consumer took (stoker's
-    # workers already run ahead).
+    dataset = tf.data.Dataset.range(declared).map(element)
+    dataset._stoker_reader = reader  # kept alive by every dataset and iterator made of it
+    # No prefetch that tf.data would inject by itself, no parallel map: a batch leaves the
+    # loader when the consumer asks for it, so the loader's cursor is what the consumer
+    # took (stoker's workers already run ahead).
     options = tf.data.Options()
     options.autotune.enabled = False
     options.experimental_optimization.inject_prefetch = False
-    dataset = dataset.with_options(options)
-    # Known length: Keras then counts steps per epoch instead of warning that the data
-    # "ran out" at the end of the first one.
-    return dataset.apply(tf.data.experimental.assert_cardinality(declared))
+    options.experimental_optimization.map_parallelization = False
+    return dataset.with_options(options)
