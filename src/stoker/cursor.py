@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import LoaderError
 
-__all__ = ["STATE_KEYS", "STATE_VERSION", "Position", "parse_state", "superseded"]
+__all__ = ["STATE_KEYS", "STATE_VERSION", "Position", "end_held_run", "parse_state", "superseded"]
 
 STATE_VERSION = 1
 STATE_KEYS = ("version", "seed", "epoch", "batches_done", "num_samples", "batch_size",
@@ -60,6 +60,22 @@ def superseded(why: str) -> LoaderError:
         "iteration (one cursor): finish or leave one loop before starting another, and "
         "make a second Loader over the same source to read two streams at once"
     )
+
+
+def end_held_run(holder: Any) -> None:
+    """End the run an adapter holds (``holder._run`` under ``holder._lock``) because its
+    loader is closing, so that a suspended run pins nothing; unless a call is in it now,
+    which ends with the closed loader's LoaderError by itself."""
+    if holder._lock.acquire(blocking=False):
+        try:
+            run, holder._run = holder._run, None
+            if run is not None:
+                try:
+                    run.close()
+                except ValueError:  # running in this very thread (close() from a signal
+                    pass            # handler): it ends with the LoaderError
+        finally:
+            holder._lock.release()
 
 
 def _integer(state: Mapping[str, Any], name: str, minimum: int) -> int:

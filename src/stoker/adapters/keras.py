@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 
 from .._system import fsync_path
-from ..cursor import Position
+from ..cursor import Position, end_held_run
 from ..errors import LoaderError
 from ._tf_exit import read_by_tensorflow, tensorflow_call
 
@@ -176,19 +176,8 @@ class KerasDataset(keras.utils.PyDataset):
         return self.loader.layout.zeros(rows)
 
     def release(self) -> None:
-        """The loader is closing: the run this view holds ends, so that it pins nothing
-        (unless a Keras thread is in it now: that call ends with the closed loader's
-        LoaderError)."""
-        if self._lock.acquire(blocking=False):
-            try:
-                run, self._run = self._run, None
-                if run is not None:
-                    try:
-                        run.close()  # type: ignore[attr-defined]
-                    except ValueError:  # running in this very thread (close() from a
-                        pass            # signal handler): it ends with the LoaderError
-            finally:
-                self._lock.release()
+        """The loader is closing: the run held here ends (``cursor.end_held_run``)."""
+        end_held_run(self)
 
     def _abandon(self) -> None:
         """Whatever was handed out and not known consumed is given back."""

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tensorflow as tf
 
+from ..cursor import end_held_run
 from ..errors import LoaderError
 from ._tf_exit import read_by_tensorflow, tensorflow_call
 
@@ -94,18 +95,8 @@ class _Reader:
         self._run = loader._run(loader._start_run(), commit=True, flat=True)
 
     def release(self) -> None:
-        """End the run (the loader is closing), unless ``take`` is in it now: that call
-        ends it itself, with the LoaderError of a closed loader."""
-        if self._lock.acquire(blocking=False):
-            try:
-                run, self._run = self._run, None
-                if run is not None:
-                    try:
-                        run.close()  # type: ignore[attr-defined]
-                    except ValueError:  # running in this very thread (a signal handler)
-                        pass
-            finally:
-                self._lock.release()
+        """The loader is closing: the run held here ends (``cursor.end_held_run``)."""
+        end_held_run(self)
 
     def check_state(self) -> None:
         """``state_dict()`` is exact at any moment: the cursor is what the consumer took."""
