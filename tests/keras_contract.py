@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import warnings
 
 import keras
@@ -26,17 +27,16 @@ Y = np.arange(N, dtype=np.float32)
 
 
 class Recording(KerasDataset):
-    """Keeps the labels of every batch handed to Keras, except shape peeks."""
+    """Keeps the labels of every loader batch handed to Keras (not the zeros of shape
+    peeks, nor those a reader whose pass is over gets)."""
 
     def __init__(self, loader):
         super().__init__(loader)
         self.seen: list[np.ndarray] = []
 
-    def __getitem__(self, index):
-        peek = is_peek(sys._getframe(1))
-        batch = super().__getitem__(index)
-        if not peek:
-            self.seen.append(np.asarray(batch[1]).astype(int).copy())
+    def _next(self):
+        batch = super()._next()
+        self.seen.append(np.asarray(batch[1]).astype(int).copy())
         return batch
 
 
@@ -162,6 +162,62 @@ def a_tracked_fit_stopped_mid_epoch_leaves_an_exact_state():
         assert np.concatenate(ds.seen).tolist()[:2 * BATCH] == plan(train, 0)[3 * BATCH:]
 
 
+class HeldCall(Recording):
+    """Holds the pass's 4th call (tf.data's thread prefetching the batch after step 3)
+    until ``go`` is set, as a busy machine can: it then arrives after fit() returned."""
+
+    HELD = 4
+
+    def __init__(self, loader):
+        super().__init__(loader)
+        self.calls = 0
+        self.go, self.started, self.done = (threading.Event() for _ in range(3))
+
+    def __getitem__(self, index):
+        if not is_peek(sys._getframe(1)):
+            self.calls += 1
+            if self.calls == self.HELD:
+                self.started.set()
+                self.go.wait(60)
+                try:
+                    return super().__getitem__(index)
+                finally:
+                    self.done.set()
+        return super().__getitem__(index)
+
+
+class StopOnceHeld(StopAt):
+    """Stops fit() after step 3, once the prefetch of the next batch is under way."""
+
+    def __init__(self, dataset):
+        super().__init__(HeldCall.HELD - 2)
+        self.dataset = dataset
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.step:
+            assert self.dataset.started.wait(60), "tf.data did not prefetch"
+        super().on_train_batch_end(batch, logs)
+
+
+def a_call_after_fit_returned_changes_nothing():
+    """A reader's call that arrives after its fit() returned is not a new pass: the state
+    stays exact and the next fit() continues with the batches the model did not train on.
+    Only the TensorFlow backend reads in a thread of its own."""
+    if keras.backend.backend() != "tensorflow":
+        return
+    with loader() as train:
+        ds = HeldCall(train)
+        m = model()
+        m.fit(ds, epochs=2, verbose=0, callbacks=[LoaderCursor(train), StopOnceHeld(ds)])
+        ds.go.set()
+        assert ds.done.wait(60), "the held call never ended"
+        state = train.state_dict()  # not refused: no pass of a fit is under way
+        assert (state["epoch"], state["batches_done"]) == (0, 3), state
+        ds.seen.clear()
+        m.fit(ds, epochs=1, verbose=0, callbacks=[LoaderCursor(train)])
+        assert np.concatenate(ds.seen).tolist() == plan(train, 0)[3 * BATCH:]
+
+
 def initial_epoch_is_honoured():
     with loader() as train:
         ds = Recording(train)
@@ -190,5 +246,6 @@ if __name__ == "__main__":
     state_during_fit_is_what_the_model_trained_on()
     initial_epoch_is_honoured()
     a_tracked_fit_stopped_mid_epoch_leaves_an_exact_state()
+    a_call_after_fit_returned_changes_nothing()
     a_resumed_epoch_ends_after_the_batches_that_remain()
     print("OK")

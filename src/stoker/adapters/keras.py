@@ -17,6 +17,12 @@ How Keras reads a PyDataset, and what this adapter makes of it:
   ``len(loader)`` one reader spans several Keras epochs, and loader epochs are walked
   exactly once. A reader that starts mid-epoch (after a resume) is told the batches
   that remain, so that Keras epoch ends after them.
+* **Readers whose pass is over.** tf.data runs a reader in a thread of its own and
+  ``fit()`` can return while that thread is still in a call (prefetching the batch after
+  the last step). A reader is retired when its pass ends (``fit``/``evaluate``/
+  ``predict`` over, a new one begun, a new reader served); a retired reader that still
+  asks gets zeros that nobody reads, and nothing is consumed, so it can neither start a
+  run behind the next ``fit()``'s back nor make ``state_dict()`` refuse.
 * **What the model consumed.** Keras reads ahead (tf.data's prefetch), so a batch
   handed out is not yet trained on. The adapter keeps the positions it handed out and
   moves the loader's cursor when it knows the model consumed them: at the end of a
@@ -94,6 +100,9 @@ class KerasDataset(keras.utils.PyDataset):
         self.loader = loader
         self._lock = threading.RLock()
         self._reader: FrameType | None = None  # the Keras generator being served
+        # Readers whose pass is over (kept alive here, so identity is exact); enough for
+        # the stale calls tf.data's threads can still make.
+        self._retired: deque[FrameType] = deque(maxlen=16)
         self._run: Iterator[Any] | None = None
         self._reader_left = 0  # batches the current reader may still take
         self._pending: deque[Position] = deque()  # handed out, not known consumed
@@ -146,7 +155,7 @@ class KerasDataset(keras.utils.PyDataset):
                 elif self._run is not None and self._reader_left == 0:
                     self._commit(len(self._pending))
                     self._run = None
-                    self._reader = None
+                    self._retire()
             if self._filter is not None:
                 try:
                     warnings.filters.remove(self._filter)
@@ -163,6 +172,8 @@ class KerasDataset(keras.utils.PyDataset):
             return self._peek(index)
         reader = _keras_frame(caller, _READERS, 4)
         with tensorflow_call(), self._lock:
+            if reader is not None and any(old is reader for old in self._retired):
+                return self._peek(index)  # a pass that is over: nobody reads this
             if self._run is None or (reader is not None and reader is not self._reader):
                 self._start_reader(reader)
             return self._next()
@@ -179,11 +190,18 @@ class KerasDataset(keras.utils.PyDataset):
         """The loader is closing: the run held here ends (``cursor.end_held_run``)."""
         end_held_run(self)
 
+    def _retire(self) -> None:
+        """The current reader's pass is over: whatever it asks from now on is refused."""
+        if self._reader is not None:
+            self._retired.append(self._reader)
+        self._reader = None
+
     def _abandon(self) -> None:
         """Whatever was handed out and not known consumed is given back."""
         if self._run is not None:
             self._run.close()  # type: ignore[attr-defined]
-        self._run, self._reader = None, None
+        self._run = None
+        self._retire()
         self._pending.clear()
         self._complete.clear()
 
@@ -197,6 +215,8 @@ class KerasDataset(keras.utils.PyDataset):
         if self._run is not None:
             self._run.close()  # type: ignore[attr-defined]
         self._pending.clear()
+        if reader is not self._reader:
+            self._retire()
         self._reader = reader
         self._moves = self.loader._moves
         if self.loader.position.batch and reader is not None and self._filter is None:
