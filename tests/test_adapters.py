@@ -177,6 +177,48 @@ def test_tf_dataset_after_a_mid_epoch_resume_declares_what_remains(images):
         assert len(list(loader.tf_dataset())) == len(loader)
 
 
+def test_a_tf_dataset_call_of_an_iteration_that_is_over_takes_nothing():
+    """A prefetch of your own, stopped fit(): tf.data's thread is still in a call when
+    fit() returns (held here until a new iteration has begun, as a busy machine can
+    delay it). That call belongs to the old iteration and takes nothing from the new."""
+    import threading
+
+    x = np.random.default_rng(0).random((100, 4, 4, 1)).astype(np.float32)
+    y = np.arange(100, dtype=np.float32)  # labels name the samples
+    go, held = threading.Event(), threading.Event()
+    with stoker.Loader(stoker.from_arrays(x, y), batch_size=20, workers=0, seed=3) as loader:
+        base = loader.tf_dataset()
+        reader = next(a for a in loader._adapters if type(a).__name__ == "_Reader")
+        take = reader.take
+
+        def held_take(token, index):  # the call that prefetches batch 3
+            if int(index) == 3 and not go.is_set():
+                held.set()
+                go.wait(60)
+            return take(token, index)
+
+        reader.take = held_take
+
+        class StopOnceHeld(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == 1:
+                    assert held.wait(60), "tf.data did not prefetch"
+                    self.model.stop_training = True
+
+        model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        dataset = base.prefetch(2)
+        model.fit(dataset, epochs=1, verbose=0, callbacks=[StopOnceHeld()])
+        loader.set_epoch(1)
+        iterator = iter(dataset)
+        seen = [next(iterator)[1].numpy()]  # the new iteration has begun
+        go.set()
+        seen += [labels.numpy() for _, labels in iterator]
+        np.testing.assert_array_equal(np.concatenate(seen),
+                                      np.concatenate(loader.epoch_batches(1)))
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_a_torch_dataloader_with_workers_is_refused_with_the_fix(images, context):
     x, y = images

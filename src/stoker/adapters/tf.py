@@ -8,13 +8,16 @@ dataset. Batches keep the sample's structure (a tensor, a tuple or a dict) with 
 ``element_spec`` read off the loader's layout, the batch axis unknown (the last batch
 may be short).
 
-The dataset is ``Dataset.range(n).map(take)``, where ``take`` is one
-``tf.numpy_function`` call that hands the loader's next batch over as arrays (aligned
-numpy arrays become tensors without a copy; the tensor keeps the array alive, so stoker
-never reuses its buffer early). Batch 0 starts a run of the loader at the cursor. This
-costs far less per batch than ``from_generator`` (measured in
-``benchmarks/bench_consumer.py``), and has the same semantics: the map runs when the
-consumer asks for the batch, so the loader's cursor is what the consumer took.
+Each iteration begins with one ``tf.numpy_function`` call (``begin``) that starts a run
+of the loader at the cursor and names the iteration with a token; then, for each of its
+``n`` batches, ``take`` is one ``tf.numpy_function`` call that hands the loader's next
+batch over as arrays (aligned numpy arrays become tensors without a copy; the tensor
+keeps the array alive, so stoker never reuses its buffer early). This costs far less
+per batch than ``from_generator`` (measured in ``benchmarks/bench_consumer.py``), and
+has the same semantics: the map runs when the consumer asks for the batch, so the
+loader's cursor is what the consumer took. A call of an iteration that is over (a
+prefetch thread of a dropped iterator, still in a call when ``fit()`` returned) has an
+old token: it gets zeros that nobody reads and takes nothing from the loader.
 Prefetching is stoker's (its ring of batch slots); tf.data's own (which its optimizer
 would inject) is turned off; a ``.prefetch()`` of your own runs ahead of the cursor.
 tf.data calls ``take`` from threads of its own, so the loader is registered for a safe
@@ -55,16 +58,37 @@ class _Reader:
         self.declared = declared
         self._lock = threading.Lock()
         self._run: Iterator[list[np.ndarray]] | None = None
+        self._token = 0  # the current iteration's
 
-    def take(self, index: np.ndarray) -> list[np.ndarray]:
-        """Batch ``index`` of an iteration, as the layout's arrays."""
+    def begin(self) -> np.int64:
+        """A new iteration: a run of the loader from the cursor, and the iteration's token."""
         with tensorflow_call(), self._lock:
-            if int(index) == 0:
-                self._start()
+            loader = self.loader
+            self._token += 1
+            if self._run is not None:
+                self._run.close()  # type: ignore[attr-defined]
+                self._run = None
+            position = loader.position
+            if len(loader) - position.batch != self.declared:
+                raise LoaderError(
+                    f"this tf.data.Dataset was made for {self.declared} batches an "
+                    f"iteration, but the loader's cursor is at batch {position.batch} of "
+                    f"epoch {position.epoch} (a resume, or an iteration left early), so the "
+                    f"next iteration has {len(loader) - position.batch}; call "
+                    "loader.tf_dataset() again for it"
+                )
+            self._run = loader._run(loader._start_run(), commit=True, flat=True)
+            return np.int64(self._token)
+
+    def take(self, token: np.ndarray, index: np.ndarray) -> list[np.ndarray]:
+        """Batch ``index`` of the iteration named ``token``, as the layout's arrays."""
+        with tensorflow_call(), self._lock:
+            if int(token) != self._token:  # an iteration that is over: nobody reads this
+                return self.loader.layout.zeros(1)
             if self._run is None:
                 raise LoaderError(
-                    "this iteration of the tf.data.Dataset has no loader run: it did not "
-                    "start at its first batch; iterate the dataset from the beginning"
+                    "this iteration of the tf.data.Dataset has no loader run (the loader's "
+                    "epoch ended before it did); call loader.tf_dataset() again"
                 )
             try:
                 arrays = next(self._run)
@@ -77,22 +101,6 @@ class _Reader:
             if int(index) == self.declared - 1:
                 self._finish()
             return arrays
-
-    def _start(self) -> None:
-        loader = self.loader
-        if self._run is not None:
-            self._run.close()  # type: ignore[attr-defined]
-            self._run = None
-        position = loader.position
-        if len(loader) - position.batch != self.declared:
-            raise LoaderError(
-                f"this tf.data.Dataset was made for {self.declared} batches an iteration, "
-                f"but the loader's cursor is at batch {position.batch} of epoch "
-                f"{position.epoch} (a resume, or an iteration left early), so the next "
-                f"iteration has {len(loader) - position.batch}; call loader.tf_dataset() "
-                "again for it"
-            )
-        self._run = loader._run(loader._start_run(), commit=True, flat=True)
 
     def release(self) -> None:
         """The loader is closing: the run held here ends (``cursor.end_held_run``)."""
@@ -109,14 +117,15 @@ class _Reader:
                 pass
 
 
-def _weak_take(reader: weakref.ref[_Reader]) -> Callable[[np.ndarray], list[np.ndarray]]:
-    def take(index: np.ndarray) -> list[np.ndarray]:
+def _weak(reader: weakref.ref[_Reader], method: str) -> Callable[..., Any]:
+    """``reader``'s ``method``, through a weak reference (see ``_Reader``)."""
+    def call(*args: np.ndarray) -> Any:
         alive = reader()
         if alive is None:  # no dataset or iterator holds it: nothing can ask
             raise LoaderError("this tf.data.Dataset of a loader no longer exists")
-        return alive.take(index)
+        return getattr(alive, method)(*args)
 
-    return take
+    return call
 
 
 def tf_dataset(loader: Loader) -> tf.data.Dataset:
@@ -129,10 +138,17 @@ def tf_dataset(loader: Loader) -> tf.data.Dataset:
     declared = len(loader) - loader.position.batch
     reader = _Reader(loader, declared)
     loader._adapters.add(reader)
-    take = _weak_take(weakref.ref(reader))
+    begin = _weak(weakref.ref(reader), "begin")
+    take = _weak(weakref.ref(reader), "take")
 
-    def element(index: tf.Tensor) -> Any:
-        arrays = tf.numpy_function(take, [index], dtypes, stateful=True, name="stoker_batch")
+    def iteration(_: tf.Tensor) -> tf.data.Dataset:
+        token = tf.numpy_function(begin, [], tf.int64, stateful=True, name="stoker_begin")
+        token = tf.ensure_shape(token, ())
+        return tf.data.Dataset.range(declared).map(lambda index: element(token, index))
+
+    def element(token: tf.Tensor, index: tf.Tensor) -> Any:
+        arrays = tf.numpy_function(take, [token, index], dtypes, stateful=True,
+                                   name="stoker_batch")
         tensors = [tf.ensure_shape(array, shape) for array, shape in
                    zip(arrays, shapes, strict=True)]
         if layout.kind == "dict":
@@ -142,7 +158,8 @@ def tf_dataset(loader: Loader) -> tf.data.Dataset:
         return tensors[0]
 
     read_by_tensorflow(loader)
-    dataset = tf.data.Dataset.range(declared).map(element)
+    dataset = tf.data.Dataset.range(1).flat_map(iteration)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(declared))
     dataset._stoker_reader = reader  # kept alive by every dataset and iterator made of it
     # No prefetch that tf.data would inject by itself, no parallel map: a batch leaves the
     # loader when the consumer asks for it, so the loader's cursor is what the consumer
