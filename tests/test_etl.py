@@ -138,3 +138,22 @@ def test_load_gathers_files_and_selects_characters(tmp_path, rng):
         kanji.release()
     with pytest.raises(ValueError, match="unknown character group"):
         etl.character_group("emoji")
+
+
+def test_load_with_fixed_classes_labels_by_them(tmp_path, rng):
+    write_g(tmp_path / "ETL8G_01", "ETL8G",
+            [(code, rng.integers(0, 16, (127, 128)), i) for i, (code, _) in
+             enumerate(KANJI + HIRAGANA)])
+    fixed = ("唖", "x", "亜")  # as another source labels them; 本 and あ are not among them
+    data = etl.load(tmp_path / "ETL8G_01", classes=fixed)
+    try:
+        assert data.classes == list(fixed)
+        assert [data.classes[i] for i in data.arrays[1]] == ["亜", "唖"]
+    finally:
+        data.release()
+    with pytest.raises(TypeError, match="not one string"):
+        etl.load(tmp_path / "ETL8G_01", classes="亜唖")
+    with pytest.raises(ValueError, match="names a character twice"):
+        etl.load(tmp_path / "ETL8G_01", classes=["亜", "亜"])
+    with pytest.raises(ValueError, match="no records"):
+        etl.load(tmp_path / "ETL8G_01", classes=["x"])

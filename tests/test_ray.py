@@ -96,6 +96,16 @@ def test_legacy_transforms_dict_samples_and_shards_match_inline(images):
             assert_same(epochs_of(loader, 2), expected)
 
 
+def test_a_mixed_source_of_concatenated_ones_matches_inline(images):
+    x, y = images
+    a, b = stoker.from_arrays(x[:60], y[:60]), stoker.from_arrays(x[60:], y[60:])
+    data = stoker.mix([a, stoker.concat([b, a])], [1, 2], length=150, seed=9)
+    with stoker.Loader(data, batch_size=24, transform=noisy, seed=4, workers=0) as loader:
+        expected = epochs_of(loader, 2)
+    with stoker.Loader(data, batch_size=24, transform=noisy, seed=4, backend="ray") as loader:
+        assert_same(epochs_of(loader, 2), expected)
+
+
 def test_the_data_is_put_in_the_object_store_once_and_read_zero_copy(images):
     from stoker.executors.ray import portable
 

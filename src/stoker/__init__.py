@@ -11,6 +11,7 @@ import importlib as _importlib
 
 from .errors import LoaderError, TransformError, WorkerCrashed
 from .loader import Loader
+from .mixing import concat, mix
 from .plan import register_global_rng
 from .sources import Source, from_arrays, split
 
@@ -20,7 +21,9 @@ __all__ = [
     "Source",
     "TransformError",
     "WorkerCrashed",
+    "concat",
     "from_arrays",
+    "mix",
     "register_global_rng",
     "split",
 ]

@@ -209,7 +209,8 @@ def selector(characters: str | Iterable[str] | None) -> Any:
 
 
 def load(paths: str | os.PathLike | Iterable[str | os.PathLike], *, size: int = 64,
-         characters: str | Iterable[str] | None = None, format: str | None = None) -> Any:
+         characters: str | Iterable[str] | None = None, format: str | None = None,
+         classes: Iterable[str] | None = None) -> Any:
     """ETL files as a shared-memory source of ``(image uint8 (size, size, 1), label
     int32)`` samples, ``label`` an index into ``source.classes`` (characters, sorted).
 
@@ -217,7 +218,9 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], *, size: int = 
     ``"katakana"``, ``"digits"``, ``"latin"``) or the characters themselves. For data
     larger than memory, ``stoker ingest`` writes the same samples to a store instead.
     ``paths`` is one file or several; ``format`` (``"ETL8G"``, ...) overrides the
-    format read from the file name.
+    format read from the file name. ``classes`` fixes the labels instead (label i is
+    ``classes[i]``, records of other characters are left out), so that sources can be
+    mixed: ``etl.load(paths, classes=kanji.classes)``.
     """
     from ..sources import from_arrays
 
@@ -227,15 +230,25 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], *, size: int = 
     if not paths:
         raise ValueError("etl.load needs at least one file")
     keep = selector(characters)
+    fixed = None
+    if classes is not None:
+        if isinstance(classes, str):
+            raise TypeError("classes must be a list of characters (label i is classes[i]), "
+                            "not one string")
+        fixed = tuple(classes)
+        if len(set(fixed)) != len(fixed):
+            raise ValueError("classes names a character twice; label i is classes[i], so "
+                             "each character must appear once")
+    named = set(fixed) if fixed is not None else None
     images, chars = [], []
     for path in paths:
         for record in records(path, format=format, size=size):
-            if keep(record.character):
+            if keep(record.character) and (named is None or record.character in named):
                 images.append(record.image)
                 chars.append(record.character)
     if not images:
         raise ValueError(f"no records of the requested characters in {', '.join(map(str, paths))}")
-    classes = sorted(set(chars))
+    classes = list(fixed) if fixed is not None else sorted(set(chars))
     lookup = {c: i for i, c in enumerate(classes)}
     source = from_arrays(np.stack(images)[..., None],
                          np.array([lookup[c] for c in chars], np.int32))
