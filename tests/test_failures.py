@@ -328,6 +328,32 @@ def test_a_killed_consumers_forkserver_folder_is_swept_and_a_live_one_kept(tmp_p
     assert wait_until(lambda: folders() == set(), 10)
 
 
+def test_a_live_forkserver_in_another_network_namespace_is_kept(tmp_path):
+    """A program in another network namespace (a container, ``unshare -n``) sharing this
+    /tmp: its listener is not in our /proc/net/unix, yet its folder is live."""
+    import shutil as _shutil
+
+    if _shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot create a network namespace here (needs root)")
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src"), "PYTHONUNBUFFERED": "1",
+           "TMPDIR": str(tmp_path)}
+    live = subprocess.Popen(["unshare", "-n", sys.executable, "-c", textwrap.dedent(SLOW_LOOP)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        pids = [int(p) for p in live.stdout.readline().split()]
+        assert len(pids) == 3, live.stderr.read()
+        theirs = {p.name for p in tmp_path.glob("pymp-*")}
+        assert len(theirs) == 1
+        from stoker.executors._spawning import sweep_stale_listener_dirs
+
+        assert sweep_stale_listener_dirs(str(tmp_path)) == []
+        assert {p.name for p in tmp_path.glob("pymp-*")} == theirs
+    finally:
+        live.send_signal(signal.SIGINT)
+        live.communicate(timeout=30)
+
+
 @pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
 def test_a_script_without_a_main_guard_runs_and_is_not_re_imported(start_method, tmp_path):
     script = tmp_path / "unguarded.py"

@@ -94,21 +94,19 @@ def sweep_stale_listener_dirs(root: str | None = None) -> list[str]:
     multiprocessing removes its folder when the process exits normally, but a SIGKILLed
     or OOM-killed consumer leaves one behind per kill, forever. A folder is stale when
     it is ours, holds nothing but ``listener-*`` sockets, and no process has any of
-    them open (Linux lists the open Unix sockets of this network namespace in
-    /proc/net/unix); nothing is
-    connected to, so a live forkserver of another program is never disturbed. Other
-    platforms keep their folders.
+    them open (Linux lists the open Unix sockets of a network namespace in its
+    /proc/PID/net/unix; every namespace a process of ours is in is read, since a
+    program in another one, a container or ``unshare -n``, may share this /tmp);
+    nothing is connected to, so a live forkserver of another program is never
+    disturbed. Other platforms keep their folders.
     """
     global _swept
     if root is None:
         if _swept:
             return []
         _swept = True
-    try:
-        with open("/proc/net/unix") as table:
-            open_paths = {line.split()[-1] for line in table.readlines()[1:]
-                          if len(line.split()) >= 8}
-    except OSError:
+    open_paths = open_unix_socket_paths()
+    if open_paths is None:
         return []
     removed = []
     base = root or tempfile.gettempdir()
@@ -130,6 +128,36 @@ def sweep_stale_listener_dirs(root: str | None = None) -> list[str]:
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(entry.path)
     return removed
+
+
+def _socket_paths(table: str) -> set[str]:
+    with open(table) as lines:
+        return {line.split()[-1] for line in lines.readlines()[1:] if len(line.split()) >= 8}
+
+
+def open_unix_socket_paths() -> set[str] | None:
+    """The paths of the Unix sockets open in this process's network namespace and in
+    that of every process it can see (one table read per namespace); None where there
+    is no such table (not Linux)."""
+    try:
+        paths = _socket_paths("/proc/net/unix")
+        namespaces = {os.readlink("/proc/self/ns/net")}
+    except OSError:
+        return None
+    try:
+        pids = [entry.name for entry in os.scandir("/proc") if entry.name.isdigit()]
+    except OSError:
+        return paths
+    for pid in pids:
+        try:
+            namespace = os.readlink(f"/proc/{pid}/ns/net")
+            if namespace in namespaces:
+                continue
+            paths |= _socket_paths(f"/proc/{pid}/net/unix")
+        except OSError:  # gone, or not ours to read: another of its namespace may be
+            continue
+        namespaces.add(namespace)
+    return paths
 
 
 def _stale_listener(item: os.DirEntry, open_paths: set[str]) -> bool:
