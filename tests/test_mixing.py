@@ -158,3 +158,23 @@ def test_a_loader_over_a_mix_keeps_its_guarantees(executor):
     for (a, b), (c, d) in zip(rest, reference[0][2:], strict=True):
         np.testing.assert_array_equal(a, c)
         np.testing.assert_array_equal(b, d)
+
+
+def brighter_copy(sample, rng):
+    image, label, copy = sample
+    return (image + np.uint8(1 + rng.integers(0, 3)) if copy else image), label
+
+
+def test_each_sample_once_as_it_is_and_once_transformed_every_epoch():
+    """The README's recipe for the question's half-original, half-augmented batches."""
+    data = labelled(40, 0)
+    twice = stoker.concat([data, data], tag="copy")
+    with stoker.Loader(twice, batch_size=16, seed=2, transform=brighter_copy,
+                       workers=2) as loader:
+        for _ in range(2):
+            images, got = (np.concatenate(parts) for parts in zip(*loader, strict=True))
+            assert sorted(got.tolist()) == sorted(list(range(40)) * 2)
+            for label in range(40):
+                first, second = images[got == label]
+                kept = [np.array_equal(image, data[label][0]) for image in (first, second)]
+                assert sorted(kept) == [False, True]  # one original, one changed
