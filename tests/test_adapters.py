@@ -177,6 +177,22 @@ def test_tf_dataset_after_a_mid_epoch_resume_declares_what_remains(images):
         assert len(list(loader.tf_dataset())) == len(loader)
 
 
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_tf_tensors_held_while_the_iteration_goes_on_are_never_overwritten(images,
+                                                                           start_method):
+    """tf_dataset() hands batches over without a copy where it can: a tensor kept while
+    the loader reuses its delivery buffers must keep its values."""
+    x, y = images
+    data = stoker.from_arrays(x, y)
+    expected = numpy_epochs(data, 2, batch_size=16, workers=0, seed=1)
+    with stoker.Loader(data, batch_size=16, workers=2, seed=1,
+                       start_method=start_method) as loader:
+        held = [batch for _ in range(2) for batch in loader.tf_dataset()]
+        for (a, b), (c, d) in zip(held, expected[0] + expected[1], strict=True):
+            np.testing.assert_array_equal(a.numpy(), c)
+            np.testing.assert_array_equal(b.numpy(), d)
+
+
 def test_a_tf_dataset_call_of_an_iteration_that_is_over_takes_nothing():
     """A prefetch of your own, stopped fit(): tf.data's thread is still in a call when
     fit() returns (held here until a new iteration has begun, as a busy machine can

@@ -283,6 +283,15 @@ def test_the_cursor_contract_on_ray(images, scenario):
     scenario(images, {"backend": "ray", "workers": 2})
 
 
+@pytest.mark.parametrize("consumer", ["via_tf", "via_torch"])
+def test_the_cursor_contract_through_tf_dataset_and_torch_on_ray(images, consumer):
+    """test_cursor_consumers.py's break, resume and second iterator, on Ray actors."""
+    import test_cursor_consumers as consumers
+
+    consumers.test_break_resume_and_a_second_iterator(
+        images, {"backend": "ray", "workers": 2}, getattr(consumers, consumer))
+
+
 def test_keras_fits_on_ray_batches(images):
     import keras
 
