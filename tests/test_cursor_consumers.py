@@ -59,3 +59,35 @@ def test_break_resume_and_a_second_iterator(images, runner, consume):
         assert len(rest) == len(loader) - 1
         with pytest.raises(Exception, match="newer iteration"):
             next(first)
+
+
+@pytest.mark.parametrize("consumer", ["keras", "tf_dataset"])
+def test_close_during_a_suspended_pass_frees_the_memory_at_once(consumer):
+    """A pass held open by an adapter (a Keras view indexed, a tf.data iterator part
+    read) must not pin the source or the slots once the loader is closed (no garbage
+    collection needed), nor keep the loader alive once the adapter goes."""
+    import gc
+    import weakref
+
+    import numpy as np
+
+    import stoker
+    from conftest import own_segments, wait_until
+
+    gc.collect()
+    before = own_segments()
+    x = np.arange(64 * 4, dtype=np.float32).reshape(64, 4)
+    loader = stoker.Loader(stoker.from_arrays(x, np.arange(64)), batch_size=8, workers=2)
+    if consumer == "keras":
+        held = loader.keras()
+        held[0]  # a pass begun, held suspended by the view
+    else:
+        held = iter(loader.tf_dataset())
+        next(held)
+    assert own_segments() > before
+    loader.close()
+    assert wait_until(lambda: own_segments() <= before, 5), "close() left memory pinned"
+    alive = weakref.ref(loader)
+    del loader, held  # the view or iterator is what holds the loader now
+    gc.collect()
+    assert alive() is None, "the loader outlived close() and its adapter"
