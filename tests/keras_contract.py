@@ -218,6 +218,43 @@ def a_call_after_fit_returned_changes_nothing():
         assert np.concatenate(ds.seen).tolist() == plan(train, 0)[3 * BATCH:]
 
 
+class Served(KerasDataset):
+    """Keeps the row count of every batch handed to Keras' readers (not peeks)."""
+
+    def __init__(self, loader):
+        super().__init__(loader)
+        self.rows: list[int] = []
+
+    def __getitem__(self, index):
+        peek = is_peek(sys._getframe(1))
+        batch = super().__getitem__(index)
+        if not peek:
+            self.rows.append(len(batch[1]))
+        return batch
+
+
+class EvaluateOn(keras.callbacks.Callback):
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.evaluate(self.dataset, verbose=0)
+
+
+def a_reader_going_on_after_a_nested_pass_gets_real_batches():
+    """Red-team finding: a pass inside fit() (validation on the training view, evaluate()
+    in a callback) over a reader that spans Keras epochs (steps_per_epoch) must not
+    retire it: that reader is live, and zeros would be trained on."""
+    for how in ("validation", "callback"):
+        with loader() as train:
+            ds = Served(train)
+            extra = ({"validation_data": ds} if how == "validation"
+                     else {"callbacks": [EvaluateOn(ds)]})
+            model().fit(ds, steps_per_epoch=2, epochs=4, verbose=0, **extra)
+            assert ds.rows and set(ds.rows) == {BATCH}, (how, ds.rows)
+
+
 def initial_epoch_is_honoured():
     with loader() as train:
         ds = Recording(train)
@@ -247,5 +284,6 @@ if __name__ == "__main__":
     initial_epoch_is_honoured()
     a_tracked_fit_stopped_mid_epoch_leaves_an_exact_state()
     a_call_after_fit_returned_changes_nothing()
+    a_reader_going_on_after_a_nested_pass_gets_real_batches()
     a_resumed_epoch_ends_after_the_batches_that_remain()
     print("OK")

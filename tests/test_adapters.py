@@ -235,6 +235,33 @@ def test_a_tf_dataset_call_of_an_iteration_that_is_over_takes_nothing():
                                       np.concatenate(loader.epoch_batches(1)))
 
 
+def raised(call) -> str:
+    """The message of what ``call`` raises (the exception itself is let go: TensorFlow's
+    keeps frames, and with them the loader's memory, alive)."""
+    try:
+        call()
+    except Exception as error:  # TensorFlow wraps the LoaderError
+        return str(error)
+    raise AssertionError("nothing was raised")
+
+
+def test_a_second_iteration_of_a_tf_dataset_never_feeds_the_first_zeros():
+    """Red-team finding: a second iteration refused mid-epoch leaves the first as it was
+    (it went on with 1-row zero batches, the cursor standing still). An iteration that
+    a newer one ended raises instead (test_a_tf_dataset_call_of_an_iteration_...)."""
+    y = np.arange(1, 101, dtype=np.float32)  # 0 is never a label
+    data = stoker.from_arrays(image=np.repeat(y[:, None], 4, 1), label=y)
+    with stoker.Loader(data, batch_size=20, workers=0, seed=1) as loader:
+        expected = np.concatenate(loader.epoch_batches(0)) + 1
+        dataset = loader.tf_dataset()
+        first = iter(dataset)
+        labels = [next(first)["label"].numpy()]
+        assert "call loader.tf_dataset() again" in raised(lambda: next(iter(dataset)))
+        labels += [batch["label"].numpy() for batch in first]  # goes on, untouched
+        np.testing.assert_array_equal(np.concatenate(labels), expected)
+        assert loader.position.epoch == 1 and loader.position.batch == 0
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_a_torch_dataloader_with_workers_is_refused_with_the_fix(images, context):
     x, y = images

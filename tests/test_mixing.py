@@ -178,3 +178,25 @@ def test_each_sample_once_as_it_is_and_once_transformed_every_epoch():
                 first, second = images[got == label]
                 kept = [np.array_equal(image, data[label][0]) for image in (first, second)]
                 assert sorted(kept) == [False, True]  # one original, one changed
+
+
+def test_red_team_findings_on_mix_inputs():
+    """Found by a red-team pass: classes checked against every source, not the first;
+    weights near the float limit; numpy weights and classes; a small share of a huge
+    source costs what the share costs."""
+    def named(classes):
+        source = labelled(4, 0)
+        source.classes = classes
+        return source
+
+    with pytest.raises(ValueError, match="source 2 of concat names its labels otherwise"):
+        stoker.concat([named(["cat"]), named(["cat", "dog"]), named(["cat", "bird"])])
+    assert stoker.concat([named(np.array(["a", "b"])), named(["a"])]).classes.tolist() == \
+        ["a", "b"]
+    huge = stoker.mix([labelled(5, 0), labelled(3, 100)], [1e308, 1e308], length=10)
+    assert huge.counts() == [5, 5] and len(labels(huge)) == 10
+    assert stoker.mix([labelled(5, 0), labelled(3, 100)], np.array([1.0, 3.0]),
+                      length=8).counts() == [2, 6]
+    which, inner = mix_table([10**12, 7], [1, 1], 20, 0)  # no permutation of 10**12
+    assert np.bincount(which).tolist() == [10, 10]
+    assert len(set(inner[which == 0].tolist())) == 10

@@ -100,6 +100,12 @@ def test_a_mixed_source_of_concatenated_ones_matches_inline(images):
     x, y = images
     a, b = stoker.from_arrays(x[:60], y[:60]), stoker.from_arrays(x[60:], y[60:])
     data = stoker.mix([a, stoker.concat([b, a])], [1, 2], length=150, seed=9)
+    from stoker.executors.ray import ObjectStoreArrays, portable
+
+    travels = portable(data)  # for actors on other nodes: no shared-memory names inside
+    assert isinstance(travels.sources[0], ObjectStoreArrays)
+    assert all(isinstance(inner, ObjectStoreArrays) for inner in travels.sources[1].sources)
+    assert data.sources[0] is a  # the loader's own source is left as it was
     with stoker.Loader(data, batch_size=24, transform=noisy, seed=4, workers=0) as loader:
         expected = epochs_of(loader, 2)
     with stoker.Loader(data, batch_size=24, transform=noisy, seed=4, backend="ray") as loader:

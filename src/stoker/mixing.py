@@ -10,7 +10,8 @@ attribute, as the ETL readers, the built-in kanji and stores have) must name the
 (one list may go on after the other ends), or label 3 would mean two things. With
 ``tag`` each sample also says which source it came from (its index in ``sources``): a
 dict sample gets the key ``tag``, a tuple gets one more element, a bare array becomes
-``(array, source)``.
+``(array, source)``. Keras reads a third element of ``(x, y, ...)`` as sample weights:
+drop the tag in the transform, as the README's recipe does, or use dict samples.
 
 ``mix`` chooses the samples once, from its seed, when it is made: the index table
 below, rebuilt from the same arguments in every worker (only the arguments travel).
@@ -52,17 +53,19 @@ def _checked(sources: Sequence[Any], what: str) -> list[Any]:
                 "them to one first (e.g. `stoker ingest --size N` for images, or a source "
                 "whose __getitem__ converts)"
             )
-    named = [(n, tuple(s.classes)) for n, s in enumerate(checked)
-             if getattr(s, "classes", None)]
-    for number, classes in named[1:]:
-        common = min(len(classes), len(named[0][1]))
-        if classes[:common] != named[0][1][:common]:
-            raise ValueError(
-                f"source {number} of {what} names its labels otherwise than source "
-                f"{named[0][0]} (their classes differ), so one label would mean two "
-                "things; give them one list of classes (e.g. "
-                "etl.load(..., classes=kanji.classes))"
-            )
+    named = [(n, tuple(classes)) for n, classes in
+             ((n, getattr(s, "classes", None)) for n, s in enumerate(checked))
+             if classes is not None and len(classes)]
+    if named:
+        longest_number, longest = max(named, key=lambda pair: len(pair[1]))
+        for number, classes in named:
+            if classes != longest[:len(classes)]:
+                raise ValueError(
+                    f"source {number} of {what} names its labels otherwise than source "
+                    f"{longest_number} (their classes differ), so one label would mean two "
+                    "things; give them one list of classes (e.g. "
+                    "etl.load(..., classes=kanji.classes))"
+                )
     return checked
 
 
@@ -91,7 +94,10 @@ def _check_tag(tag: str | None, sample: Any) -> None:
         raise ValueError(f"the samples already have a field {tag!r}; choose another tag")
 
 
-class _Combined(_Splittable):
+class Combined(_Splittable):
+    """What ``Concat`` and ``Mix`` share: ``sources`` (replaceable by sources of the same
+    samples, as the Ray executor does) and the optional ``tag``."""
+
     sources: list[Any]
     tag: str | None
 
@@ -99,7 +105,8 @@ class _Combined(_Splittable):
     def classes(self) -> Any:
         """The label names of the sources (the longest list: the others agree with its
         start); None when none has them."""
-        named = [source.classes for source in self.sources if getattr(source, "classes", None)]
+        named = [classes for classes in (getattr(s, "classes", None) for s in self.sources)
+                 if classes is not None and len(classes)]
         return max(named, key=len) if named else None
 
     def _index(self, index: int) -> int:
@@ -111,7 +118,7 @@ class _Combined(_Splittable):
         return int(index) % length
 
 
-class Concat(_Combined):
+class Concat(Combined):
     """``sources`` one after another: sample ``i`` of the second source is sample
     ``len(sources[0]) + i`` here. Made by ``concat``."""
 
@@ -151,8 +158,9 @@ def mix_table(lengths: Sequence[int], weights: Sequence[float], length: int,
     Each source's picks are in a seeded order, spread evenly through the table, so even
     an unshuffled loader sees the sources interleaved at their weights.
     """
-    total = float(sum(weights))
-    shares = [w / total * length for w in weights]
+    largest = max(weights)  # scaled first: weights near the float limit sum to inf
+    total = sum(w / largest for w in weights)
+    shares = [w / largest / total * length for w in weights]
     counts = [math.floor(share) for share in shares]
     for k in sorted(range(len(shares)), key=lambda k: (counts[k] - shares[k], k))[
             :length - sum(counts)]:
@@ -163,8 +171,10 @@ def mix_table(lengths: Sequence[int], weights: Sequence[float], length: int,
             continue
         rng = np.random.default_rng([seed, k])
         whole, rest = divmod(count, size)
-        picks = np.concatenate([np.tile(np.arange(size), whole),
-                                np.sort(rng.permutation(size)[:rest])])
+        # the rest without replacement, at a cost that grows with it, not with the source
+        picks = rng.choice(size, rest, replace=False, shuffle=False)
+        if whole:
+            picks = np.concatenate([np.tile(np.arange(size), whole), picks])
         inner.append(rng.permutation(picks))
         which.append(np.full(count, k, np.int32))
         keys.append((np.arange(count) + 0.5) / count)
@@ -172,7 +182,7 @@ def mix_table(lengths: Sequence[int], weights: Sequence[float], length: int,
     return np.concatenate(which)[order], np.concatenate(inner)[order].astype(np.int64)
 
 
-class Mix(_Combined):
+class Mix(Combined):
     """``length`` samples drawn from ``sources`` at ``weights`` (see ``mix_table``).
     Made by ``mix``."""
 
@@ -180,6 +190,8 @@ class Mix(_Combined):
                  length: int | None = None, seed: int = 0, tag: str | None = None) -> None:
         self.sources = _checked(sources, "mix")
         _check_tag(tag, self.sources[0][0])
+        if isinstance(weights, np.ndarray) and weights.ndim == 1:
+            weights = weights.tolist()
         if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
             raise TypeError(f"weights must be a list of numbers, got {weights!r}")
         if len(weights) != len(self.sources):

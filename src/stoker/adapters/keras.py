@@ -19,8 +19,11 @@ How Keras reads a PyDataset, and what this adapter makes of it:
   that remain, so that Keras epoch ends after them.
 * **Readers whose pass is over.** tf.data runs a reader in a thread of its own and
   ``fit()`` can return while that thread is still in a call (prefetching the batch after
-  the last step). A reader is retired when its pass ends (``fit``/``evaluate``/
-  ``predict`` over, a new one begun, a new reader served); a retired reader that still
+  the last step). A reader is retired when its pass is known to be over: a new
+  ``fit``/``evaluate``/``predict`` begins that does not run inside another one (a
+  validation pass, or an ``evaluate`` in a callback, runs inside the ``fit`` whose
+  reader goes on: its epoch iterator reads through that reader), or ``fit`` ends under
+  ``LoaderCursor``. A retired reader that still
   asks gets zeros that nobody reads, and nothing is consumed, so it can neither start a
   run behind the next ``fit()``'s back nor make ``state_dict()`` refuse.
 * **What the model consumed.** Keras reads ahead (tf.data's prefetch), so a batch
@@ -69,6 +72,7 @@ __all__ = ["BackupAndRestore", "KerasDataset", "LoaderCursor", "LoaderStatsCallb
 _READERS = ("_finite_generator", "_infinite_generator")
 _PEEKERS = ("get_tf_dataset", "_symbolic_build")
 _RAN_OUT = "Your input ran out of data"
+_ENTRIES = ("fit", "evaluate", "predict")
 
 
 def _keras_frame(frame: FrameType | None, names: tuple[str, ...], depth: int) -> FrameType | None:
@@ -82,6 +86,22 @@ def _keras_frame(frame: FrameType | None, names: tuple[str, ...], depth: int) ->
             return frame
         frame = frame.f_back
     return None
+
+
+def _trained_by_caller(reader: FrameType | None, frame: FrameType | None) -> bool:
+    """Whether ``reader`` (a Keras generator frame) feeds a ``fit``/``evaluate``/
+    ``predict`` still running below ``frame``: one whose epoch iterator reads through
+    the reader's data adapter (a validation pass, or an ``evaluate`` in a callback,
+    runs inside the ``fit`` that goes on with it)."""
+    adapter = reader.f_locals.get("self") if reader is not None else None
+    while adapter is not None and frame is not None:
+        if frame.f_code.co_name in _ENTRIES and frame.f_globals.get(
+                "__name__", "").startswith("keras"):
+            iterator = frame.f_locals.get("epoch_iterator")
+            if getattr(iterator, "data_adapter", None) is adapter:
+                return True
+        frame = frame.f_back
+    return False
 
 
 def is_peek(frame: FrameType | None) -> bool:
@@ -142,10 +162,11 @@ class KerasDataset(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         with self._lock:
-            if _keras_frame(sys._getframe(1), ("reset",), 3) is not None:
+            caller = sys._getframe(1)
+            if _keras_frame(caller, ("reset",), 3) is not None:
                 # Keras starting over (fit/evaluate/predict after building the model from
                 # a batch it pulled): nothing read so far was trained on.
-                self._abandon()
+                self._abandon(retire=not _trained_by_caller(self._reader, caller))
             elif not self._tracked:
                 # Keras ended an epoch: it trained on the oldest pass read to its end (a
                 # distribution strategy prefetches the next pass before that, so there
@@ -155,7 +176,7 @@ class KerasDataset(keras.utils.PyDataset):
                 elif self._run is not None and self._reader_left == 0:
                     self._commit(len(self._pending))
                     self._run = None
-                    self._retire()
+                    self._reader = None
             if self._filter is not None:
                 try:
                     warnings.filters.remove(self._filter)
@@ -167,8 +188,8 @@ class KerasDataset(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> Any:
         caller = sys._getframe(1)
         if is_peek(caller):
-            with self._lock:
-                self._abandon()  # a new fit/evaluate/predict: the passes before are over
+            with self._lock:  # a new fit/evaluate/predict: the passes before are over
+                self._abandon(retire=not _trained_by_caller(self._reader, caller))
             return self._peek(index)
         reader = _keras_frame(caller, _READERS, 4)
         with tensorflow_call(), self._lock:
@@ -190,18 +211,14 @@ class KerasDataset(keras.utils.PyDataset):
         """The loader is closing: the run held here ends (``cursor.end_held_run``)."""
         end_held_run(self)
 
-    def _retire(self) -> None:
-        """The current reader's pass is over: whatever it asks from now on is refused."""
-        if self._reader is not None:
-            self._retired.append(self._reader)
-        self._reader = None
-
-    def _abandon(self) -> None:
-        """Whatever was handed out and not known consumed is given back."""
+    def _abandon(self, *, retire: bool) -> None:
+        """Whatever was handed out and not known consumed is given back. With ``retire``
+        the reader's pass is known to be over: whatever it asks from now on gets zeros."""
         if self._run is not None:
             self._run.close()  # type: ignore[attr-defined]
-        self._run = None
-        self._retire()
+        if retire and self._reader is not None:
+            self._retired.append(self._reader)
+        self._run, self._reader = None, None
         self._pending.clear()
         self._complete.clear()
 
@@ -215,8 +232,6 @@ class KerasDataset(keras.utils.PyDataset):
         if self._run is not None:
             self._run.close()  # type: ignore[attr-defined]
         self._pending.clear()
-        if reader is not self._reader:
-            self._retire()
         self._reader = reader
         self._moves = self.loader._moves
         if self.loader.position.batch and reader is not None and self._filter is None:
@@ -298,8 +313,8 @@ class LoaderCursor(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         for view in self._views():
-            with view._lock:
-                view._abandon()  # what Keras read ahead and never trained on
+            with view._lock:  # what Keras read ahead and never trained on; the pass is over
+                view._abandon(retire=True)
                 view._tracked = False
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:

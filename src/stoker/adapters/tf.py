@@ -15,9 +15,10 @@ batch over as arrays (aligned numpy arrays become tensors without a copy; the te
 keeps the array alive, so stoker never reuses its buffer early). This costs far less
 per batch than ``from_generator`` (measured in ``benchmarks/bench_consumer.py``), and
 has the same semantics: the map runs when the consumer asks for the batch, so the
-loader's cursor is what the consumer took. A call of an iteration that is over (a
-prefetch thread of a dropped iterator, still in a call when ``fit()`` returned) has an
-old token: it gets zeros that nobody reads and takes nothing from the loader.
+loader's cursor is what the consumer took. A call of an iteration that a newer one
+ended (a prefetch thread of a dropped iterator, still in a call when ``fit()``
+returned; or a second iterator) has an old token: it takes nothing from the loader and
+raises LoaderError, which reaches its consumer if it still has one.
 Prefetching is stoker's (its ring of batch slots); tf.data's own (which its optimizer
 would inject) is turned off; a ``.prefetch()`` of your own runs ahead of the cursor.
 tf.data calls ``take`` from threads of its own, so the loader is registered for a safe
@@ -64,12 +65,8 @@ class _Reader:
         """A new iteration: a run of the loader from the cursor, and the iteration's token."""
         with tensorflow_call(), self._lock:
             loader = self.loader
-            self._token += 1
-            if self._run is not None:
-                self._run.close()  # type: ignore[attr-defined]
-                self._run = None
             position = loader.position
-            if len(loader) - position.batch != self.declared:
+            if len(loader) - position.batch != self.declared:  # refused: nothing changes
                 raise LoaderError(
                     f"this tf.data.Dataset was made for {self.declared} batches an "
                     f"iteration, but the loader's cursor is at batch {position.batch} of "
@@ -77,14 +74,23 @@ class _Reader:
                     f"next iteration has {len(loader) - position.batch}; call "
                     "loader.tf_dataset() again for it"
                 )
+            if self._run is not None:
+                self._run.close()  # type: ignore[attr-defined]
+                self._run = None
+            self._token += 1
             self._run = loader._run(loader._start_run(), commit=True, flat=True)
             return np.int64(self._token)
 
     def take(self, token: np.ndarray, index: np.ndarray) -> list[np.ndarray]:
         """Batch ``index`` of the iteration named ``token``, as the layout's arrays."""
         with tensorflow_call(), self._lock:
-            if int(token) != self._token:  # an iteration that is over: nobody reads this
-                return self.loader.layout.zeros(1)
+            if int(token) != self._token:
+                # An iteration that a newer one ended: its consumer, if it still has one,
+                # is told so (a prefetch thread of a dropped iterator is not read).
+                raise LoaderError(
+                    "a newer iteration of this tf.data.Dataset started, which ended this "
+                    "one; iterate one at a time"
+                )
             if self._run is None:
                 raise LoaderError(
                     "this iteration of the tf.data.Dataset has no loader run (the loader's "

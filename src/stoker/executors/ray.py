@@ -20,6 +20,7 @@ cluster that ``ray.init()`` connected to (a local one is started if none is).
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -33,6 +34,7 @@ import numpy as np
 
 from ..errors import LoaderError, WorkerCrashed
 from ..layout import BatchLayout
+from ..mixing import Combined
 from ..sources import ArraySource, Subset, _ArrayFields
 from ..stats import StatsRecorder
 from ._batches import BatchArrays
@@ -130,6 +132,10 @@ def portable(source: Any) -> Any:
         return placed[1]
     if isinstance(source, Subset):
         return Subset(portable(source.base), source.indices)
+    if isinstance(source, Combined):  # concat / mix: the sources inside travel the same way
+        combined = copy.copy(source)
+        combined.sources = [portable(inner) for inner in source.sources]
+        return combined
     return source
 
 
