@@ -137,15 +137,8 @@ class Concat(Combined):
         start = int(self._ends[number - 1]) if number else 0
         return _tagged(self.sources[number][index - start], self.tag, number)
 
-    def __reduce__(self):
-        return (_concat, (self.sources, self.tag))
-
     def __repr__(self) -> str:
         return f"<Concat of {len(self)} from {len(self.sources)} sources>"
-
-
-def _concat(sources: list[Any], tag: str | None) -> Concat:
-    return Concat(sources, tag=tag)
 
 
 def mix_table(lengths: Sequence[int], weights: Sequence[float], length: int,

@@ -144,8 +144,8 @@ def tf_dataset(loader: Loader) -> tf.data.Dataset:
     declared = len(loader) - loader.position.batch
     reader = _Reader(loader, declared)
     loader._adapters.add(reader)
-    begin = _weak(weakref.ref(reader), "begin")
-    take = _weak(weakref.ref(reader), "take")
+    held = weakref.ref(reader)
+    begin, take = _weak(held, "begin"), _weak(held, "take")
 
     def iteration(_: tf.Tensor) -> tf.data.Dataset:
         token = tf.numpy_function(begin, [], tf.int64, stateful=True, name="stoker_begin")
