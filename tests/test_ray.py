@@ -112,6 +112,26 @@ def test_a_mixed_source_of_concatenated_ones_matches_inline(images):
         assert_same(epochs_of(loader, 2), expected)
 
 
+def test_batch_transformed_batches_and_a_resume_match_the_plan():
+    import test_batch_transforms as batched
+
+    source = batched.data()
+    expected = batched.run_epochs(source, epochs=2, workers=0)
+    assert_batches = batched.assert_same
+    got = batched.run_epochs(source, epochs=2, backend="ray", workers=2)
+    for mine, theirs in zip(got, expected, strict=True):
+        assert_batches(mine, theirs)
+    options = dict(batch_size=16, seed=5, transform=batched.brighten,
+                   batch_transform=batched.tagged, backend="ray", workers=2)
+    with stoker.Loader(source, **options) as loader:
+        epoch = iter(loader)
+        next(epoch), next(epoch)
+        state = loader.state_dict()
+    with stoker.Loader(source, **options) as loader:
+        loader.load_state_dict(state)
+        assert_batches([{k: v.copy() for k, v in b.items()} for b in loader], expected[0][2:])
+
+
 def test_the_data_is_put_in_the_object_store_once_and_read_zero_copy(images):
     from stoker.executors.ray import portable
 

@@ -28,17 +28,22 @@ class RemoteTraceback(Exception):
 
 class TransformError(LoaderError):
     """Producing one sample failed: the source's ``__getitem__`` or the transform raised,
-    or the transform returned something that does not fit the batch.
+    or the transform returned something that does not fit the batch; or the
+    ``batch_transform`` failed on a batch, or returned something that does not fit.
 
     ``message`` says what happened; ``index`` is the sample's position in the loader's
-    source and ``epoch`` its epoch (None where not known); the original exception is
-    ``__cause__`` (with the worker's traceback as its own ``__cause__``).
+    source (None for a batch transform's failure) and ``batch`` the batch's number in
+    its epoch (None for a sample's); ``epoch`` is its epoch (None where not known). The
+    original exception is ``__cause__`` (with the worker's traceback as its own
+    ``__cause__``).
     """
 
-    def __init__(self, message: str, *, index: int, epoch: int | None = None) -> None:
+    def __init__(self, message: str, *, index: int | None, epoch: int | None = None,
+                 batch: int | None = None) -> None:
         super().__init__(message)
         self.index = index
         self.epoch = epoch
+        self.batch = batch
 
 
 class WorkerCrashed(LoaderError):

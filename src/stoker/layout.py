@@ -103,6 +103,22 @@ class BatchLayout:
                 leaves.append(value)
             else:
                 return leaves
+        values = self._values(sample)
+        leaves = []
+        for field, value in zip(self.fields, values, strict=True):
+            leaf = _as_leaf(value, field.name)
+            if leaf.shape != field.shape or leaf.dtype != field.dtype:
+                raise LayoutMismatch(
+                    f"{field.name} has shape {leaf.shape} and dtype {leaf.dtype}, but the "
+                    f"first sample had shape {field.shape} and dtype {field.dtype}; every "
+                    "sample must have the same shape and dtype (resize or cast in the "
+                    "transform)"
+                )
+            leaves.append(leaf)
+        return leaves
+
+    def _values(self, sample: Any) -> list[Any]:
+        """The fields of ``sample`` in layout order, its structure checked."""
         if self.kind == _DICT:
             if not isinstance(sample, Mapping) or tuple(sample) != self.keys:
                 got = tuple(sample) if isinstance(sample, Mapping) else type(sample).__name__
@@ -127,18 +143,48 @@ class BatchLayout:
             values = list(sample)
         else:
             values = [sample]
+        return values
+
+    def batch_leaves(self, batch: Any, rows: int) -> list[np.ndarray]:
+        """The fields of a whole ``batch`` of ``rows`` samples (a batch transform's output)
+        as arrays, checked against this layout: structure, ``(rows, *shape)``, dtype."""
         leaves = []
-        for field, value in zip(self.fields, values, strict=True):
+        for field, value in zip(self.fields, self._values(batch), strict=True):
             leaf = _as_leaf(value, field.name)
-            if leaf.shape != field.shape or leaf.dtype != field.dtype:
+            if leaf.ndim == 0 or leaf.shape[0] != rows:
                 raise LayoutMismatch(
-                    f"{field.name} has shape {leaf.shape} and dtype {leaf.dtype}, but the "
-                    f"first sample had shape {field.shape} and dtype {field.dtype}; every "
-                    "sample must have the same shape and dtype (resize or cast in the "
-                    "transform)"
+                    f"{field.name} has shape {leaf.shape}, but the batch has {rows} rows; a "
+                    "batch transform must return one row per sample for every field"
+                )
+            if leaf.shape != (rows, *field.shape) or leaf.dtype != field.dtype:
+                raise LayoutMismatch(
+                    f"{field.name} has shape {leaf.shape} and dtype {leaf.dtype}, but "
+                    f"{rows} rows of shape {field.shape} and dtype {field.dtype} were "
+                    "expected (what the batch transform returned for the first batch); it "
+                    "must return the same structure, shapes and dtypes for every batch"
                 )
             leaves.append(leaf)
         return leaves
+
+    @classmethod
+    def of_batch(cls, batch: Any, rows: int) -> BatchLayout:
+        """The layout of one row of ``batch``, a batch transform's output: its structure,
+        and each field's shape after the batch axis of ``rows``."""
+        def row(value: Any, name: str) -> Any:
+            leaf = _as_leaf(value, name)
+            if leaf.ndim == 0 or leaf.shape[0] != rows:
+                raise LayoutMismatch(
+                    f"{name} has shape {leaf.shape}, but the batch has {rows} rows; a batch "
+                    "transform must return one row per sample for every field (the batch "
+                    "axis first), in a tuple, dict or array as a sample is"
+                )
+            return leaf[0]
+
+        if isinstance(batch, Mapping):
+            return cls.of({k: row(v, f"field {k!r}") for k, v in batch.items()})
+        if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)):
+            return cls.of(tuple(row(v, f"element {i}") for i, v in enumerate(batch)))
+        return cls.of(row(batch, "the batch"))
 
     def offsets(self, batch_size: int) -> list[int]:
         """Byte offset of each field's batch array inside one packed batch buffer."""

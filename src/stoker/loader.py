@@ -25,7 +25,7 @@ import numpy as np
 from ._system import usable_cpu_count
 from .cursor import STATE_VERSION, Position, parse_state, superseded
 from .errors import LoaderError
-from .executors._produce import Transform
+from .executors._produce import BatchTransform, Transform
 from .executors._spawning import START_METHODS
 from .executors.inline import InlineExecutor
 from .executors.processes import ProcessExecutor
@@ -179,8 +179,9 @@ _HABITS = {
     "use_multiprocessing": "backend='processes' (the default) or backend='inline'",
     "persistent_workers": "nothing: workers live as long as the loader, across epochs",
     "pin_memory": "loader.torch(pin_memory=True)",
-    "collate_fn": "nothing: batches are stacked from the transform's samples; shape "
-                  "samples in transform=",
+    "collate_fn": "batch_transform=f(batch, rng) for work on whole batches (batches are "
+                  "stacked from the transform's samples first)",
+    "batch_fn": "batch_transform=f(batch, rng)",
     "worker_init_fn": "nothing: create handles lazily in the source or transform (they "
                       "run in the workers); seed other global generators with "
                       "stoker.register_global_rng",
@@ -245,6 +246,13 @@ class Loader:
             ``random`` / ``np.random`` / torch's generator, which are seeded the same way
             (see ``register_global_rng`` for others). Runs in the workers, never in this
             process unless ``workers=0``. None: samples as they are.
+        batch_transform: ``f(batch, rng) -> batch`` on each whole batch (MixUp, CutMix,
+            per-batch statistics), run in a worker after its samples are made; ``batch``
+            has the sample's structure with a batch axis first, ``rng`` is keyed by
+            (seed, epoch, batch number, shard), and a legacy ``f(batch)`` has the global
+            generators seeded the same way. It may change the fields (int labels to
+            one-hot), the same way for every batch; it is also called once on a batch of
+            the first sample alone, to learn the batch layout.
         shuffle: a new order every epoch (True) or the source's order (False).
         seed: the seed of the order and of every sample's random numbers; None draws
             one (recorded in ``state_dict``).
@@ -280,6 +288,7 @@ class Loader:
         *positional: Any,
         batch_size: int | None = None,
         transform: Callable[..., Any] | None = None,
+        batch_transform: Callable[..., Any] | None = None,
         shuffle: bool = True,
         seed: int | None = 0,
         workers: int | None = None,
@@ -326,8 +335,10 @@ class Loader:
                 "set drop_remainder=False"
             )
         self.seed = int(seed) if seed is not None else secrets.randbits(63)
-        self._transform = Transform.wrap(transform, check_finite=self.options.check_finite,
-                                         seeders=global_rng_seeders())
+        self._transform = Transform.wrap(
+            transform, check_finite=self.options.check_finite, seeders=global_rng_seeders(),
+            batch=BatchTransform.wrap(batch_transform, seeders=global_rng_seeders(),
+                                      shard_index=shard[0] if self.options.shard else 0))
         if self.options.backend == "ray":
             from .executors import ray as ray_executor  # a clear error if Ray is missing
 
@@ -335,6 +346,7 @@ class Loader:
         self.workers = self.options.resolved_workers
         if self.workers > 0:
             _check_picklable(self._transform.fn, "transform")
+            _check_picklable(batch_transform, "batch_transform")
             _check_picklable(self.source, "source")
         self._layout: BatchLayout | None = None
         self._executor: Executor | None = None
@@ -526,7 +538,7 @@ class Loader:
             return (start.epoch + 1, epoch_key(self.seed, start.epoch + 1, Purpose.SAMPLES),
                     self.epoch_batches(start.epoch + 1))
 
-        produced = executor.run(start.epoch, key, batches, following)
+        produced = executor.run(start.epoch, key, batches, following, start.batch)
         layout = None
         position = start
         try:

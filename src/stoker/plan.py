@@ -24,6 +24,7 @@ __all__ = [
     "Purpose",
     "SampleRng",
     "batch_bounds",
+    "batch_stream",
     "epoch_key",
     "epoch_order",
     "global_rng_seeders",
@@ -122,6 +123,13 @@ def split_indices(
     return np.sort(order[:first]).astype(np.int64), np.sort(order[first:]).astype(np.int64)
 
 
+def batch_stream(shard_index: int = 0) -> int:
+    """The counter word that keys batch transforms: batch ``b`` of an epoch draws from
+    the epoch's sample key with counter ``[0, 0, b, batch_stream(shard)]``. Samples use
+    0, so the streams never overlap; each shard of ``shard=`` has its own."""
+    return 1 + int(shard_index)
+
+
 _SEEDERS: list[Callable[[int], None]] = []
 
 
@@ -184,16 +192,21 @@ class SampleRng:
         }
         return cls(bit_generator, np.random.Generator(bit_generator), counter, state)
 
-    def for_sample(self, key: np.ndarray, index: int) -> np.random.Generator:
+    def for_sample(self, key: np.ndarray, index: int, stream: int = 0) -> np.random.Generator:
+        """The generator of sample ``index``; ``stream`` > 0 gives batch ``index``'s
+        instead (``batch_stream``): the last counter word separates them, so a sample's
+        numbers and a batch's never overlap."""
         self._counter[2] = index
+        self._counter[3] = stream
         self._state["state"]["key"] = key
         self.bit_generator.state = self._state
         return self.generator
 
     def seed_globals(
-        self, key: np.ndarray, index: int, seeders: tuple[Callable[[int], None], ...] = ()
+        self, key: np.ndarray, index: int, seeders: tuple[Callable[[int], None], ...] = (),
+        stream: int = 0,
     ) -> None:
-        words = self.for_sample(key, index).bit_generator.random_raw(3 + len(seeders))
+        words = self.for_sample(key, index, stream).bit_generator.random_raw(3 + len(seeders))
         random.seed(int(words[0]))
         np.random.seed(int(words[1]) & 0xFFFFFFFF)
         torch = sys.modules.get("torch")

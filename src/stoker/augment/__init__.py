@@ -7,9 +7,12 @@ PIL changes the speed, not the pictures.
 
     from stoker.augment import kanji_distort
     loader = stoker.Loader(source, batch_size=256, transform=kanji_distort())
+
+``MixUp`` and ``CutMix`` work on whole batches: ``Loader(..., batch_transform=MixUp())``.
 """
 
 from . import functional
+from .batch import CutMix, MixUp
 from .compose import Compose, Lambda, OneOf, RandomApply
 from .recipes import kanji_distort
 from .transforms import (
@@ -25,9 +28,11 @@ from .transforms import (
 
 __all__ = [
     "Compose",
+    "CutMix",
     "GaussianBlur",
     "ImageTransform",
     "Lambda",
+    "MixUp",
     "OneOf",
     "RandomApply",
     "Rotate",

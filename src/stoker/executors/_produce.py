@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ..layout import BatchLayout
-from ..plan import SampleRng
+from ..layout import BatchLayout, LayoutMismatch
+from ..plan import SampleRng, batch_stream
 
-__all__ = ["Producer", "SampleFailure", "Transform", "uses_torch"]
+__all__ = ["BatchTransform", "Producer", "SampleFailure", "Transform", "uses_torch"]
 
 # A batch-capable transform runs over stacks of at most this many samples: few Python
 # calls, and progress (for timeout=) reported after each stack.
@@ -41,38 +41,79 @@ class Transform:
     check_finite: bool = False  # refuse NaN/inf in float fields of the output
     # more global generators to seed before a legacy call (plan.register_global_rng)
     seeders: tuple[Callable[[int], None], ...] = ()
+    batch: BatchTransform | None = None  # the loader's batch_transform=, after this one
 
     @classmethod
     def wrap(cls, fn: Callable[..., Any] | None, *, check_finite: bool = False,
-             seeders: tuple[Callable[[int], None], ...] = ()) -> Transform:
+             seeders: tuple[Callable[[int], None], ...] = (),
+             batch: BatchTransform | None = None) -> Transform:
         if fn is None:
-            return cls(None, False, check_finite)
-        if not callable(fn):
-            raise TypeError(
-                "transform must be callable as f(sample, rng) or f(sample), "
-                f"got {type(fn).__name__}"
-            )
-        try:
-            signature = inspect.signature(fn)
-        except (TypeError, ValueError):
-            return cls(fn, True, check_finite)
-        for arguments, takes_rng in (((None, None), True), ((None,), False)):
-            try:
-                signature.bind(*arguments)
-            except TypeError:
-                continue
-            return cls(fn, takes_rng, check_finite, () if takes_rng else seeders)
+            return cls(None, False, check_finite, (), batch)
+        takes_rng = _takes_rng(fn, "transform", "sample")
+        return cls(fn, takes_rng, check_finite, () if takes_rng else seeders, batch)
+
+    def draws_from_torch(self) -> bool:
+        """Whether a legacy function here (the transform or the batch transform) may draw
+        from torch's global generator: the worker then imports torch before its first
+        sample, so that it is seeded from the start (others do not pay its 2 s)."""
+        legacy = [fn for fn, takes_rng in (
+            (self.fn, self.takes_rng),
+            (getattr(self.batch, "fn", None), getattr(self.batch, "takes_rng", True)))
+            if fn is not None and not takes_rng]
+        return any(uses_torch(fn) for fn in legacy)
+
+
+def _takes_rng(fn: Any, name: str, what: str) -> bool:
+    """Whether ``fn`` is called ``fn(x, rng)`` (True) or ``fn(x)`` (False)."""
+    if not callable(fn):
         raise TypeError(
-            f"transform {getattr(fn, '__name__', fn)!r} has signature {signature}; it must "
-            "accept (sample, rng) or (sample)"
+            f"{name} must be callable as f({what}, rng) or f({what}), got {type(fn).__name__}"
         )
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return True
+    for arguments, takes_rng in (((None, None), True), ((None,), False)):
+        try:
+            signature.bind(*arguments)
+        except TypeError:
+            continue
+        return takes_rng
+    raise TypeError(
+        f"{name} {getattr(fn, '__name__', fn)!r} has signature {signature}; it must "
+        f"accept ({what}, rng) or ({what})"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTransform:
+    """The loader's ``batch_transform=``: ``fn(batch, rng)`` or legacy ``fn(batch)``, run
+    in a worker on each whole batch once its samples are made. ``rng`` is keyed by
+    (seed, epoch, batch number, shard): the counter word ``stream`` (``plan.batch_stream``)
+    keeps it apart from every sample's numbers."""
+
+    fn: Callable[..., Any]
+    takes_rng: bool
+    stream: int = 1
+    seeders: tuple[Callable[[int], None], ...] = ()
+
+    @classmethod
+    def wrap(cls, fn: Callable[..., Any] | None, *, shard_index: int = 0,
+             seeders: tuple[Callable[[int], None], ...] = ()) -> BatchTransform | None:
+        if fn is None:
+            return None
+        takes_rng = _takes_rng(fn, "batch_transform", "batch")
+        return cls(fn, takes_rng, batch_stream(shard_index), () if takes_rng else seeders)
 
 
 class SampleFailure(Exception):
-    """Producing sample ``index`` failed at ``stage``; carries the worker-side traceback."""
+    """Producing sample ``index`` failed at ``stage``; carries the worker-side traceback.
+    At the stages ``"batch"`` and ``"batch-checking"`` (the batch transform, its output)
+    ``index`` is the batch's number in its epoch."""
 
     def __init__(self, index: int, stage: str, error: BaseException) -> None:
-        super().__init__(f"{stage} sample {index} failed: {type(error).__name__}: {error}")
+        what = "batch" if stage.startswith("batch") else "sample"
+        super().__init__(f"{stage} {what} {index} failed: {type(error).__name__}: {error}")
         self.index = index
         self.stage = stage
         self.error = error
@@ -109,6 +150,11 @@ class Producer:
         self.progress: tuple[np.ndarray, int] | None = None
         self.rng = SampleRng.create()
         self.batch_capable = transform.takes_rng and _batch_capable(transform.fn)
+        # With a batch transform: the layout of the samples it is given (the batch
+        # layout is that of its output), learnt by the probe, and where such a batch is
+        # assembled when the two differ (this process's own memory, reused).
+        self.sample_layout: BatchLayout | None = None
+        self._scratch: list[np.ndarray] | None = None
 
     def sample(self, key: np.ndarray, index: int) -> Any:
         """The transformed sample ``index`` for the epoch whose sample key is ``key``."""
@@ -129,12 +175,77 @@ class Producer:
 
     def layout_of(self, key: np.ndarray, index: int) -> BatchLayout:
         """The batch layout, read off sample ``index``; an output that does not fit a
-        batch is that sample's failure (stage "checking")."""
+        batch is that sample's failure (stage "checking"). With a batch transform, the
+        layout of its output for a batch of that one sample (``sample_layout`` is then
+        the sample's): the batch transform runs once more, keyed as batch 0."""
         sample = self.sample(key, index)
         try:
-            return BatchLayout.of(sample)
+            layout = BatchLayout.of(sample)
         except self._failures as error:
             raise SampleFailure(index, "checking", error) from error
+        self.sample_layout = layout
+        if self.transform.batch is None:
+            return layout
+        arrays = layout.empty(1)
+        for target, leaf in zip(arrays, layout.leaves(sample), strict=True):
+            target[0] = leaf
+        output = self._call_batch(layout, key, 0, arrays)
+        try:
+            return BatchLayout.of_batch(output, 1)
+        except self._failures as error:
+            raise SampleFailure(0, "batch-checking", error) from error
+
+    def make_batch(self, layout: BatchLayout, key: np.ndarray, number: int,
+                   indices: Sequence[int], out: list[np.ndarray]) -> None:
+        """Batch ``number`` of the epoch whose sample key is ``key``, whole, into ``out``
+        (its rows, batch ``layout``): the samples, then the batch transform, if any."""
+        batch = self.transform.batch
+        if batch is None:
+            self.fill(layout, key, indices, out)
+            return
+        sample_layout = self.sample_layout
+        assert sample_layout is not None, "the probe's sample layout comes first"
+        rows = len(indices)
+        if sample_layout == layout:
+            arrays = out  # made in place where they are delivered from
+        else:
+            if self._scratch is None or len(self._scratch[0]) < rows:
+                self._scratch = sample_layout.empty(max(rows, 1))
+            arrays = [array[:rows] for array in self._scratch]
+        self.fill(sample_layout, key, indices, arrays)
+        output = self._call_batch(sample_layout, key, number, arrays)
+        try:
+            leaves = layout.batch_leaves(output, rows)
+        except self._failures as error:
+            raise SampleFailure(number, "batch-checking", error) from error
+        for target, leaf in zip(out, leaves, strict=True):
+            if leaf is not target:
+                np.copyto(target, leaf)  # numpy copies through a buffer if they overlap
+        if self.transform.check_finite:
+            bad = _first_not_finite(layout, out, 0, rows)
+            if bad is not None:
+                raise SampleFailure(number, "batch-checking", ValueError(
+                    f"{bad[0]} of row {bad[1]} holds NaN or inf after the batch transform "
+                    "(check_finite=True)"))
+
+    def _call_batch(self, sample_layout: BatchLayout, key: np.ndarray, number: int,
+                    arrays: list[np.ndarray]) -> Any:
+        batch = self.transform.batch
+        assert batch is not None
+        structured = sample_layout.assemble(arrays)
+        try:
+            if batch.takes_rng:
+                output = batch.fn(structured, self.rng.for_sample(key, number, batch.stream))
+            else:
+                self.rng.seed_globals(key, number, batch.seeders, batch.stream)
+                output = batch.fn(structured)
+        except self._failures as error:
+            raise SampleFailure(number, "batch", error) from error
+        if output is None:
+            raise SampleFailure(number, "batch-checking", LayoutMismatch(
+                "the batch transform returned None; it must return the batch (did it "
+                "forget `return`?)"))
+        return output
 
     def fill(
         self,
@@ -251,22 +362,31 @@ def _owned(sample: Any, image: Any) -> Any:
     return sample
 
 
-def _check_finite(layout: BatchLayout, indices: Sequence[int], out: list[np.ndarray],
-                  offset: int) -> None:
-    """Raise for the first sample whose float fields hold NaN or inf (``check_finite``)."""
+def _first_not_finite(layout: BatchLayout, out: list[np.ndarray], offset: int,
+                      count: int) -> tuple[str, int] | None:
+    """(field name, row from ``offset``) of the first of ``count`` rows whose float
+    fields hold NaN or inf, or None."""
     for field, target in zip(layout.fields, out, strict=True):
         if target.dtype.kind not in "fc":
             continue
-        rows = target[offset:offset + len(indices)]
+        rows = target[offset:offset + count]
         finite = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
         if not finite.all():
-            position = int(np.flatnonzero(~finite)[0])
-            index = int(indices[position])
-            error = ValueError(
-                f"{field.name} of sample {index} holds NaN or inf (check_finite=True); "
-                "look at the transform or the data of that sample"
-            )
-            raise SampleFailure(index, "checking", error)
+            return field.name, int(np.flatnonzero(~finite)[0])
+    return None
+
+
+def _check_finite(layout: BatchLayout, indices: Sequence[int], out: list[np.ndarray],
+                  offset: int) -> None:
+    """Raise for the first sample whose float fields hold NaN or inf (``check_finite``)."""
+    bad = _first_not_finite(layout, out, offset, len(indices))
+    if bad is not None:
+        index = int(indices[bad[1]])
+        error = ValueError(
+            f"{bad[0]} of sample {index} holds NaN or inf (check_finite=True); "
+            "look at the transform or the data of that sample"
+        )
+        raise SampleFailure(index, "checking", error)
 
 
 class preserved_global_rngs:

@@ -64,7 +64,8 @@ _POLL_SECONDS = 1.0
 
 
 class Task(NamedTuple):
-    """Produce samples into rows ``row:row + count`` of batch slot ``slot``."""
+    """Produce samples into rows ``row:row + count`` of batch slot ``slot``. With a batch
+    transform a task is a whole batch, ``number`` in its epoch (which keys its RNG)."""
 
     task_id: int
     epoch: int
@@ -73,6 +74,7 @@ class Task(NamedTuple):
     slot: int
     row: int
     count: int
+    number: int = 0
 
 
 class Probe(NamedTuple):
@@ -85,11 +87,13 @@ class Probe(NamedTuple):
 
 
 class Attach(NamedTuple):
-    """The batch layout, the ring's slots and the index block, sent once per worker."""
+    """The batch layout, the ring's slots and the index block, sent once per worker;
+    and the samples' layout (the batch transform's input, else the batch layout)."""
 
     layout: BatchLayout
     slots: tuple[SharedBlock, ...]
     index_block: SharedBlock
+    sample_layout: BatchLayout
 
 
 class Stop(NamedTuple):
@@ -113,10 +117,12 @@ class Done(NamedTuple):
 
 
 class Layout(NamedTuple):
-    """A probe's answer."""
+    """A probe's answer: the batch layout, and the samples' (they differ when a batch
+    transform changes the batch)."""
 
     task_id: int
     layout: BatchLayout
+    sample_layout: BatchLayout
 
 
 class Failed(NamedTuple):
@@ -211,7 +217,12 @@ def run(payload: bytes, conn: Connection, worker_id: int = 0) -> None:
                     [message.key0, message.key1], dtype=np.uint64)
             started = time.perf_counter()
             try:
-                producer.fill(layout, key, indices, slot_views[message.slot], message.row)
+                if producer.transform.batch is None:
+                    producer.fill(layout, key, indices, slot_views[message.slot], message.row)
+                else:
+                    rows = slice(message.row, message.row + message.count)
+                    producer.make_batch(layout, key, message.number, indices,
+                                        [view[rows] for view in slot_views[message.slot]])
             except SampleFailure as failure:
                 reply = _failed(message.task_id, failure)
             else:
@@ -221,6 +232,7 @@ def run(payload: bytes, conn: Connection, worker_id: int = 0) -> None:
             reply = _probe(producer, key, message.task_id, message.index)
         elif isinstance(message, Attach):
             layout = message.layout
+            producer.sample_layout = message.sample_layout
             slots = message.slots  # kept: the views below map them
             slot_views = [layout.views(block.ndarray((block.size,), np.uint8), spec.batch_size)
                           for block in slots]
@@ -241,6 +253,8 @@ def _failed(task_id: int, failure: SampleFailure) -> Failed:
 def _probe(producer: Producer, key: np.ndarray, task_id: int, index: int) -> Layout | Failed:
     """The layout of the first sample, or why it could not be made."""
     try:
-        return Layout(task_id, producer.layout_of(key, index))
+        layout = producer.layout_of(key, index)
+        assert producer.sample_layout is not None
+        return Layout(task_id, layout, producer.sample_layout)
     except SampleFailure as failure:
         return _failed(task_id, failure)

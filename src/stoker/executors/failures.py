@@ -110,8 +110,17 @@ def rebuild_exception(data: bytes | None, summary: str, traceback_text: str) -> 
 def transform_error(
     index: int, stage: str, error: BaseException, traceback_text: str, epoch: int | None
 ) -> TransformError:
-    """The TransformError for sample ``index``; raise it ``from`` the original error."""
+    """The TransformError for sample ``index`` (for batch ``index`` at the stages
+    "batch" and "batch-checking"); raise it ``from`` the original error."""
     text = f"{type(error).__name__}: {error}"
+    if stage.startswith("batch"):
+        where = f"batch {index}" + (f" of epoch {epoch}" if epoch is not None else "")
+        message = (f"the batch_transform's output for {where} does not fit the batch: {error}"
+                   if stage == "batch-checking" else
+                   f"the batch_transform failed on {where}: {text}")
+        if traceback_text and stage == "batch":
+            message += f"\n\nTraceback in the worker:\n{traceback_text.rstrip()}"
+        return TransformError(message, index=None, epoch=epoch, batch=index)
     if stage == "checking":
         message = f"the transform's output for sample {index} does not fit the batch: {error}"
     else:

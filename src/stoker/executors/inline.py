@@ -25,7 +25,9 @@ class InlineExecutor:
         self._producer = Producer(source, transform)
         self._probe = probe
         self._layout: BatchLayout | None = None
-        self._legacy = transform.fn is not None and not transform.takes_rng
+        # legacy functions seed the global generators: the caller's are kept around them
+        self._legacy = ((transform.fn is not None and not transform.takes_rng)
+                        or (transform.batch is not None and not transform.batch.takes_rng))
         self.crashes: list[tuple[int, int | None]] = []
         self._arrays: BatchArrays | None = None
 
@@ -48,20 +50,20 @@ class InlineExecutor:
 
     def run(
         self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray],
-        following: Following | None = None,
+        following: Following | None = None, first_batch: int = 0,
     ) -> Iterator[list[np.ndarray]]:
         layout = self.layout
         rows = max((len(indices) for indices in batches), default=0)
         if self._arrays is None or self._arrays.rows < rows:
             self._arrays = BatchArrays(layout, rows)
-        for indices in batches:
+        for number, indices in enumerate(batches, start=first_batch):
             out = self._arrays.take(len(indices))
             try:
                 if self._legacy:
                     with preserved_global_rngs():
-                        self._producer.fill(layout, key, indices, out)
+                        self._producer.make_batch(layout, key, number, indices, out)
                 else:
-                    self._producer.fill(layout, key, indices, out)
+                    self._producer.make_batch(layout, key, number, indices, out)
             except SampleFailure as failure:
                 raise _error(failure, epoch) from failure.error
             yield out

@@ -65,7 +65,7 @@ from ..shm import SharedBlock
 from ..stats import StatsRecorder
 from . import _payload, _worker
 from ._batches import BatchArrays
-from ._produce import Transform, uses_torch
+from ._produce import Transform
 from ._spawning import WORKER_NAME_PREFIX, fork_safe_native_pools, worker_context
 from .failures import rebuild_exception, transform_error
 from .protocol import Following
@@ -103,7 +103,8 @@ class _Task:
     epoch: int
     key: tuple[int, int]
     generation: int = 0
-    layout: Any = None  # a probe's answer
+    layout: Any = None  # a probe's answer: (batch layout, sample layout)
+    number: int = 0  # the batch's number in its epoch (keys a batch transform's RNG)
 
 
 @dataclass(slots=True)
@@ -122,10 +123,13 @@ class _Ahead:
     def dispatched(self) -> int:
         return len(self.slot_of)
 
-    def matches(self, epoch: int, key: tuple[int, int], batches: Sequence[np.ndarray]) -> bool:
-        """Whether the run of ``batches`` is the one these batches were made for."""
+    def matches(self, epoch: int, key: tuple[int, int], batches: Sequence[np.ndarray],
+                first_batch: int) -> bool:
+        """Whether the run of ``batches`` (from batch ``first_batch`` of its epoch) is the
+        one these batches were made for: the plan's batches from the epoch's start."""
         count = self.dispatched
-        return (not self.failed and epoch == self.epoch and key == self.key
+        return (not self.failed and first_batch == 0 and epoch == self.epoch
+                and key == self.key
                 and len(batches) >= count
                 and all(np.array_equal(self.plan[i], batches[i]) for i in range(count)))
 
@@ -262,6 +266,7 @@ class ProcessExecutor:
         self._transform = transform
         self._probe = probe
         self._layout: BatchLayout | None = None
+        self._sample_layout: BatchLayout | None = None
         self._attach: _worker.Attach | None = None
         self._batch_size = batch_size
         self._prefetch = prefetch
@@ -314,11 +319,10 @@ class ProcessExecutor:
         self._context = worker_context(self._start_method)
         self._closed = False
         try:
-            legacy = self._transform.fn is not None and not self._transform.takes_rng
             # A legacy transform that uses torch may draw from torch's generator, which
             # is seeded per sample once torch is imported: such workers import it before
             # their first sample (others do not pay its 2 s and 130 MiB).
-            preload = ("torch",) if legacy and uses_torch(self._transform.fn) else ()
+            preload = ("torch",) if self._transform.draws_from_torch() else ()
             progress = SharedBlock.create(8 * self.workers, purpose="progress counters")
             self._resources.slots.append(progress)
             self._progress = progress.ndarray((self.workers,), np.int64)  # zeros: fresh
@@ -329,7 +333,8 @@ class ProcessExecutor:
             for worker_id in range(self.workers):
                 self._resources.workers.append(self._spawn(worker_id))
             if self._layout is None:
-                self._layout = self._learn_layout()
+                self._layout, self._sample_layout = self._learn_layout()
+            assert self._sample_layout is not None
             nbytes = self._layout.batch_nbytes(self._batch_size)
             ring = ring_slots(self._prefetch, self.workers, nbytes)
             slots = SharedBlock.create_many(
@@ -344,7 +349,8 @@ class ProcessExecutor:
                                              purpose="batch indices")
             self._resources.slots.append(index_block)
             self._index_rows = index_block.ndarray((ring, self._batch_size), np.int64)
-            self._attach = _worker.Attach(self._layout, tuple(slots), index_block)
+            self._attach = _worker.Attach(self._layout, tuple(slots), index_block,
+                                          self._sample_layout)
             self._arrays = BatchArrays(self._layout, self._batch_size)
             for worker in list(self._resources.workers):
                 self._send(worker, self._attach)
@@ -354,8 +360,9 @@ class ProcessExecutor:
             self._tasks.clear()
             raise
 
-    def _learn_layout(self) -> BatchLayout:
-        """Worker 0 makes the first sample and answers with its layout."""
+    def _learn_layout(self) -> tuple[BatchLayout, BatchLayout]:
+        """Worker 0 makes the first sample and answers with its layout (and the batch
+        transform's output layout for it)."""
         index, key = self._probe
         task = _Task(self._next_task_id, -1, -1, 0, np.array([index], dtype=np.int64), 0,
                      (int(key[0]), int(key[1])), -1)
@@ -429,17 +436,18 @@ class ProcessExecutor:
 
     def run(
         self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray],
-        following: Following | None = None,
+        following: Following | None = None, first_batch: int = 0,
     ) -> Iterator[list[np.ndarray]]:
-        """Yield the batches of ``batches`` (index arrays) in order, as fresh arrays.
-        Starting a run ends the one before it; while this one drains, the first batches
-        of ``following()`` are made (module docstring)."""
+        """Yield the batches of ``batches`` (index arrays; the first is batch
+        ``first_batch`` of the epoch) in order, as fresh arrays. Starting a run ends the
+        one before it; while this one drains, the first batches of ``following()`` are
+        made (module docstring)."""
         key_words = (int(key[0]), int(key[1]))
         with self._lock:
             self._check_open()
             self._generation += 1
             generation = self._generation
-            adopted = self._adopt(epoch, key_words, batches, generation)
+            adopted = self._adopt(epoch, key_words, batches, first_batch, generation)
             if self._dirty:
                 self._drain()
             self._check_open()
@@ -475,7 +483,8 @@ class ProcessExecutor:
                     slot = free_slots.popleft()
                     slot_of[batch] = slot
                     remaining[batch] = self._dispatch(batch, batches[batch], slot, epoch,
-                                                      key_words, generation)
+                                                      key_words, generation,
+                                                      first_batch + batch)
                 if free_slots and following is not None:  # draining: start the next run
                     ahead = self._dispatch_ahead(ahead, following, free_slots, generation)
                 if remaining.get(next_batch) == 0:
@@ -506,13 +515,14 @@ class ProcessExecutor:
                 yield out
 
     def _adopt(self, epoch: int, key: tuple[int, int], batches: Sequence[np.ndarray],
-               generation: int) -> _Ahead | None:
+               first_batch: int, generation: int) -> _Ahead | None:
         """The batches made ahead for this run, now its own; or None, and then whatever
         was made ahead must finish before its slots are used again."""
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return None
-        if self._dirty or ahead.tag in self._dropped or not ahead.matches(epoch, key, batches):
+        if self._dirty or ahead.tag in self._dropped or not ahead.matches(
+                epoch, key, batches, first_batch):
             self._dirty = True  # drained before this run starts
             return None
         for task in self._tasks.values():
@@ -532,23 +542,26 @@ class ProcessExecutor:
             slot = free_slots.popleft()
             ahead.slot_of[batch] = slot
             ahead.remaining[batch] = self._dispatch(batch, ahead.plan[batch], slot, ahead.epoch,
-                                                    ahead.key, ahead.tag)
+                                                    ahead.key, ahead.tag, batch)
         return ahead
 
     def _dispatch(
         self, batch: int, indices: np.ndarray, slot: int, epoch: int, key: tuple[int, int],
-        generation: int,
+        generation: int, number: int,
     ) -> int:
-        """Send one batch's chunks to the least-loaded workers; return the chunk count."""
+        """Send one batch's chunks to the least-loaded workers; return the chunk count.
+        ``batch`` is its place in its run, ``number`` in its epoch."""
         self._index_rows[slot, :len(indices)] = indices  # read by the workers from here
         # One chunk per worker, each of at least MIN_CHUNK samples: with many workers a
         # batch goes to some of them and the next batches in the ring to the others, so
-        # the consumer's messages per batch stop growing with the pool.
-        parts = min(len(self._resources.workers), max(1, len(indices) // MIN_CHUNK))
+        # the consumer's messages per batch stop growing with the pool. A batch
+        # transform needs the whole batch: one chunk, one worker.
+        parts = (1 if self._transform.batch is not None else
+                 min(len(self._resources.workers), max(1, len(indices) // MIN_CHUNK)))
         chunks = split_into_chunks(len(indices), parts)
         for start, stop in chunks:
             task = _Task(self._next_task_id, batch, slot, start, indices[start:stop], epoch, key,
-                         generation)
+                         generation, number=number)
             self._next_task_id += 1
             worker = min(self._resources.workers, key=lambda w: (w.queued, w.worker_id))
             self._assign(worker, task)
@@ -565,7 +578,7 @@ class ProcessExecutor:
             message = _worker.Probe(task.task_id, *task.key, int(task.indices[0]))
         else:
             message = _worker.Task(task.task_id, task.epoch, *task.key, task.slot, task.row,
-                                   len(task.indices))
+                                   len(task.indices), task.number)
         # A send to a dead worker fails; the task stays its own, and the pump, which sees
         # the death (sentinel, EOF) and first reads what the worker sent before it died,
         # hands its unfinished tasks on.
@@ -641,7 +654,7 @@ class ProcessExecutor:
         worker.queued -= len(task.indices)
         worker.last_progress = time.monotonic()
         if isinstance(message, _worker.Layout):
-            task.layout = message.layout
+            task.layout = (message.layout, message.sample_layout)
             done.append(task)
         elif isinstance(message, _worker.Done):
             done.append(task)

@@ -21,12 +21,13 @@ Following = Callable[[], tuple[int, np.ndarray, Sequence[np.ndarray]]]
 class Executor(Protocol):
     """Turns lists of sample indices into filled batches, in plan order.
 
-    ``run`` is one epoch run: it yields the batches of ``batches`` (index arrays) as
-    fresh arrays, one list per field, and starting a run ends the one before it (its
-    next step raises LoaderError). ``following`` tells it the run expected next, which
-    it may start on while this one drains, as long as only that run delivers those
-    batches. ``layout`` is learnt where the user's code runs (a worker, except
-    inline). ``close`` is idempotent and safe from any thread.
+    ``run`` is one epoch run: it yields the batches of ``batches`` (index arrays, the
+    first being batch ``first_batch`` of the epoch) as fresh arrays, one list per field,
+    and starting a run ends the one before it (its next step raises LoaderError).
+    ``following`` tells it the run expected next, which it may start on while this one
+    drains, as long as only that run delivers those batches. ``layout`` is learnt where
+    the user's code runs (a worker, except inline). ``close`` is idempotent and safe
+    from any thread.
     """
 
     workers: int
@@ -41,6 +42,7 @@ class Executor(Protocol):
     def crashes(self) -> list[tuple[int, int | None]]: ...
 
     def run(self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray],
-            following: Following | None = None) -> Iterator[list[np.ndarray]]: ...
+            following: Following | None = None,
+            first_batch: int = 0) -> Iterator[list[np.ndarray]]: ...
 
     def close(self) -> None: ...

@@ -38,7 +38,7 @@ from ..mixing import Combined
 from ..sources import ArraySource, Subset, _ArrayFields
 from ..stats import StatsRecorder
 from ._batches import BatchArrays
-from ._produce import Producer, SampleFailure, Transform, uses_torch
+from ._produce import Producer, SampleFailure, Transform
 from .failures import failure_record, rebuild_exception, transform_error
 from .protocol import Following
 
@@ -160,7 +160,7 @@ class BatchActor:
         only ``__init__``) loads them again from its first retried task."""
         if self._producer is None:
             source, transform = ray.get(arguments)
-            if transform.fn is not None and not transform.takes_rng and uses_torch(transform.fn):
+            if transform.draws_from_torch():
                 import torch  # noqa: F401  seeded per sample from the first one on, as in workers
             self._producer = Producer(source, transform, in_worker=True)
         return self._producer
@@ -172,16 +172,19 @@ class BatchActor:
         return self._where
 
     def probe(self, arguments: list[Any], key0: int, key1: int, index: int) -> tuple:
-        """``(where, True, layout)`` of sample ``index``, or ``(where, False, failure)``:
-        the batch layout is learnt here, never in the consumer."""
+        """``(where, True, (batch layout, sample layout))`` of sample ``index``, or
+        ``(where, False, failure)``: the batch layout is learnt here, never in the
+        consumer."""
         key = np.array([key0, key1], dtype=np.uint64)
         try:
-            return (self._where, True, self._load(arguments).layout_of(key, index))
+            producer = self._load(arguments)
+            layout = producer.layout_of(key, index)
+            return (self._where, True, (layout, producer.sample_layout))
         except SampleFailure as failure:
             return (self._where, False, failure_record(failure))
 
     def produce(self, arguments: list[Any], key0: int, key1: int, indices: np.ndarray,
-                layout: BatchLayout) -> tuple:
+                layouts: tuple[BatchLayout, BatchLayout], number: int) -> tuple:
         """``(where, True, (busy_seconds, arrays))``, or ``(where, False, failure)`` when
         a sample failed: the transform's errors are the consumer's to raise, not Ray's to
         retry. ``where`` (pid, node) tells the consumer when Ray restarted the actor."""
@@ -189,10 +192,13 @@ class BatchActor:
         if key is None:
             self._keys.clear()
             key = self._keys[(key0, key1)] = np.array([key0, key1], dtype=np.uint64)
+        layout, sample_layout = layouts  # the batch's, and the samples' (batch_transform=)
         out = layout.empty(len(indices))
         started = time.perf_counter()
         try:
-            self._load(arguments).fill(layout, key, indices, out)
+            producer = self._load(arguments)
+            producer.sample_layout = sample_layout
+            producer.make_batch(layout, key, number, indices, out)
         except SampleFailure as failure:
             return (self._where, False, failure_record(failure))
         return (self._where, True, (time.perf_counter() - started, out))
@@ -271,6 +277,7 @@ class RayExecutor:
         self._transform = transform
         self._probe = probe
         self._layout: BatchLayout | None = None
+        self._layouts: tuple[BatchLayout, BatchLayout] | None = None  # + the samples'
         self._arrays: BatchArrays | None = None  # the memory of delivered batches
         self._batch_rows = 0
         self._prefetch = prefetch
@@ -359,14 +366,15 @@ class RayExecutor:
             self._closed = False
             self.start()
             if self._layout is None:
-                self._layout = self._learn_layout()
+                self._layouts = self._learn_layout()
+                self._layout = self._layouts[0]
             return self._layout
 
     def _check_open(self) -> None:
         if self._stopped:
             raise LoaderError("the loader was closed while another thread was reading from it")
 
-    def _learn_layout(self) -> BatchLayout:
+    def _learn_layout(self) -> tuple[BatchLayout, BatchLayout]:
         index, key = self._probe
         actor = self._actors[0]
         flight = _InFlight(actor.handle.probe.remote(self._arguments, int(key[0]),
@@ -429,9 +437,10 @@ class RayExecutor:
 
     def run(
         self, epoch: int, key: np.ndarray, batches: Sequence[np.ndarray],
-        following: Following | None = None,
+        following: Following | None = None, first_batch: int = 0,
     ) -> Iterator[list[np.ndarray]]:
-        """Yield the batches of ``batches`` (index arrays) in order, as fresh arrays.
+        """Yield the batches of ``batches`` (index arrays; the first is batch
+        ``first_batch`` of the epoch) in order, as fresh arrays.
         Starting a run ends the one before it: its batches in flight are cancelled, and
         it raises LoaderError if resumed. (``following`` is not used: every batch is a
         task of its own, and the next epoch's start on time at ``prefetch`` in flight.)"""
@@ -442,9 +451,10 @@ class RayExecutor:
             self._cancel_in_flight()  # an abandoned epoch's work
             self._closed = False
             self.start()
-            if self._layout is None:
-                self._layout = self._learn_layout()
-            layout = self._layout
+            if self._layouts is None:
+                self._layouts = self._learn_layout()
+                self._layout = self._layouts[0]
+            layouts = self._layouts
         key0, key1 = int(key[0]), int(key[1])
         if batches:  # the first batch of a run is a full one (only the last is short)
             self._batch_rows = max(self._batch_rows, len(batches[0]))
@@ -464,7 +474,8 @@ class RayExecutor:
                     while next_submit < len(batches) and next_submit - next_batch < self._prefetch:
                         actor = min(self._actors, key=lambda a: (a.queued, a.worker_id))
                         ref = actor.handle.produce.remote(
-                            self._arguments, key0, key1, batches[next_submit], layout)
+                            self._arguments, key0, key1, batches[next_submit], layouts,
+                            first_batch + next_submit)
                         self._in_flight[next_submit] = _InFlight(ref, actor)
                         actor.queued += 1
                         next_submit += 1
