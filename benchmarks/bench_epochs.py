@@ -36,8 +36,9 @@ def cold(loader: stoker.Loader) -> None:
     executor = loader._get_executor()
     run = executor.run
 
-    def without_following(epoch: int, key: Any, batches: Any, following: Any = None):
-        return run(epoch, key, batches)
+    def without_following(epoch: int, key: Any, batches: Any, following: Any = None,
+                          first_batch: int = 0):
+        return run(epoch, key, batches, None, first_batch)
 
     executor.run = without_following
 

@@ -7,7 +7,9 @@ of workers, any backend, and after a resume (the README's "What it guarantees").
 
 Random streams are counter-based (Philox): a key derived once per ``(seed, epoch,
 purpose)`` and a counter that starts at the sample's index, so a sample's generator is
-set up by assigning a state (about a microsecond) instead of hashing a new seed.
+set up by assigning a state (about a microsecond) instead of hashing a new seed. A batch
+transform's generator is keyed the same way by the batch's number in its epoch, on a
+stream of its own (``batch_stream``).
 """
 
 from __future__ import annotations

@@ -149,7 +149,13 @@ class _Mixing:
                     f"{name}: label {int(flat[bad][0])} is outside 0..{self.num_classes - 1} "
                     f"(num_classes={self.num_classes})"
                 )
-            labels = np.eye(self.num_classes, dtype=np.float32)[flat]
+            # written straight into one array: no identity matrix, no one-hot temporaries
+            # (with thousands of classes they are most of the cost)
+            mixed = np.zeros((len(flat), self.num_classes), np.float32)
+            rows = np.arange(len(flat))
+            mixed[rows, flat] = np.float32(lam)
+            mixed[rows, flat[perm]] += np.float32(1.0 - lam)
+            return mixed
         elif labels.dtype.kind == "f":
             if labels.ndim != 2:
                 raise ValueError(f"{name} mixes one-hot labels of shape (classes,) per "

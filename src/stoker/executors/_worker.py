@@ -16,8 +16,11 @@ crash detection and timeouts as any task. The consumer then creates the batch sl
 sends Attach (the layout and the slots) to every worker, and to every replacement first
 thing. A Task names a batch slot, a row offset and the sample indices to produce; the
 worker writes the samples straight into the slot's shared memory and answers with one
-small message. Samples never travel through the pipe. The worker ignores SIGINT (Ctrl-C is
-the consumer's to handle) and a watchdog thread exits as soon as the parent is gone.
+small message. Samples never travel through the pipe. With a batch transform a Task is a
+whole batch: the worker makes its samples (in the slot, or in its own memory when the
+batch transform changes the fields), runs the batch transform and writes its output into
+the slot. The worker ignores SIGINT (Ctrl-C is the consumer's to handle) and a watchdog
+thread exits as soon as the parent is gone.
 """
 
 from __future__ import annotations

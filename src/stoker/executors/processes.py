@@ -10,7 +10,8 @@ Scheduling, all of it in the consumer's thread (no background threads):
   of the plan is cut into one chunk per worker (of at least ``MIN_CHUNK`` samples), and
   each chunk is sent to the worker with the fewest samples queued. Every batch is thus
   shared by the workers and batches complete one after another at an even pace, not in
-  bursts of ``workers`` batches.
+  bursts of ``workers`` batches. A batch transform needs the whole batch in one
+  process: each batch is then one chunk, and the ring keeps every worker on one.
 * The consumer waits on the workers' pipes and process sentinels together (one
   ``poll`` object, ``_Waiter``, with a timeout), so a dead worker is noticed as soon as
   it dies, and a hung one (no progress for ``timeout`` seconds) is killed.
