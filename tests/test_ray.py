@@ -132,6 +132,26 @@ def test_batch_transformed_batches_and_a_resume_match_the_plan():
         assert_batches([{k: v.copy() for k, v in b.items()} for b in loader], expected[0][2:])
 
 
+def test_samples_that_become_several_or_none_match_the_plan_and_resume():
+    import test_many as many
+
+    source = many.data()
+    for transform, max_outputs in ((many.zero_to_three, 3), (many.original_and_noisy, None)):
+        options = dict(batch_size=16, seed=5, transform=transform, max_outputs=max_outputs,
+                       backend="ray", workers=2)
+        expected = [many.expected_epoch(source, transform, seed=5, epoch=e) for e in (0, 1)]
+        with stoker.Loader(source, **options) as loader:
+            for mine, theirs in zip(many.epochs_of(loader), expected, strict=True):
+                many.assert_same(mine, theirs)
+            loader.set_epoch(0)
+            epoch = iter(loader)
+            next(epoch), next(epoch)
+            state = loader.state_dict()
+        with stoker.Loader(source, **options) as loader:
+            loader.load_state_dict(state)
+            many.assert_same([(x.copy(), y.copy()) for x, y in loader], expected[0][2:])
+
+
 def test_the_data_is_put_in_the_object_store_once_and_read_zero_copy(images):
     from stoker.executors.ray import portable
 

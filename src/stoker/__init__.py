@@ -11,6 +11,7 @@ import importlib as _importlib
 
 from .errors import LoaderError, TransformError, WorkerCrashed
 from .loader import Loader
+from .many import Many
 from .mixing import concat, mix
 from .plan import register_global_rng
 from .sources import Source, from_arrays, split
@@ -18,6 +19,7 @@ from .sources import Source, from_arrays, split
 __all__ = [
     "Loader",
     "LoaderError",
+    "Many",
     "Source",
     "TransformError",
     "WorkerCrashed",

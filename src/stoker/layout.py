@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .many import Many
 from .shm import aligned
 
 __all__ = ["BatchLayout", "Field", "LayoutMismatch"]
@@ -43,7 +44,23 @@ def _as_leaf(value: Any, name: str) -> np.ndarray:
         raise LayoutMismatch(
             f"{name} is None: the transform must return the sample (did it forget `return`?)"
         )
-    array = np.asarray(value)
+    if isinstance(value, Many):
+        raise LayoutMismatch(
+            f"{name} is a stoker.Many: Many holds several samples and is what a transform "
+            "returns, never a part of a sample or batch"
+        )
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # ragged nesting
+        array = np.empty(0, dtype=object)
+        if not isinstance(value, (tuple, list, Mapping)):
+            raise LayoutMismatch(f"{name} cannot be an array: {error}") from error
+    if array.dtype == object and isinstance(value, (tuple, list, Mapping)):
+        raise LayoutMismatch(
+            f"{name} is itself a {type(value).__name__} of mixed shapes; a sample's fields "
+            "are arrays or scalars. To make several samples of one, return "
+            "stoker.Many([sample_a, sample_b]) from the transform"
+        )
     if array.dtype == object or array.dtype.kind in "OUSV":
         raise LayoutMismatch(
             f"{name} has dtype {array.dtype} ({type(value).__name__}); samples must hold "

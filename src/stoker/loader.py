@@ -47,6 +47,9 @@ from .stats import LoaderStats, StatsRecorder
 __all__ = ["Loader", "LoaderOptions"]
 
 BACKENDS = ("processes", "inline", "ray")
+# How many of epoch 0's first samples the layout may be read off: the first one that a
+# filtering transform (stoker.Many()) keeps.
+_PROBE_SAMPLES = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +69,7 @@ class LoaderOptions:
     start_timeout: float = 120.0
     shard: tuple[int, int] | None = None
     check_finite: bool = False
+    max_outputs: int | None = None
 
     def __post_init__(self) -> None:
         def integer(name: str, value: Any, minimum: int) -> None:
@@ -105,6 +109,8 @@ class LoaderOptions:
         if self.prefetch is not None:
             integer("prefetch", self.prefetch, 1)
         integer("max_worker_restarts", self.max_worker_restarts, 0)
+        if self.max_outputs is not None:
+            integer("max_outputs", self.max_outputs, 1)
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(
                 f"timeout must be a positive number of seconds or None, got {self.timeout}"
@@ -253,6 +259,12 @@ class Loader:
             generators seeded the same way. It may change the fields (int labels to
             one-hot), the same way for every batch; it is also called once on a batch of
             the first sample alone, to learn the batch layout.
+        max_outputs: the most samples one sample may become: a transform that returns
+            ``stoker.Many([a, b])`` makes two of it, ``stoker.Many()`` drops it. Batch
+            ``b`` then holds what the plan's batch ``b`` of samples became, in plan
+            order: up to ``batch_size * max_outputs`` rows, possibly none (``len`` still
+            counts batches, exactly). None: the most that one of the first samples of
+            epoch 0 became, if one returned a ``Many``; else one sample per sample.
         shuffle: a new order every epoch (True) or the source's order (False).
         seed: the seed of the order and of every sample's random numbers; None draws
             one (recorded in ``state_dict``).
@@ -290,6 +302,7 @@ class Loader:
         batch_size: int | None = None,
         transform: Callable[..., Any] | None = None,
         batch_transform: Callable[..., Any] | None = None,
+        max_outputs: int | None = None,
         shuffle: bool = True,
         seed: int | None = 0,
         workers: int | None = None,
@@ -319,6 +332,7 @@ class Loader:
             start_timeout=start_timeout,
             shard=shard,
             check_finite=check_finite,
+            max_outputs=max_outputs,
         )
         self.source = as_source(source)
         if self.samples_per_epoch == 0:
@@ -339,7 +353,8 @@ class Loader:
         self._transform = Transform.wrap(
             transform, check_finite=self.options.check_finite, seeders=global_rng_seeders(),
             batch=BatchTransform.wrap(batch_transform, seeders=global_rng_seeders(),
-                                      shard_index=shard[0] if self.options.shard else 0))
+                                      shard_index=shard[0] if self.options.shard else 0),
+            max_outputs=self.options.max_outputs)
         if self.options.backend == "ray":
             from .executors import ray as ray_executor  # a clear error if Ray is missing
 
@@ -451,9 +466,11 @@ class Loader:
             self._layout = self._get_executor().layout
         return self._layout
 
-    def _probe(self) -> tuple[int, np.ndarray]:
-        """Which sample shows the layout, and its key: the first one of epoch 0."""
-        return int(self.epoch_batches(0)[0][0]), epoch_key(self.seed, 0, Purpose.SAMPLES)
+    def _probe(self) -> tuple[tuple[int, ...], np.ndarray]:
+        """Which samples may show the layout, and their key: the first of epoch 0 that
+        the transform keeps, among its first ``_PROBE_SAMPLES``."""
+        first = np.concatenate(self.epoch_batches(0))[:_PROBE_SAMPLES]
+        return tuple(int(i) for i in first), epoch_key(self.seed, 0, Purpose.SAMPLES)
 
     def _get_executor(self) -> Executor:
         if self._closed:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..layout import BatchLayout, LayoutMismatch
+from ..many import Many
 from ..plan import SampleRng, batch_stream
 
 __all__ = ["BatchTransform", "Producer", "SampleFailure", "Transform", "uses_torch"]
@@ -42,15 +43,20 @@ class Transform:
     # more global generators to seed before a legacy call (plan.register_global_rng)
     seeders: tuple[Callable[[int], None], ...] = ()
     batch: BatchTransform | None = None  # the loader's batch_transform=, after this one
+    # the loader's max_outputs=: the most samples one sample may become (stoker.Many);
+    # None: learnt from the first samples (a Many there), else one-to-one
+    max_outputs: int | None = None
 
     @classmethod
     def wrap(cls, fn: Callable[..., Any] | None, *, check_finite: bool = False,
              seeders: tuple[Callable[[int], None], ...] = (),
-             batch: BatchTransform | None = None) -> Transform:
+             batch: BatchTransform | None = None,
+             max_outputs: int | None = None) -> Transform:
         if fn is None:
-            return cls(None, False, check_finite, (), batch)
+            return cls(None, False, check_finite, (), batch, max_outputs)
         takes_rng = _takes_rng(fn, "transform", "sample")
-        return cls(fn, takes_rng, check_finite, () if takes_rng else seeders, batch)
+        return cls(fn, takes_rng, check_finite, () if takes_rng else seeders, batch,
+                   max_outputs)
 
     def draws_from_torch(self) -> bool:
         """Whether a legacy function here (the transform or the batch transform) may draw
@@ -155,6 +161,9 @@ class Producer:
         # assembled when the two differ (this process's own memory, reused).
         self.sample_layout: BatchLayout | None = None
         self._scratch: list[np.ndarray] | None = None
+        # The most samples one sample may become (stoker.Many): the loader's
+        # max_outputs=, or learnt by the probe; None while samples are one-to-one.
+        self.max_outputs: int | None = transform.max_outputs
 
     def sample(self, key: np.ndarray, index: int) -> Any:
         """The transformed sample ``index`` for the epoch whose sample key is ``key``."""
@@ -173,16 +182,38 @@ class Producer:
         except self._failures as error:
             raise SampleFailure(index, "transforming", error) from error
 
-    def layout_of(self, key: np.ndarray, index: int) -> BatchLayout:
-        """The batch layout, read off sample ``index``; an output that does not fit a
-        batch is that sample's failure (stage "checking"). With a batch transform, the
-        layout of its output for a batch of that one sample (``sample_layout`` is then
-        the sample's): the batch transform runs once more, keyed as batch 0."""
-        sample = self.sample(key, index)
-        try:
-            layout = BatchLayout.of(sample)
-        except self._failures as error:
-            raise SampleFailure(index, "checking", error) from error
+    def layout_of(self, key: np.ndarray, indices: Sequence[int]) -> BatchLayout:
+        """The batch layout, read off the first of ``indices`` (the first samples of
+        epoch 0) that the transform keeps: one it drops (``Many()``) is passed over. An
+        output that does not fit a batch is that sample's failure (stage "checking").
+        Without ``max_outputs=``, a ``Many`` among them sets ``max_outputs`` to the most
+        samples one of them became (at least 1). With a batch transform, the layout of
+        its output for a batch of that one sample (``sample_layout`` is then the
+        sample's): the batch transform runs once more, keyed as batch 0."""
+        fan_out = 0
+        for index in indices:
+            index = int(index)
+            output = self.sample(key, index)
+            outputs = output.samples if isinstance(output, Many) else (output,)
+            if isinstance(output, Many):
+                fan_out = max(fan_out, len(outputs), 1)
+            if not outputs:
+                continue
+            try:
+                layout = BatchLayout.of(outputs[0])
+                for extra in outputs[1:]:
+                    layout.leaves(extra)
+            except self._failures as error:
+                raise SampleFailure(index, "checking", error) from error
+            sample = outputs[0]
+            break
+        else:
+            raise SampleFailure(int(indices[0]), "checking", LayoutMismatch(
+                f"the transform dropped every one of the first {len(indices)} samples of "
+                "epoch 0 (it returned stoker.Many() for each), and the batch layout is read "
+                "off the first sample it keeps; check the condition that drops samples"))
+        if self.max_outputs is None and fan_out:
+            self.max_outputs = fan_out
         self.sample_layout = layout
         if self.transform.batch is None:
             return layout
@@ -195,24 +226,37 @@ class Producer:
         except self._failures as error:
             raise SampleFailure(0, "batch-checking", error) from error
 
+    def capacity(self, samples: int) -> int:
+        """The most rows a batch of ``samples`` samples can have: ``max_outputs`` each."""
+        return samples * (1 if self.max_outputs is None else self.max_outputs)
+
     def make_batch(self, layout: BatchLayout, key: np.ndarray, number: int,
-                   indices: Sequence[int], out: list[np.ndarray]) -> None:
-        """Batch ``number`` of the epoch whose sample key is ``key``, whole, into ``out``
-        (its rows, batch ``layout``): the samples, then the batch transform, if any."""
+                   indices: Sequence[int], out: list[np.ndarray]) -> int:
+        """Batch ``number`` of the epoch whose sample key is ``key``, whole, into the
+        first rows of ``out`` (batch ``layout``, ``capacity(len(indices))`` rows at
+        least): the samples, or what they became (``Many``), then the batch transform,
+        if any. Returns the rows it made."""
         batch = self.transform.batch
-        if batch is None:
+        if batch is None and self.max_outputs is None:
             self.fill(layout, key, indices, out)
-            return
-        sample_layout = self.sample_layout
+            return len(indices)
+        sample_layout = layout if batch is None else self.sample_layout
         assert sample_layout is not None, "the probe's sample layout comes first"
-        rows = len(indices)
+        room = self.capacity(len(indices))
         if sample_layout == layout:
             arrays = out  # made in place where they are delivered from
         else:
-            if self._scratch is None or len(self._scratch[0]) < rows:
-                self._scratch = sample_layout.empty(max(rows, 1))
-            arrays = [array[:rows] for array in self._scratch]
-        self.fill(sample_layout, key, indices, arrays)
+            if self._scratch is None or len(self._scratch[0]) < room:
+                self._scratch = sample_layout.empty(max(room, 1))
+            arrays = self._scratch
+        if self.max_outputs is None:
+            rows = len(indices)
+            self.fill(sample_layout, key, indices, arrays)
+        else:
+            rows = self._fill_many(sample_layout, key, indices, arrays)
+        if batch is None:
+            return rows
+        arrays = [array[:rows] for array in arrays]
         output = self._call_batch(sample_layout, key, number, arrays)
         try:
             leaves = layout.batch_leaves(output, rows)
@@ -220,13 +264,51 @@ class Producer:
             raise SampleFailure(number, "batch-checking", error) from error
         for target, leaf in zip(out, leaves, strict=True):
             if leaf is not target:
-                np.copyto(target, leaf)  # numpy copies through a buffer if they overlap
+                np.copyto(target[:rows], leaf)  # numpy copies through a buffer if they overlap
         if self.transform.check_finite:
             bad = _first_not_finite(layout, out, 0, rows)
             if bad is not None:
                 raise SampleFailure(number, "batch-checking", ValueError(
                     f"{bad[0]} of row {bad[1]} holds NaN or inf after the batch transform "
                     "(check_finite=True)"))
+        return rows
+
+    def _fill_many(self, layout: BatchLayout, key: np.ndarray, indices: Sequence[int],
+                   out: list[np.ndarray]) -> int:
+        """Write what each of the samples ``indices`` became (one, several or none) into
+        the rows of ``out``, in order; return how many rows that made."""
+        limit = self.max_outputs
+        assert limit is not None
+        row = 0
+        for index in indices:
+            index = int(index)
+            output = self.sample(key, index)
+            outputs = output.samples if isinstance(output, Many) else (output,)
+            if len(outputs) > limit:
+                raise SampleFailure(index, "checking", LayoutMismatch(
+                    f"the transform made {len(outputs)} samples of it (stoker.Many), more "
+                    f"than the loader makes room for (max_outputs={limit}"
+                    f"{'' if self.transform.max_outputs else ', from the first samples'}); "
+                    "pass max_outputs=N to the Loader, N the most samples one sample can "
+                    "become"))
+            for part in outputs:
+                try:
+                    leaves = layout.leaves(part)
+                except ValueError as error:
+                    raise SampleFailure(index, "checking", error) from error
+                for target, leaf in zip(out, leaves, strict=True):
+                    target[row] = leaf
+                row += 1
+            if self.transform.check_finite and outputs:
+                bad = _first_not_finite(layout, out, row - len(outputs), len(outputs))
+                if bad is not None:
+                    raise SampleFailure(index, "checking", ValueError(
+                        f"{bad[0]} of sample {index} (output {bad[1]} of the "
+                        f"{len(outputs)} it became) holds NaN or inf (check_finite=True); "
+                        "look at the transform or the data of that sample"))
+            if self.progress is not None:
+                self.progress[0][self.progress[1]] += 1
+        return row
 
     def _call_batch(self, sample_layout: BatchLayout, key: np.ndarray, number: int,
                     arrays: list[np.ndarray]) -> Any:
@@ -281,6 +363,8 @@ class Producer:
         for row, index in enumerate(indices, start=offset):
             index = int(index)
             sample = self.sample(key, index)
+            if isinstance(sample, Many):
+                raise SampleFailure(index, "checking", _unexpected_many(sample))
             try:
                 leaves = layout.leaves(sample)
             except ValueError as error:
@@ -318,6 +402,16 @@ class Producer:
             for target, leaf in zip(out, layout.leaves(fn.with_image(sample, image)),
                                     strict=True):
                 target[row] = leaf
+
+
+def _unexpected_many(output: Many) -> LayoutMismatch:
+    what = "dropped it (stoker.Many())" if not len(output) else (
+        f"made {len(output)} samples of it (stoker.Many)")
+    return LayoutMismatch(
+        f"the transform {what}, but this loader's batches hold one sample per sample: "
+        "the first samples of epoch 0 each gave one. Pass max_outputs=N to the Loader, N "
+        "the most samples one sample can become (1 for a transform that only drops "
+        "samples)")
 
 
 def _torchy(obj: Any) -> bool:

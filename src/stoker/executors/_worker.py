@@ -16,11 +16,12 @@ crash detection and timeouts as any task. The consumer then creates the batch sl
 sends Attach (the layout and the slots) to every worker, and to every replacement first
 thing. A Task names a batch slot, a row offset and the sample indices to produce; the
 worker writes the samples straight into the slot's shared memory and answers with one
-small message. Samples never travel through the pipe. With a batch transform a Task is a
-whole batch: the worker makes its samples (in the slot, or in its own memory when the
-batch transform changes the fields), runs the batch transform and writes its output into
-the slot. The worker ignores SIGINT (Ctrl-C is the consumer's to handle) and a watchdog
-thread exits as soon as the parent is gone.
+small message. Samples never travel through the pipe. With a batch transform, or samples
+that may become several or none (``stoker.Many``), a Task is a whole batch: the worker
+makes its samples from row 0 of the slot (or in its own memory when the batch transform
+changes the fields), runs the batch transform, writes its output into the slot and
+answers with the rows it made. The worker ignores SIGINT (Ctrl-C is the consumer's to
+handle) and a watchdog thread exits as soon as the parent is gone.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ _POLL_SECONDS = 1.0
 
 class Task(NamedTuple):
     """Produce samples into rows ``row:row + count`` of batch slot ``slot``. With a batch
-    transform a task is a whole batch, ``number`` in its epoch (which keys its RNG)."""
+    transform, or samples that may become several or none (``max_outputs``), a task is
+    a whole batch, ``number`` in its epoch (which keys a batch transform's RNG), and its
+    rows start at row 0 of the slot, as many as its samples made."""
 
     task_id: int
     epoch: int
@@ -81,22 +84,26 @@ class Task(NamedTuple):
 
 
 class Probe(NamedTuple):
-    """Make sample ``index`` and answer with its ``BatchLayout`` (``Layout``)."""
+    """Make the first of samples ``indices`` that the transform keeps and answer with its
+    ``BatchLayout`` (``Layout``)."""
 
     task_id: int
     key0: int
     key1: int
-    index: int
+    indices: tuple[int, ...]
 
 
 class Attach(NamedTuple):
     """The batch layout, the ring's slots and the index block, sent once per worker;
-    and the samples' layout (the batch transform's input, else the batch layout)."""
+    the samples' layout (the batch transform's input, else the batch layout); the rows
+    of a slot and the most samples one sample may become (None: one)."""
 
     layout: BatchLayout
     slots: tuple[SharedBlock, ...]
     index_block: SharedBlock
     sample_layout: BatchLayout
+    rows: int
+    max_outputs: int | None
 
 
 class Stop(NamedTuple):
@@ -113,19 +120,22 @@ class Ready(NamedTuple):
 
 
 class Done(NamedTuple):
-    """A task finished, after ``busy_seconds`` of work."""
+    """A task finished, after ``busy_seconds`` of work; a whole-batch task made ``rows``
+    rows (-1: as many as it had samples)."""
 
     task_id: int
     busy_seconds: float
+    rows: int = -1
 
 
 class Layout(NamedTuple):
     """A probe's answer: the batch layout, and the samples' (they differ when a batch
-    transform changes the batch)."""
+    transform changes the batch); the most samples one sample may become (None: one)."""
 
     task_id: int
     layout: BatchLayout
     sample_layout: BatchLayout
+    max_outputs: int | None
 
 
 class Failed(NamedTuple):
@@ -220,24 +230,25 @@ def run(payload: bytes, conn: Connection, worker_id: int = 0) -> None:
                     [message.key0, message.key1], dtype=np.uint64)
             started = time.perf_counter()
             try:
-                if producer.transform.batch is None:
+                if producer.transform.batch is None and producer.max_outputs is None:
                     producer.fill(layout, key, indices, slot_views[message.slot], message.row)
-                else:
-                    rows = slice(message.row, message.row + message.count)
-                    producer.make_batch(layout, key, message.number, indices,
-                                        [view[rows] for view in slot_views[message.slot]])
+                    rows = -1
+                else:  # a whole batch, from row 0 of its slot
+                    rows = producer.make_batch(layout, key, message.number, indices,
+                                               slot_views[message.slot])
             except SampleFailure as failure:
                 reply = _failed(message.task_id, failure)
             else:
-                reply = Done(message.task_id, time.perf_counter() - started)
+                reply = Done(message.task_id, time.perf_counter() - started, rows)
         elif isinstance(message, Probe):
             key = np.array([message.key0, message.key1], dtype=np.uint64)
-            reply = _probe(producer, key, message.task_id, message.index)
+            reply = _probe(producer, key, message.task_id, message.indices)
         elif isinstance(message, Attach):
             layout = message.layout
             producer.sample_layout = message.sample_layout
+            producer.max_outputs = message.max_outputs
             slots = message.slots  # kept: the views below map them
-            slot_views = [layout.views(block.ndarray((block.size,), np.uint8), spec.batch_size)
+            slot_views = [layout.views(block.ndarray((block.size,), np.uint8), message.rows)
                           for block in slots]
             index_rows = message.index_block.ndarray((len(slots), spec.batch_size), np.int64)
             continue
@@ -253,11 +264,12 @@ def _failed(task_id: int, failure: SampleFailure) -> Failed:
     return Failed(task_id, *failure_record(failure))
 
 
-def _probe(producer: Producer, key: np.ndarray, task_id: int, index: int) -> Layout | Failed:
+def _probe(producer: Producer, key: np.ndarray, task_id: int,
+           indices: tuple[int, ...]) -> Layout | Failed:
     """The layout of the first sample, or why it could not be made."""
     try:
-        layout = producer.layout_of(key, index)
+        layout = producer.layout_of(key, indices)
         assert producer.sample_layout is not None
-        return Layout(task_id, layout, producer.sample_layout)
+        return Layout(task_id, layout, producer.sample_layout, producer.max_outputs)
     except SampleFailure as failure:
         return _failed(task_id, failure)

@@ -21,7 +21,8 @@ class InlineExecutor:
 
     workers = 0
 
-    def __init__(self, source: Any, transform: Transform, probe: tuple[int, np.ndarray]) -> None:
+    def __init__(self, source: Any, transform: Transform,
+                 probe: tuple[tuple[int, ...], np.ndarray]) -> None:
         self._producer = Producer(source, transform)
         self._probe = probe
         self._layout: BatchLayout | None = None
@@ -36,10 +37,10 @@ class InlineExecutor:
         """Read off the first sample, here (the one executor that runs user code in
         this process, by definition)."""
         if self._layout is None:
-            index, key = self._probe
+            indices, key = self._probe
             try:
                 with preserved_global_rngs():
-                    self._layout = self._producer.layout_of(key, index)
+                    self._layout = self._producer.layout_of(key, indices)
             except SampleFailure as failure:
                 raise _error(failure, 0) from failure.error
         return self._layout
@@ -53,20 +54,21 @@ class InlineExecutor:
         following: Following | None = None, first_batch: int = 0,
     ) -> Iterator[list[np.ndarray]]:
         layout = self.layout
-        rows = max((len(indices) for indices in batches), default=0)
+        producer = self._producer
+        rows = producer.capacity(max((len(indices) for indices in batches), default=0))
         if self._arrays is None or self._arrays.rows < rows:
             self._arrays = BatchArrays(layout, rows)
         for number, indices in enumerate(batches, start=first_batch):
-            out = self._arrays.take(len(indices))
+            out = self._arrays.take(producer.capacity(len(indices)))
             try:
                 if self._legacy:
                     with preserved_global_rngs():
-                        self._producer.make_batch(layout, key, number, indices, out)
+                        made = producer.make_batch(layout, key, number, indices, out)
                 else:
-                    self._producer.make_batch(layout, key, number, indices, out)
+                    made = producer.make_batch(layout, key, number, indices, out)
             except SampleFailure as failure:
                 raise _error(failure, epoch) from failure.error
-            yield out
+            yield out if made == len(out[0]) else [array[:made] for array in out]
 
     def close(self) -> None:
         pass

@@ -11,7 +11,10 @@ Scheduling, all of it in the consumer's thread (no background threads):
   each chunk is sent to the worker with the fewest samples queued. Every batch is thus
   shared by the workers and batches complete one after another at an even pace, not in
   bursts of ``workers`` batches. A batch transform needs the whole batch in one
-  process: each batch is then one chunk, and the ring keeps every worker on one.
+  process, and so do samples that may become several or none (``stoker.Many``: where a
+  sample's rows start depends on all before it): each batch is then one chunk, its
+  slot has room for ``batch_size * max_outputs`` rows, the worker reports how many it
+  made, and the ring keeps every worker on one.
 * The consumer waits on the workers' pipes and process sentinels together (one
   ``poll`` object, ``_Waiter``, with a timeout), so a dead worker is noticed as soon as
   it dies, and a hung one (no progress for ``timeout`` seconds) is killed.
@@ -104,8 +107,9 @@ class _Task:
     epoch: int
     key: tuple[int, int]
     generation: int = 0
-    layout: Any = None  # a probe's answer: (batch layout, sample layout)
+    layout: Any = None  # a probe's answer: (batch layout, sample layout, max_outputs)
     number: int = 0  # the batch's number in its epoch (keys a batch transform's RNG)
+    rows: int = -1  # a whole batch's rows, once made (-1: one per sample)
 
 
 @dataclass(slots=True)
@@ -118,6 +122,7 @@ class _Ahead:
     plan: Sequence[np.ndarray]  # that run's batches; the first len(slot_of) are dispatched
     slot_of: dict[int, int] = field(default_factory=dict)
     remaining: dict[int, int] = field(default_factory=dict)  # chunks still to finish
+    rows: dict[int, int] = field(default_factory=dict)  # whole batches' rows, once made
     failed: bool = False  # a sample failed: the run itself recomputes and raises it
 
     @property
@@ -251,7 +256,7 @@ class ProcessExecutor:
         *,
         source: Any,
         transform: Transform,
-        probe: tuple[int, np.ndarray],
+        probe: tuple[tuple[int, ...], np.ndarray],
         batch_size: int,
         workers: int,
         prefetch: int | None,
@@ -268,6 +273,7 @@ class ProcessExecutor:
         self._probe = probe
         self._layout: BatchLayout | None = None
         self._sample_layout: BatchLayout | None = None
+        self._max_outputs: int | None = transform.max_outputs
         self._attach: _worker.Attach | None = None
         self._batch_size = batch_size
         self._prefetch = prefetch
@@ -334,25 +340,25 @@ class ProcessExecutor:
             for worker_id in range(self.workers):
                 self._resources.workers.append(self._spawn(worker_id))
             if self._layout is None:
-                self._layout, self._sample_layout = self._learn_layout()
+                self._layout, self._sample_layout, self._max_outputs = self._learn_layout()
             assert self._sample_layout is not None
-            nbytes = self._layout.batch_nbytes(self._batch_size)
+            rows = self._batch_size * (self._max_outputs or 1)  # a slot's, and a batch's most
+            nbytes = self._layout.batch_nbytes(rows)
             ring = ring_slots(self._prefetch, self.workers, nbytes)
             slots = SharedBlock.create_many(
                 nbytes, ring, purpose="batch slots",
                 advice="Lower prefetch= (fewer slots) or batch_size= (smaller ones). ")
             self._resources.slots.extend(slots)
             self._slot_views = [
-                self._layout.views(s.ndarray((s.size,), np.uint8), self._batch_size)
-                for s in slots
+                self._layout.views(s.ndarray((s.size,), np.uint8), rows) for s in slots
             ]
             index_block = SharedBlock.create(8 * ring * self._batch_size,
                                              purpose="batch indices")
             self._resources.slots.append(index_block)
             self._index_rows = index_block.ndarray((ring, self._batch_size), np.int64)
             self._attach = _worker.Attach(self._layout, tuple(slots), index_block,
-                                          self._sample_layout)
-            self._arrays = BatchArrays(self._layout, self._batch_size)
+                                          self._sample_layout, rows, self._max_outputs)
+            self._arrays = BatchArrays(self._layout, rows)
             for worker in list(self._resources.workers):
                 self._send(worker, self._attach)
         except BaseException:
@@ -361,11 +367,11 @@ class ProcessExecutor:
             self._tasks.clear()
             raise
 
-    def _learn_layout(self) -> tuple[BatchLayout, BatchLayout]:
+    def _learn_layout(self) -> tuple[BatchLayout, BatchLayout, int | None]:
         """Worker 0 makes the first sample and answers with its layout (and the batch
-        transform's output layout for it)."""
-        index, key = self._probe
-        task = _Task(self._next_task_id, -1, -1, 0, np.array([index], dtype=np.int64), 0,
+        transform's output layout for it, and max_outputs)."""
+        indices, key = self._probe
+        task = _Task(self._next_task_id, -1, -1, 0, np.array(indices, dtype=np.int64), 0,
                      (int(key[0]), int(key[1])), -1)
         self._next_task_id += 1
         self._assign(self._resources.workers[0], task)
@@ -459,11 +465,13 @@ class ProcessExecutor:
         free_slots = deque(range(len(self._slot_views)))
         remaining: dict[int, int] = {}
         slot_of: dict[int, int] = {}
+        rows_of: dict[int, int] = {}  # whole batches' rows, as their workers made them
         if adopted is not None:
             for _ in range(adopted.dispatched):
                 pending.popleft()
             slot_of.update(adopted.slot_of)
             remaining.update(adopted.remaining)
+            rows_of.update(adopted.rows)
             held = set(adopted.slot_of.values())
             free_slots = deque(slot for slot in free_slots if slot not in held)
         ahead: _Ahead | None = None
@@ -493,7 +501,9 @@ class ProcessExecutor:
                         self._stats.queue(sum(1 for left in remaining.values() if left == 0))
                     slot = slot_of.pop(next_batch)
                     del remaining[next_batch]
-                    count = len(batches[next_batch])
+                    count = rows_of.pop(next_batch, -1)
+                    if count < 0:
+                        count = len(batches[next_batch])
                     out = self._arrays.copy(self._slot_views[slot], count)
                     free_slots.append(slot)
                     next_batch += 1
@@ -505,8 +515,10 @@ class ProcessExecutor:
                     for task in done:
                         if task.generation == generation:
                             remaining[task.batch] -= 1
+                            rows_of[task.batch] = task.rows
                         elif ahead is not None and task.generation == ahead.tag:
                             ahead.remaining[task.batch] -= 1
+                            ahead.rows[task.batch] = task.rows
                     if ahead is not None and any(f[0].generation == ahead.tag for f in failed):
                         ahead.failed = True
                     failed = [f for f in failed if f[0].generation == generation]
@@ -556,8 +568,10 @@ class ProcessExecutor:
         # One chunk per worker, each of at least MIN_CHUNK samples: with many workers a
         # batch goes to some of them and the next batches in the ring to the others, so
         # the consumer's messages per batch stop growing with the pool. A batch
-        # transform needs the whole batch: one chunk, one worker.
-        parts = (1 if self._transform.batch is not None else
+        # transform needs the whole batch, and so do samples that may become several or
+        # none (where a sample's rows start depends on every sample before it): one
+        # chunk, one worker.
+        parts = (1 if self._transform.batch is not None or self._max_outputs is not None else
                  min(len(self._resources.workers), max(1, len(indices) // MIN_CHUNK)))
         chunks = split_into_chunks(len(indices), parts)
         for start, stop in chunks:
@@ -576,7 +590,8 @@ class ProcessExecutor:
         self._tasks[task.task_id] = task
         message: _worker.Probe | _worker.Task
         if task.batch == -1:
-            message = _worker.Probe(task.task_id, *task.key, int(task.indices[0]))
+            message = _worker.Probe(task.task_id, *task.key,
+                                    tuple(int(i) for i in task.indices))
         else:
             message = _worker.Task(task.task_id, task.epoch, *task.key, task.slot, task.row,
                                    len(task.indices), task.number)
@@ -655,9 +670,10 @@ class ProcessExecutor:
         worker.queued -= len(task.indices)
         worker.last_progress = time.monotonic()
         if isinstance(message, _worker.Layout):
-            task.layout = (message.layout, message.sample_layout)
+            task.layout = (message.layout, message.sample_layout, message.max_outputs)
             done.append(task)
         elif isinstance(message, _worker.Done):
+            task.rows = message.rows
             done.append(task)
             if self._stats is not None:
                 self._stats.worker_busy(message.busy_seconds)

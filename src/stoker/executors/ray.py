@@ -171,20 +171,21 @@ class BatchActor:
         self._load(arguments)
         return self._where
 
-    def probe(self, arguments: list[Any], key0: int, key1: int, index: int) -> tuple:
-        """``(where, True, (batch layout, sample layout))`` of sample ``index``, or
-        ``(where, False, failure)``: the batch layout is learnt here, never in the
-        consumer."""
+    def probe(self, arguments: list[Any], key0: int, key1: int,
+              indices: tuple[int, ...]) -> tuple:
+        """``(where, True, (batch layout, sample layout, max_outputs))`` of the first of
+        samples ``indices`` that the transform keeps, or ``(where, False, failure)``: the
+        batch layout is learnt here, never in the consumer."""
         key = np.array([key0, key1], dtype=np.uint64)
         try:
             producer = self._load(arguments)
-            layout = producer.layout_of(key, index)
-            return (self._where, True, (layout, producer.sample_layout))
+            layout = producer.layout_of(key, indices)
+            return (self._where, True, (layout, producer.sample_layout, producer.max_outputs))
         except SampleFailure as failure:
             return (self._where, False, failure_record(failure))
 
     def produce(self, arguments: list[Any], key0: int, key1: int, indices: np.ndarray,
-                layouts: tuple[BatchLayout, BatchLayout], number: int) -> tuple:
+                layouts: tuple[BatchLayout, BatchLayout, int | None], number: int) -> tuple:
         """``(where, True, (busy_seconds, arrays))``, or ``(where, False, failure)`` when
         a sample failed: the transform's errors are the consumer's to raise, not Ray's to
         retry. ``where`` (pid, node) tells the consumer when Ray restarted the actor."""
@@ -192,15 +193,19 @@ class BatchActor:
         if key is None:
             self._keys.clear()
             key = self._keys[(key0, key1)] = np.array([key0, key1], dtype=np.uint64)
-        layout, sample_layout = layouts  # the batch's, and the samples' (batch_transform=)
-        out = layout.empty(len(indices))
+        # the batch's layout, the samples' (batch_transform=), the most samples one makes
+        layout, sample_layout, max_outputs = layouts
         started = time.perf_counter()
         try:
             producer = self._load(arguments)
             producer.sample_layout = sample_layout
-            producer.make_batch(layout, key, number, indices, out)
+            producer.max_outputs = max_outputs
+            out = layout.empty(producer.capacity(len(indices)))
+            rows = producer.make_batch(layout, key, number, indices, out)
         except SampleFailure as failure:
             return (self._where, False, failure_record(failure))
+        if rows != len(out[0]):
+            out = [array[:rows] for array in out]
         return (self._where, True, (time.perf_counter() - started, out))
 
 
@@ -264,7 +269,7 @@ class RayExecutor:
         *,
         source: Any,
         transform: Transform,
-        probe: tuple[int, np.ndarray],
+        probe: tuple[tuple[int, ...], np.ndarray],
         workers: int,
         prefetch: int,
         max_worker_restarts: int = 0,
@@ -277,7 +282,8 @@ class RayExecutor:
         self._transform = transform
         self._probe = probe
         self._layout: BatchLayout | None = None
-        self._layouts: tuple[BatchLayout, BatchLayout] | None = None  # + the samples'
+        # + the samples' layout, and the most samples one may become
+        self._layouts: tuple[BatchLayout, BatchLayout, int | None] | None = None
         self._arrays: BatchArrays | None = None  # the memory of delivered batches
         self._batch_rows = 0
         self._prefetch = prefetch
@@ -374,11 +380,11 @@ class RayExecutor:
         if self._stopped:
             raise LoaderError("the loader was closed while another thread was reading from it")
 
-    def _learn_layout(self) -> tuple[BatchLayout, BatchLayout]:
-        index, key = self._probe
+    def _learn_layout(self) -> tuple[BatchLayout, BatchLayout, int | None]:
+        indices, key = self._probe
         actor = self._actors[0]
         flight = _InFlight(actor.handle.probe.remote(self._arguments, int(key[0]),
-                                                     int(key[1]), index), actor)
+                                                     int(key[1]), indices), actor)
         while True:
             if self._closed:
                 raise LoaderError("the loader was closed while its workers were starting")
@@ -457,7 +463,7 @@ class RayExecutor:
             layouts = self._layouts
         key0, key1 = int(key[0]), int(key[1])
         if batches:  # the first batch of a run is a full one (only the last is short)
-            self._batch_rows = max(self._batch_rows, len(batches[0]))
+            self._batch_rows = max(self._batch_rows, len(batches[0]) * (layouts[2] or 1))
         next_submit = next_batch = 0
         try:
             while next_batch < len(batches):
