@@ -11,14 +11,7 @@ import pytest
 import stoker
 from stoker.augment import MixUp
 from stoker.plan import Purpose, epoch_key
-
-EXECUTORS = [
-    pytest.param({"workers": 0}, id="inline"),
-    pytest.param({"workers": 1, "start_method": "fork"}, id="fork-1"),
-    pytest.param({"workers": 2, "start_method": "forkserver"}, id="forkserver-2"),
-    pytest.param({"workers": 4, "start_method": "forkserver"}, id="forkserver-4"),
-    pytest.param({"workers": 2, "start_method": "spawn"}, id="spawn-2"),
-]
+from test_batch_transforms import EXECUTORS  # inline, fork, forkserver 2 and 4, spawn
 
 
 def data(count: int = 70) -> stoker.Source:

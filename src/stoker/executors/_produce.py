@@ -262,8 +262,11 @@ class Producer:
             leaves = layout.batch_leaves(output, rows)
         except self._failures as error:
             raise SampleFailure(number, "batch-checking", error) from error
-        for target, leaf in zip(out, leaves, strict=True):
-            if leaf is not target:
+        # A field handed back as it was given is already in place (when the layouts
+        # agree, the batch transform was given views of ``out``).
+        given = arrays if sample_layout == layout else [None] * len(out)
+        for target, passed, leaf in zip(out, given, leaves, strict=True):
+            if leaf is not passed:
                 np.copyto(target[:rows], leaf)  # numpy copies through a buffer if they overlap
         if self.transform.check_finite:
             bad = _first_not_finite(layout, out, 0, rows)
