@@ -277,6 +277,48 @@ def a_resumed_epoch_ends_after_the_batches_that_remain():
         assert not [w for w in caught if "ran out of data" in str(w.message)], caught
 
 
+def an_empty_batch_is_stepped_over_or_refused_clearly():
+    """A filter that drops every sample of batch 1: TensorFlow steps over it; JAX and
+    torch cannot, so fit() and evaluate() get a LoaderError naming batch_size (not the
+    backend's gradient error, nor a NaN loss); predict() takes it."""
+    def drop_second_batch(sample):
+        return stoker.Many() if BATCH <= int(sample[1]) < 2 * BATCH else sample
+
+    def drop_last_batch(sample):
+        return stoker.Many() if int(sample[1]) >= N - BATCH else sample
+
+    def filtered(transform):
+        return stoker.Loader(stoker.from_arrays(X, Y), batch_size=BATCH, shuffle=False,
+                             workers=WORKERS, transform=transform, max_outputs=1)
+
+    if keras.backend.backend() != "tensorflow":  # the last batch of an epoch, named right
+        with filtered(drop_last_batch) as train:
+            try:
+                model().fit(train.keras(), epochs=2, verbose=0)
+            except stoker.LoaderError as e:
+                assert f"batch {N // BATCH - 1} of epoch 0 is empty" in str(e), e
+            else:
+                raise AssertionError("fit() on an empty last batch was not refused")
+    with filtered(drop_second_batch) as train:
+        out = model().predict(train.keras(), verbose=0)
+        assert len(out) == N - BATCH, out.shape
+        for call in ("fit", "evaluate"):
+            if keras.backend.backend() == "tensorflow":
+                result = getattr(model(), call)(train.keras(), verbose=0)
+                losses = result.history["loss"] if call == "fit" else [result]
+                assert np.isfinite(losses).all(), losses
+                continue
+            try:
+                getattr(model(), call)(train.keras(), verbose=0)
+            except stoker.LoaderError as e:
+                assert "batch 1 of epoch" in str(e) and "batch_size=" in str(e), e
+                assert f"{call}()" in str(e), e
+            else:
+                raise AssertionError(f"{call}() on an empty batch was not refused")
+        # The loader still works after a refused call.
+        assert len(model().predict(train.keras(), verbose=0)) == N - BATCH
+
+
 if __name__ == "__main__":
     fit_evaluate_predict_again_and_again()
     steps_per_epoch_walks_whole_epochs()
@@ -286,4 +328,5 @@ if __name__ == "__main__":
     a_call_after_fit_returned_changes_nothing()
     a_reader_going_on_after_a_nested_pass_gets_real_batches()
     a_resumed_epoch_ends_after_the_batches_that_remain()
+    an_empty_batch_is_stepped_over_or_refused_clearly()
     print("OK")

@@ -73,6 +73,8 @@ _READERS = ("_finite_generator", "_infinite_generator")
 _PEEKERS = ("get_tf_dataset", "_symbolic_build")
 _RAN_OUT = "Your input ran out of data"
 _ENTRIES = ("fit", "evaluate", "predict")
+# Keras on TensorFlow steps over an empty batch; on JAX and torch it cannot (_refuse_empty).
+_TAKES_EMPTY_BATCHES = keras.backend.backend() == "tensorflow"
 
 
 def _keras_frame(frame: FrameType | None, names: tuple[str, ...], depth: int) -> FrameType | None:
@@ -86,6 +88,12 @@ def _keras_frame(frame: FrameType | None, names: tuple[str, ...], depth: int) ->
             return frame
         frame = frame.f_back
     return None
+
+
+def _entry(frame: FrameType | None) -> str | None:
+    """The innermost Keras ``fit``/``evaluate``/``predict`` running below ``frame``."""
+    found = _keras_frame(frame, _ENTRIES, 64)
+    return found.f_code.co_name if found is not None else None
 
 
 def _trained_by_caller(reader: FrameType | None, frame: FrameType | None) -> bool:
@@ -251,11 +259,34 @@ class KerasDataset(keras.utils.PyDataset):
             # into the next epoch.
             self._run = self.loader._run(self.loader._start_run(), commit=False)
             position, batch = next(self._run)
+        if self._reader is not None and not _TAKES_EMPTY_BATCHES:
+            self._refuse_empty(position, batch)
         self._pending.append(position)
         self._reader_left = max(0, self._reader_left - 1)
         if self._reader is None and not self._tracked:
             self._commit(len(self._pending))  # no look-ahead to account for
         return batch
+
+    def _refuse_empty(self, position: Position, batch: Any) -> None:
+        """An empty batch (a filter dropped all its samples) for ``fit``/``evaluate`` on
+        Keras' JAX or torch backend: the step fails deep inside the backend ("Gradient
+        only defined for scalar-output functions") and ``evaluate`` averages it into a NaN
+        loss, so say what happened instead. ``predict`` takes it (no rows out)."""
+        if len(self.loader.layout._values(batch)[0]):
+            return
+        entry = _entry(sys._getframe(1))
+        if entry == "predict":
+            return
+        epoch, batch_number = (position.epoch, position.batch - 1) if position.batch else (
+            position.epoch - 1, len(self.loader) - 1)  # the position after this batch
+        raise LoaderError(
+            f"batch {batch_number} of epoch {epoch} is empty: the transform "
+            f"dropped every one of its {self.loader.options.batch_size} samples (stoker.Many()), "
+            f"and Keras' {keras.backend.backend()} backend cannot {entry or 'fit'}() on an "
+            "empty batch (it fails, or averages it into a NaN loss). Use a larger "
+            "batch_size= so that every batch keeps a sample, or Keras' TensorFlow backend, "
+            "which steps over empty batches"
+        )
 
     def _commit(self, count: int) -> None:
         """The model consumed the next ``count`` batches handed out."""
