@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,17 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches the scripts the tests start. A shell without job control starts a
+    background command (``cmd &``, nohup) with SIGINT ignored, and every child inherits
+    that, so a Python child never gets its KeyboardInterrupt and the tests that send
+    SIGINT would wait for nothing; Python's own handler here makes children start with
+    the default again."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 SHM = Path("/dev/shm")
 
