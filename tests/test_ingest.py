@@ -161,3 +161,67 @@ def test_folder_ingest_says_what_it_converted(tmp_path, capsys):
     assert "converted: 1 colour image made grey (--color keeps colour); 1 image resized" \
         in said
     assert store.open(out)[1][0].shape == (10, 10, 1)
+
+
+def test_an_encoded_folder_keeps_each_files_bytes_and_decodes_in_the_loader(tmp_path, capsys):
+    from stoker.augment import Compose, Decode, RandomResizedCrop
+    from test_photo import photo
+
+    folder = tmp_path / "photos"
+    files = {}
+    for label, name in enumerate(("cat", "dog")):
+        (folder / name).mkdir(parents=True)
+        for i, ext in enumerate((".jpg", ".png", ".webp")):
+            path = folder / name / f"{i}{ext}"
+            cv2.imwrite(str(path), photo(20 + 9 * i, 31 - 5 * i, label * 3 + i))
+            files[(label, i)] = path.read_bytes()
+    out = tmp_path / "photos.stoker"
+    assert main(["ingest", str(folder), "--encoded", "--out", str(out), "--no-progress"]) == 0
+    assert "6 samples, 2 classes" in capsys.readouterr().out
+    data = store.open(out)
+    assert data.classes == ["cat", "dog"]
+    for position, ((label, _), raw) in enumerate(sorted(files.items())):
+        record, stored_label = data[position]
+        assert stored_label == label and record.tobytes() == raw
+    store.verify(out)
+    assert main(["inspect", str(out)]) == 0
+    assert "field '0': encoded bytes, 6 records" in capsys.readouterr().out
+    assert main(["inspect", str(out), "--out", str(tmp_path / "sheet.png")]) == 0
+    sheet = cv2.imread(str(tmp_path / "sheet.png"))
+    assert sheet.shape == (2 + 98, 2 + 6 * 98, 3)  # one row of six 96-pixel thumbnails
+    assert main(["preview", "--from", str(out)]) == 2
+    assert "holds encoded images (field '0'), not pixels" in capsys.readouterr().err
+    transform = Compose([Decode(), RandomResizedCrop(12)])
+    with stoker_loader(data, transform) as loader:
+        images = np.concatenate([x for x, _ in loader])
+    assert images.shape == (6, 12, 12, 3)
+
+
+def stoker_loader(data, transform):
+    import stoker
+
+    return stoker.Loader(data, batch_size=4, transform=transform, workers=2)
+
+
+def test_encoded_ingest_refuses_what_is_no_image_and_flags_that_do_not_apply(tmp_path, capsys):
+    folder = tmp_path / "photos" / "cat"
+    folder.mkdir(parents=True)
+    cv2.imwrite(str(folder / "0.jpg"), np.zeros((10, 10, 3), np.uint8))
+    (folder / "1.jpg").write_bytes(cv2.imencode(".jpg", np.zeros((10, 10, 3), np.uint8))[1]
+                                   .tobytes()[:60])
+    out = tmp_path / "s"
+    assert main(["ingest", str(tmp_path / "photos"), "--encoded", "--out", str(out),
+                 "--no-progress"]) == 2
+    assert "1.jpg is not an image stoker can decode: the JPEG has no end marker" \
+        in capsys.readouterr().err
+    (folder / "1.jpg").write_text("<html>not found</html>")
+    assert main(["ingest", str(tmp_path / "photos"), "--encoded", "--out", str(out),
+                 "--no-progress"]) == 2
+    assert "1.jpg is not an image stoker can decode: its first bytes" in capsys.readouterr().err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+    assert main(["ingest", str(tmp_path / "photos"), "--encoded", "--size", "64", "--out",
+                 str(out)]) == 2
+    assert "--size and --color do not apply" in capsys.readouterr().err
+    np.save(tmp_path / "x.npy", np.zeros((3, 2)))
+    assert main(["ingest", str(tmp_path / "x.npy"), "--encoded", "--out", str(out)]) == 2
+    assert "--encoded is for an image folder" in capsys.readouterr().err

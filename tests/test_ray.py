@@ -152,6 +152,25 @@ def test_samples_that_become_several_or_none_match_the_plan_and_resume():
             many.assert_same([(x.copy(), y.copy()) for x, y in loader], expected[0][2:])
 
 
+def test_an_encoded_store_is_decoded_by_the_actors_as_the_plan_says(tmp_path):
+    import test_photo as photo
+
+    source = stoker.store.open(stoker.store.save(tmp_path / "photos",
+                                                 (photo.encoded(40), np.arange(40))))
+    options = dict(batch_size=16, seed=4, transform=photo.recipe(), backend="ray", workers=2)
+    expected = [photo.expected_epoch(source, photo.recipe(), seed=4, epoch=e) for e in (0, 1)]
+    with stoker.Loader(source, **options) as loader:
+        for mine, theirs in zip(photo.epochs_of(loader), expected, strict=True):
+            photo.assert_same(mine, theirs)
+        loader.set_epoch(0)
+        epoch = iter(loader)
+        next(epoch)
+        state = loader.state_dict()
+    with stoker.Loader(source, **options) as loader:
+        loader.load_state_dict(state)
+        photo.assert_same([(x.copy(), y.copy()) for x, y in loader], expected[0][1:])
+
+
 def test_the_data_is_put_in_the_object_store_once_and_read_zero_copy(images):
     from stoker.executors.ray import portable
 

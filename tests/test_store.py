@@ -197,6 +197,104 @@ def test_truncated_corrupt_and_foreign_stores_are_refused_naming_the_file(tmp_pa
         store.open(tmp_path / "elsewhere")
 
 
+def _jpegs(count: int, seed: int = 0) -> list[bytes]:
+    """``count`` small JPEG files of differing sizes."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    return [cv2.imencode(".jpg", rng.integers(0, 256, (8 + i % 7, 9 + i % 5, 3), np.uint8))[1]
+            .tobytes() for i in range(count)]
+
+
+def test_a_blob_field_round_trips_record_for_record(tmp_path):
+    records = [*_jpegs(20), b"", b"\x00" * 5]  # empty and all-zero records stay as they are
+    labels = np.arange(22) % 3
+    path = store.save(tmp_path / "photos", {"jpeg": records, "label": labels},
+                      classes=["a", "b", "c"])
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["version"] == store.BLOBS_VERSION and meta["fields"][0]["blobs"] is True
+    source = store.open(path)
+    assert len(source) == 22 and source.nbytes == sum(map(len, records)) + labels.nbytes
+    for i, record in enumerate(records):
+        value = source[i]["jpeg"]
+        assert value.dtype == np.uint8 and value.tobytes() == record
+        assert not value.flags.writeable
+    store.verify(path)
+    # Saving again, whole or a subset, keeps every record (a Blobs field streams through).
+    train, _ = source.split(0.5, seed=1)
+    copy = store.open(store.save(tmp_path / "train", train))
+    assert [copy[i]["jpeg"].tobytes() for i in range(len(copy))] == [
+        records[int(i)] for i in train.indices]
+    assert copy.classes == ["a", "b", "c"]
+    # Stores without a blob field stay version 2, readable by stoker before blobs.
+    plain = store.save(tmp_path / "plain", labels)
+    assert json.loads((plain / "meta.json").read_text())["version"] == 2
+
+
+def test_a_blob_fields_files_are_checked_on_open_and_byte_for_byte_by_verify(tmp_path):
+    path = store.save(tmp_path / "s", (_jpegs(30), np.arange(30)))
+    entry = json.loads((path / "meta.json").read_text())["fields"][0]
+    offsets_file, data_file = path / entry["file"], path / entry["data"]
+    offsets, data = offsets_file.read_bytes(), data_file.read_bytes()
+
+    data_file.write_bytes(data[:-10])
+    with pytest.raises(store.StoreError, match=r"field_0\.\w+\.data\.npy is truncated"):
+        store.open(path)
+    data_file.write_bytes(data)
+    offsets_file.write_bytes(offsets[:-8])
+    with pytest.raises(store.StoreError, match=r"field_0\.\w+\.npy is truncated"):
+        store.open(path)
+
+    values = np.frombuffer(offsets, np.int64, offset=store.HEADER_BYTES).copy()
+    header = offsets[:store.HEADER_BYTES]
+    values[5], values[6] = values[6], values[5]  # a decreasing offset: records overlap
+    offsets_file.write_bytes(header + values.tobytes())
+    with pytest.raises(store.StoreError, match=r"field_0\.\w+\.npy is corrupt: the record "
+                                               r"offsets decrease at record 5"):
+        store.open(path)
+    values[-1] += 1  # the last offset past the data: sized as a longer data file
+    offsets_file.write_bytes(header + values.tobytes())
+    with pytest.raises(store.StoreError, match=r"data\.npy is truncated"):
+        store.open(path)
+
+    offsets_file.write_bytes(offsets)
+    flipped = bytearray(data)
+    flipped[store.HEADER_BYTES + 100] ^= 0xFF
+    data_file.write_bytes(bytes(flipped))
+    store.open(path)  # sizes and headers are fine
+    with pytest.raises(store.StoreError, match=r"data\.npy does not match its checksum"):
+        store.verify(path)
+    data_file.write_bytes(data)
+    store.verify(path)
+    data_file.unlink()
+    with pytest.raises(store.StoreError, match=r"data\.npy is missing"):
+        store.open(path)
+
+
+def test_a_blob_field_entry_of_the_manifest_is_validated(tmp_path):
+    path = store.save(tmp_path / "s", (_jpegs(4), np.arange(4)))
+    for change in (lambda f: f.update(data="../elsewhere.npy"),
+                   lambda f: f.update(blobs="yes"),
+                   lambda f: f.pop("data_sha256")):
+        _rewrite_meta(path, lambda meta, change=change: change(meta["fields"][0]))
+        with pytest.raises(store.StoreError, match="corrupt: blob field 0"):
+            store.open(path)
+        path = store.save(tmp_path / "s", (_jpegs(4), np.arange(4)), overwrite=True)
+
+
+def test_bytes_are_refused_by_from_arrays_and_numpy_bytes_by_a_store(tmp_path):
+    with pytest.raises(TypeError, match=r"list of bytes.*Keep encoded records in a store"):
+        stoker.from_arrays(_jpegs(3), np.arange(3))
+    with pytest.raises(TypeError, match="pads every record"):
+        store.save(tmp_path / "s", np.array(_jpegs(3)))
+    with store.Writer(tmp_path / "s") as writer:
+        writer.append((_jpegs(3), np.arange(3)))
+        with pytest.raises(ValueError, match=r"field '0' changed from variable bytes"):
+            writer.append((np.zeros((3, 4), np.uint8), np.arange(3)))
+        writer.append((_jpegs(2, seed=1), np.arange(2)))
+    assert len(store.open(tmp_path / "s")) == 5
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loaders_read_a_store_like_shared_memory(tmp_path, samples, workers):
     x, y = samples
@@ -248,7 +346,7 @@ def test_save_reads_its_input_as_from_arrays_does(tmp_path):
         store.save(tmp_path / "bad", {1: images, "1": images})
     with pytest.raises(TypeError, match="numbers and booleans only"):
         store.save(tmp_path / "bad", (np.array(["2020-01-01"] * 3, "datetime64[D]"),))
-    with pytest.raises(TypeError, match="numbers and booleans only"):
+    with pytest.raises(TypeError, match=r"pads every record.*pass a list of bytes"):
         store.save(tmp_path / "bad", np.array([b"ab", b"cd"]))
     with pytest.raises(TypeError, match="overwrite must be True or False"):
         store.save(tmp_path / "bad", images, overwrite="yes")
@@ -396,6 +494,7 @@ CRASH_AT = """
     from stoker import store
 
     target, sig, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    blobs = sys.argv[4] == "blobs"
     steps = [0]
 
     def hooked(name):
@@ -415,7 +514,8 @@ CRASH_AT = """
 
     for name in ("fsync", "rename", "replace"):
         hooked(name)
-    x = np.full((size, 300), 7, np.uint16)
+    x = ([bytes([7]) * (600 + i % 5) for i in range(size)] if blobs
+         else np.full((size, 300), 7, np.uint16))
     store.save({path!r}, (x, np.arange(size)), overwrite=True)
     print("done", steps[0], flush=True)
 """
@@ -432,19 +532,31 @@ def _content(path: Path) -> int | None:
     return len(source)
 
 
+def _payload(n: int, blobs: bool) -> tuple[object, np.ndarray]:
+    """``n`` samples: fixed-shape rows, or encoded records of differing lengths (a blob
+    field), each holding ``n``."""
+    if blobs:
+        return [bytes([n]) * (600 + i % 5) for i in range(n)], np.arange(n)
+    return np.full((n, 300), n, np.uint16), np.arange(n)
+
+
 def _only_the_store_left(parent: Path, path: Path) -> None:
     assert sorted(p.name for p in parent.iterdir()) == [path.name]
     names = {p.name for p in path.iterdir()}
-    files = {f["file"] for f in json.loads((path / "meta.json").read_text())["fields"]}
+    files = {name for f in json.loads((path / "meta.json").read_text())["fields"]
+             for name in (f["file"], f.get("data")) if name}
     assert names - {".lock"} == files | {"meta.json"}, names
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("payload", ["arrays", "blobs"])
 @pytest.mark.parametrize("existing", [False, True], ids=["first-write", "overwrite"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
-def test_a_write_killed_at_any_step_leaves_the_old_or_the_new_store(tmp_path, existing, sig):
+def test_a_write_killed_at_any_step_leaves_the_old_or_the_new_store(tmp_path, existing, sig,
+                                                                    payload):
     from concurrent.futures import ThreadPoolExecutor
 
+    blobs = payload == "blobs"
     old, new = 40, 25
 
     def attempt(target: int) -> tuple[Path, Path, subprocess.CompletedProcess]:
@@ -452,10 +564,10 @@ def test_a_write_killed_at_any_step_leaves_the_old_or_the_new_store(tmp_path, ex
         path = parent / "s.stoker"
         parent.mkdir()
         if existing:
-            store.save(path, (np.zeros((old, 300), np.uint16), np.arange(old)))
+            store.save(path, _payload(old, blobs))
         script = textwrap.dedent(CRASH_AT).format(src=str(ROOT / "src"), path=str(path))
         return parent, path, subprocess.run(
-            [sys.executable, "-c", script, str(target), str(int(sig)), str(new)],
+            [sys.executable, "-c", script, str(target), str(int(sig)), str(new), payload],
             capture_output=True, text=True, timeout=60)
 
     killed_at, finished, first = [], False, 1
@@ -474,17 +586,22 @@ def test_a_write_killed_at_any_step_leaves_the_old_or_the_new_store(tmp_path, ex
                 if sig == signal.SIGINT and content is not None:  # Ctrl-C: nothing left
                     _only_the_store_left(parent, path)
                 # The next write finds its way, and leaves only the store behind.
-                store.save(path, (np.ones((5, 300), np.uint16), np.arange(5)), overwrite=True)
+                store.save(path, _payload(5, blobs), overwrite=True)
                 assert _content(path) == 5
                 _only_the_store_left(parent, path)
             first += 6
     assert finished
-    assert len(killed_at) >= 12, killed_at  # every fsync, rename and replace, both sides
+    # every fsync, rename and replace, both sides (a blob field has a file more)
+    assert len(killed_at) >= 12 + 2 * blobs, killed_at
 
 
-def test_readers_never_see_a_half_store_during_overwrites(tmp_path):
+@pytest.mark.parametrize("payload", ["arrays", "blobs"])
+def test_readers_never_see_a_half_store_during_overwrites(tmp_path, payload):
     path = tmp_path / "s.stoker"
-    store.save(path, (np.full((64, 100), 64, np.int32), np.full(64, 64)))
+    blobs = payload == "blobs"
+    x = [bytes([64]) * (100 + i) for i in range(64)] if blobs else np.full((64, 100), 64,
+                                                                             np.int32)
+    store.save(path, (x, np.full(64, 64)))
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys
         import numpy as np
@@ -492,8 +609,9 @@ def test_readers_never_see_a_half_store_during_overwrites(tmp_path):
         from stoker import store
         for i in range(30):
             n = 64 + 16 * (i % 2)
-            store.save({str(path)!r}, (np.full((n, 100), n, np.int32), np.full(n, n)),
-                       overwrite=True)
+            x = ([bytes([n]) * (100 + i) for i in range(n)] if {blobs}
+                 else np.full((n, 100), n, np.int32))
+            store.save({str(path)!r}, (x, np.full(n, n)), overwrite=True)
     """)])
     opens, failures = 0, []
     try:
@@ -502,7 +620,10 @@ def test_readers_never_see_a_half_store_during_overwrites(tmp_path):
                 source = store.open(path)
                 images, labels = source.arrays
                 n = len(source)
-                assert n in (64, 80) and images[-1, -1] == n and labels[0] == n, n
+                last = images[n - 1] if blobs else images[-1]
+                assert n in (64, 80) and last[-1] == n and labels[0] == n, n
+                if blobs:
+                    assert len(last) == 100 + n - 1 and (images.data == n).all(), n
                 if opens % 50 == 0:
                     store.verify(path)  # one consistent generation, however it changes
             except Exception as error:  # every kind counts as a failure

@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="ETL: keep a group (kanji, hiragana, katakana, digits, latin) "
                         "or the characters given")
     ingest.add_argument("--color", action="store_true", help="folder: keep colour (RGB)")
+    ingest.add_argument("--encoded", action="store_true",
+                        help="folder: keep each image file's bytes as they are (JPEG, PNG, "
+                        "...), decoded in the workers by stoker.augment.Decode()")
     ingest.add_argument("--classes", type=Path, default=None, metavar="FILE",
                         help=".npy/.npz input: a UTF-8 text file of class names, one per "
                         "line, line N naming label N (folders and ETL files name their own)")
@@ -203,6 +206,13 @@ def _ingest(args: argparse.Namespace) -> int:
     if (args.out.exists() or args.out.is_symlink()) and not args.overwrite:
         raise ValueError(f"{args.out} already exists; pass --overwrite to replace it "
                          "(atomically: it stays as it is until the new store is complete)")
+    if args.encoded and kind != "folder":
+        raise ValueError(f"--encoded is for an image folder; {kind} input holds pixels "
+                         "already")
+    if args.encoded and (args.size is not None or args.color):
+        raise ValueError("--encoded keeps each file as it is, so --size and --color do not "
+                         "apply: decode, resize and choose colour in the loader's transform "
+                         "(Decode(mode='rgb' or 'grey'), RandomResizedCrop(224), Resize(...))")
     if args.classes is not None and kind != "numpy":
         raise ValueError(f"--classes is for .npy/.npz input; {kind} input names its own "
                          "classes (the sub-folders, or the characters of the ETL files)")
@@ -213,7 +223,8 @@ def _ingest(args: argparse.Namespace) -> int:
     elif kind == "folder":
         if len(inputs) != 1:
             raise ValueError("--kind folder takes exactly one folder")
-        plan = ingesting.from_folder(inputs[0], size=args.size, color=args.color)
+        plan = ingesting.from_folder(inputs[0], size=args.size, color=args.color,
+                                     encoded=args.encoded)
     else:
         plan = _in_flags(lambda: ingesting.from_etl(
             inputs, size=args.size or 64, characters=args.characters, format=args.etl_format))
@@ -328,7 +339,13 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"{data.path}: {len(data)} {meta['kind']} samples, {data.nbytes / 2**20:.1f} MiB "
           f"of data ({on_disk / 2**20:.1f} MiB on disk), store format version "
           f"{meta['version']}, generation {data.identity}")
-    for field in meta["fields"]:
+    for position, field in enumerate(meta["fields"]):
+        if field.get("blobs"):
+            sizes = data._arrays[position].sizes
+            print(f"  field {field['name']!r}: encoded bytes, {len(sizes)} records of "
+                  f"{sizes.min()}..{sizes.max()} bytes (mean {sizes.mean():.0f}); decode "
+                  "them in the transform with stoker.augment.Decode()")
+            continue
         shape = "x".join(map(str, field["shape"])) or "scalar"
         print(f"  field {field['name']!r}: {np.dtype(field['dtype'])} {shape}")
     if data.classes:
@@ -347,10 +364,15 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _image_field(data, flag: str) -> int:
     """Which field of a store holds images (HxW, HxWx1 or HxWx3)."""
+    encoded = [f["name"] for f in data._meta["fields"] if f.get("blobs")]
     for position, field in enumerate(data._meta["fields"]):
-        shape = field["shape"]
+        shape = field.get("shape") or ()
         if len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3)):
             return position
+    if encoded:
+        raise ValueError(f"{flag}: {data.path} holds encoded images (field {encoded[0]!r}), "
+                         "not pixels; preview them through a loader whose transform decodes "
+                         "them (stoker.augment.Decode())")
     raise ValueError(f"{flag}: {data.path} holds no images (no field is HxW or HxWxC)")
 
 
@@ -359,7 +381,11 @@ def _write_contact_sheet(data, meta, out: Path, count: int) -> Path:
 
     from .augment.preview import write_png
 
-    images = np.asarray(data._arrays[_image_field(data, "--out")][:count])
+    blobs = [i for i, f in enumerate(meta["fields"]) if f.get("blobs")]
+    if blobs and not any(len(f.get("shape") or ()) in (2, 3) for f in meta["fields"]):
+        images = _thumbnails(data._arrays[blobs[0]][:count])
+    else:
+        images = np.asarray(data._arrays[_image_field(data, "--out")][:count])
     if images.dtype != np.uint8:
         low, high = float(images.min()), float(images.max())
         images = ((images - low) / (high - low or 1) * 255).astype(np.uint8)
@@ -376,6 +402,24 @@ def _write_contact_sheet(data, meta, out: Path, count: int) -> Path:
     if sheet.ndim == 3:
         sheet = sheet[..., ::-1]  # RGB to OpenCV's BGR
     return write_png(out, sheet)
+
+
+def _thumbnails(records, side: int = 96):
+    """Encoded images decoded and fitted into ``side`` x ``side`` (grey borders), RGB."""
+    import cv2
+    import numpy as np
+
+    from .augment import Decode
+
+    out = np.full((len(records), side, side, 3), 96, np.uint8)
+    for row, record in enumerate(records):
+        image = Decode().decode(record)
+        scale = side / max(image.shape[:2])
+        h, w = (max(1, round(n * scale)) for n in image.shape[:2])
+        small = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        top, left = (side - h) // 2, (side - w) // 2
+        out[row, top:top + h, left:left + w] = small
+    return out
 
 
 def _train(args: argparse.Namespace) -> int:

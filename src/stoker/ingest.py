@@ -7,7 +7,9 @@ Three kinds of input, each read in chunks and appended to a :class:`stoker.store
   ``(a[i], b[i], ...)``; a ``.npz`` file gives dict samples (its arrays are read one at a
   time, each whole: zip members cannot be memory-mapped).
 * an image folder with one sub-folder per class: ``(image, label)`` samples, ``label``
-  indexing the sorted folder names (``store.classes``).
+  indexing the sorted folder names (``store.classes``); decoded to one size, or with
+  ``encoded=True`` each file's bytes as they are (a blob field, decoded in the workers
+  by ``stoker.augment.Decode``).
 * ETL Character Database files: ``(image, label)`` samples, ``label`` indexing the
   characters found (sorted), optionally only a group such as ``kanji``.
 """
@@ -29,6 +31,7 @@ from .datasets import etl
 __all__ = ["Plan", "from_etl", "from_folder", "from_numpy", "ingest"]
 
 _CHUNK = 4096  # samples per append for per-file inputs
+_CHUNK_BYTES = 64 << 20  # at most this many bytes of encoded files per append
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 
@@ -97,9 +100,15 @@ def _equal_lengths(lengths: dict[str, int], where: Path) -> int:
     return total
 
 
-def from_folder(root: str | os.PathLike, *, size: int | None = None, color: bool = False
-                ) -> Plan:
+def from_folder(root: str | os.PathLike, *, size: int | None = None, color: bool = False,
+                encoded: bool = False) -> Plan:
     root = Path(root)
+    if encoded and (size is not None or color):
+        raise ValueError(
+            "encoded=True keeps each file's bytes as they are, so size= and color= do not "
+            "apply: decode, resize and choose colour in the transform (Decode(mode='rgb' "
+            "or 'grey'), RandomResizedCrop(224) or Resize(...))"
+        )
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -111,6 +120,8 @@ def from_folder(root: str | os.PathLike, *, size: int | None = None, color: bool
             f"no images in {root}: expected one sub-folder per class holding image files "
             f"({', '.join(IMAGE_SUFFIXES)})"
         )
+    if encoded:
+        return Plan(_encoded(files), len(files), classes)
     converted = {"grey": 0, "resized": 0}
 
     def read() -> Iterator[Any]:
@@ -147,6 +158,31 @@ def from_folder(root: str | os.PathLike, *, size: int | None = None, color: bool
                 labels.append(label)
             yield np.stack(images), np.asarray(labels, np.int32)
     return Plan(read(), len(files), classes, converted)
+
+
+def _encoded(files: list[tuple[int, Path]]) -> Iterator[Any]:
+    """(list of the files' bytes, labels) chunks of at most ``_CHUNK_BYTES``; a file
+    that is surely not an image (empty, no image signature, a JPEG without its end) is
+    refused by name."""
+    from .augment.photo import undecodable
+
+    records: list[bytes] = []
+    labels: list[int] = []
+    held = 0
+    for label, path in files:
+        data = path.read_bytes()
+        problem = undecodable(np.frombuffer(data, np.uint8), known=True)
+        if problem:
+            raise ValueError(f"{path} is not an image stoker can decode: {problem}; remove "
+                             "or replace it")
+        records.append(data)
+        labels.append(label)
+        held += len(data)
+        if held >= _CHUNK_BYTES or len(records) >= _CHUNK:
+            yield records, np.asarray(labels, np.int32)
+            records, labels, held = [], [], 0
+    if records:
+        yield records, np.asarray(labels, np.int32)
 
 
 def _is_grey(image: np.ndarray) -> bool:

@@ -39,6 +39,19 @@ class Field:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
+def _fix(leaf: np.ndarray, field: Any) -> str:
+    """What makes samples of differing shapes fit one batch, in the caller's terms."""
+    if leaf.ndim == 1 and len(field.shape) == 1 and leaf.dtype == field.dtype == np.uint8:
+        return ("these look like encoded records of differing lengths, such as JPEG files: "
+                "decode them and give every image one size in the transform, e.g. "
+                "Compose([Decode(), RandomResizedCrop(224)])")
+    if leaf.ndim == len(field.shape) in (2, 3) and leaf.shape[2:] == field.shape[2:]:
+        return ("images of differing sizes: give every image one size in the transform, "
+                "e.g. RandomResizedCrop(224), Resize((224, 224)) or Resize(256) then "
+                "CenterCrop(224)")
+    return "resize or cast in the transform"
+
+
 def _as_leaf(value: Any, name: str) -> np.ndarray:
     if value is None:
         raise LayoutMismatch(
@@ -128,8 +141,7 @@ class BatchLayout:
                 raise LayoutMismatch(
                     f"{field.name} has shape {leaf.shape} and dtype {leaf.dtype}, but the "
                     f"first sample had shape {field.shape} and dtype {field.dtype}; every "
-                    "sample must have the same shape and dtype (resize or cast in the "
-                    "transform)"
+                    f"sample must have the same shape and dtype ({_fix(leaf, field)})"
                 )
             leaves.append(leaf)
         return leaves

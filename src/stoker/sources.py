@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .blobs import as_blobs, is_blob_list
 from .plan import split_indices
 from .shm import SharedBlock, aligned
 
@@ -119,12 +120,13 @@ class ArraySource(_ArrayFields):
 
 def field_arrays(
     arrays: tuple[Any, ...] | list[Any], named: Mapping[str, Any], *, caller: str,
-    refuse_kinds: str = "OUSV", allow_empty: bool = False,
-) -> tuple[str, list[tuple[str, np.ndarray]]]:
+    refuse_kinds: str = "OUSV", allow_empty: bool = False, blobs: bool = False,
+) -> tuple[str, list[tuple[str, Any]]]:
     """``(kind, [(name, array)])`` of what ``from_arrays`` takes: arrays positionally
     (one: "array" samples; several: "tuple") or by name ("dict"), each converted to one
     numeric array with a row per sample, all of one length. The one reading of such
     input, shared by ``from_arrays`` and ``store.save``; errors name the field and the fix.
+    With ``blobs`` (a store), a list of ``bytes`` is a :class:`~stoker.blobs.Blobs` field.
     """
     if arrays and named:
         raise TypeError(f"{caller} takes arrays either positionally or by name, not both")
@@ -141,6 +143,17 @@ def field_arrays(
     converted = []
     for name, value in items:
         label = f"array {name!r}" if kind == "dict" else f"array {name}"
+        if is_blob_list(value):
+            if not blobs:
+                raise TypeError(
+                    f"{label} is a list of bytes (encoded records such as JPEG files); "
+                    f"{caller} holds arrays of one shape. Keep encoded records in a store, "
+                    "which holds them as they are: stoker.store.save(path, {...}) or "
+                    "stoker ingest FOLDER --encoded, then stoker.store.open(path) and "
+                    "stoker.augment.Decode() in the transform"
+                )
+            converted.append((name, as_blobs(value)))
+            continue
         try:
             array = np.asarray(value)
         except ValueError as error:  # numpy's "inhomogeneous shape"

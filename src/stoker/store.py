@@ -48,19 +48,21 @@ from typing import Any
 import numpy as np
 
 from ._system import fsync_path
+from .blobs import Blobs, is_blob_list, offsets_problem
 from .sources import ArraySource, Subset, _ArrayFields, field_arrays
 
 __all__ = ["FORMAT", "VERSION", "StoreError", "StoreSource", "Writer", "open", "save", "verify"]
 
 FORMAT = "stoker-store"
 VERSION = 2  # 2: generations and a checksummed manifest; version 1 stores still open
-READS = (1, 2)
+BLOBS_VERSION = 3  # 3: blob fields (variable-length bytes); written only by stores with one
+READS = (1, 2, 3)
 META = "meta.json"
 LOCK = ".lock"
 HEADER_BYTES = 256  # every .npy header is padded to this, so data starts 64-byte aligned
 _CHUNK_BYTES = 64 << 20  # what save() and verify() handle at a time: constant memory
 _STORED_KINDS = "biufc"  # numbers and booleans: what np.load and open read back
-_OURS = re.compile(r"field_\d+(\.[0-9a-f]{16})?\.npy|\.meta-[0-9a-f]{16}\.tmp")
+_OURS = re.compile(r"field_\d+(\.[0-9a-f]{16})?(\.data)?\.npy|\.meta-[0-9a-f]{16}\.tmp")
 _MAX_FIELDS = 16  # a longer tuple or list is a list of samples, not of fields
 _OPEN_ATTEMPTS = 50  # an overwrite between reading the manifest and mapping the files
 
@@ -112,7 +114,8 @@ def _structure(batch: Any, caller: str = "Writer.append") -> tuple[
             )
     else:
         arrays, named = (batch,), {}
-    return field_arrays(arrays, named, caller=caller, refuse_kinds="", allow_empty=True)
+    return field_arrays(arrays, named, caller=caller, refuse_kinds="", allow_empty=True,
+                        blobs=True)
 
 
 def _canonical(meta: Mapping[str, Any]) -> bytes:
@@ -249,7 +252,7 @@ def _store_lock(path: Path) -> Iterator[None]:
 def _collect_garbage(path: Path, meta: Mapping[str, Any]) -> None:
     """Remove field files the manifest does not name and manifests never committed:
     only names this module writes, never anything else in the directory."""
-    keep = {field["file"] for field in meta["fields"]}
+    keep = {name for field in meta["fields"] for name in _files_of(field)}
     for entry in os.scandir(path):
         if (_OURS.fullmatch(entry.name) and entry.name not in keep
                 and entry.is_file(follow_symlinks=False)):
@@ -286,6 +289,76 @@ def _refuse_target(path: Path, overwrite: bool) -> None:
         if (path / META).exists() and not (path / META).is_file():
             raise FileExistsError(f"{path / META} is not a file, so {path} is not a stoker "
                                   "store; refusing to replace it: remove it yourself")
+
+
+def _files_of(field: Mapping[str, Any]) -> list[str]:
+    """The files of one field of the manifest: its ``.npy``, and a blob field's data."""
+    return [field["file"], field["data"]] if field.get("blobs") else [field["file"]]
+
+
+def _described(field: Mapping[str, Any]) -> tuple[str, Any, Any]:
+    """(name, dtype, per-sample shape) of a manifest field; a blob field's are words."""
+    if field.get("blobs"):
+        return field["name"], "bytes", "variable"
+    return field["name"], np.dtype(field["dtype"]), tuple(field["shape"])
+
+
+_OFFSET = np.dtype("<i8")  # a blob field's offsets, on disk
+
+
+class _FieldOut:
+    """One field's files while they are written: its ``.npy`` (the rows, or a blob
+    field's offsets, from 0) and a blob field's data, each with its running SHA-256; the
+    headers are written with the final sizes by :meth:`finish`."""
+
+    def __init__(self, folder: Path, entry: dict[str, Any]) -> None:
+        self.entry = entry
+        self.blobs = bool(entry.get("blobs"))
+        self._handles = []
+        self._digests = []
+        for file in _files_of(entry):
+            handle = (folder / file).open("wb")
+            self._handles.append(handle)
+            handle.write(b"\0" * HEADER_BYTES)  # rewritten with the final sizes
+            self._digests.append(hashlib.sha256())
+        self.total = 0  # a blob field's bytes so far
+        if self.blobs:
+            self._put(0, np.zeros(1, _OFFSET))
+
+    def _put(self, which: int, array: np.ndarray) -> None:
+        data = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
+        self._handles[which].write(data)
+        self._digests[which].update(data)
+
+    def write(self, value: Any) -> None:
+        if not self.blobs:
+            self._put(0, value)
+            return
+        start, stop = int(value.offsets[0]), int(value.offsets[-1])
+        self._put(1, value.data[start:stop])
+        self._put(0, (value.offsets[1:] - start + self.total).astype(_OFFSET))
+        self.total += stop - start
+
+    def finish(self, count: int) -> None:
+        if self.blobs:
+            headers = [_npy_header(_OFFSET, (count + 1,)),
+                       _npy_header(np.dtype(np.uint8), (self.total,))]
+        else:
+            headers = [_npy_header(np.dtype(self.entry["dtype"]),
+                                   (count, *self.entry["shape"]))]
+        for handle, header in zip(self._handles, headers, strict=True):
+            handle.seek(0)
+            handle.write(header)
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        self.entry["sha256"] = self._digests[0].hexdigest()
+        if self.blobs:
+            self.entry["data_sha256"] = self._digests[1].hexdigest()
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.close()
 
 
 class Writer:
@@ -332,8 +405,7 @@ class Writer:
             raise
         self._kind: str | None = None
         self._fields: list[dict[str, Any]] = []
-        self._files: list[Any] = []
-        self._hashes: list[Any] = []
+        self._outs: list[_FieldOut] = []
         self.count = 0
         self._closed = False
 
@@ -350,11 +422,8 @@ class Writer:
         self._check(kind, fields)
         self._check_labels(fields)
         try:
-            for handle, digest, (_, array) in zip(self._files, self._hashes, fields,
-                                                  strict=True):
-                data = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
-                handle.write(data)
-                digest.update(data)
+            for out, (_, value) in zip(self._outs, fields, strict=True):
+                out.write(value)
         except BaseException as error:
             # Some fields may have this batch and others not: the files no longer agree,
             # and close() must not commit them.
@@ -365,6 +434,18 @@ class Writer:
     def _start(self, kind: str, fields: list[tuple[str, np.ndarray]]) -> None:
         entries = []
         for position, (name, array) in enumerate(fields):  # all checked before any is kept
+            file = f"field_{position}.{self.generation}.npy"
+            if isinstance(array, Blobs):
+                entries.append({"name": name, "file": file, "blobs": True,
+                                "data": f"field_{position}.{self.generation}.data.npy"})
+                continue
+            if array.dtype.kind == "S":
+                raise TypeError(
+                    f"field {name!r} is a numpy bytes array ({array.dtype}), which pads "
+                    "every record to one length and drops trailing zero bytes; for "
+                    "encoded records (JPEG, PNG) pass a list of bytes, which a store keeps "
+                    "as they are (a blob field)"
+                )
             if array.dtype.hasobject or array.dtype.kind not in _STORED_KINDS:
                 raise TypeError(
                     f"field {name!r} has dtype {array.dtype}; stores hold numbers and "
@@ -372,25 +453,23 @@ class Writer:
                     "integer labels and pass the names as classes=)"
                 )
             _npy_header(array.dtype, (2**62, *array.shape[1:]))  # fits, whatever the count
-            entries.append({"name": name, "file": f"field_{position}.{self.generation}.npy",
+            entries.append({"name": name, "file": file,
                             "dtype": array.dtype.str, "shape": list(array.shape[1:])})
         for entry in entries:
-            handle = (self._tmp / entry["file"]).open("wb")
-            handle.write(b"\0" * HEADER_BYTES)  # rewritten with the final count on close
-            self._files.append(handle)
-            self._hashes.append(hashlib.sha256())
+            self._outs.append(_FieldOut(self._tmp, entry))
             self._fields.append(entry)
         self._kind = kind
 
     def _check(self, kind: str, fields: list[tuple[str, np.ndarray]]) -> None:
-        expected = [(f["name"], np.dtype(f["dtype"]), tuple(f["shape"])) for f in self._fields]
-        got = [(n, a.dtype, a.shape[1:]) for n, a in fields]
+        expected = [_described(f) for f in self._fields]
+        got = [(n, "bytes", "variable") if isinstance(a, Blobs) else (n, a.dtype, a.shape[1:])
+               for n, a in fields]
         if kind != self._kind or [n for n, *_ in got] != [n for n, *_ in expected]:
             raise ValueError(f"batch structure changed: the store holds {self._kind} samples "
                              f"with fields {[n for n, *_ in expected]}, this batch is {kind} "
                              f"with {[n for n, *_ in got]}")
         for (name, dtype, shape), (_, got_dtype, got_shape) in zip(expected, got, strict=True):
-            if got_dtype != dtype or got_shape != shape:
+            if str(got_dtype) != str(dtype) or got_shape != shape:
                 raise ValueError(
                     f"field {name!r} changed from {shape} {dtype} to {got_shape} {got_dtype}; "
                     "every batch must match the first (convert before appending)"
@@ -424,17 +503,12 @@ class Writer:
             self.abort()
             raise ValueError(f"no samples were written to {self.path}; nothing was saved")
         try:
-            for handle, field in zip(self._files, self._fields, strict=True):
-                handle.seek(0)
-                handle.write(_npy_header(np.dtype(field["dtype"]),
-                                         (self.count, *field["shape"])))
-                handle.flush()
-                os.fsync(handle.fileno())
-                handle.close()
-            for field, digest in zip(self._fields, self._hashes, strict=True):
-                field["sha256"] = digest.hexdigest()
+            for out in self._outs:
+                out.finish(self.count)
+            blobs = any(field.get("blobs") for field in self._fields)
             meta: dict[str, Any] = {
-                "format": FORMAT, "version": VERSION, "generation": self.generation,
+                "format": FORMAT, "version": BLOBS_VERSION if blobs else VERSION,
+                "generation": self.generation,
                 "count": self.count, "kind": self._kind, "fields": self._fields,
                 "classes": self.classes,
             }
@@ -478,8 +552,9 @@ class Writer:
             _collect_unnamed(self.path)  # what writers killed in here left
             self._swept = False
             for field in meta["fields"]:  # named by nothing yet: invisible to readers
-                self._moved.append(self.path / field["file"])
-                os.rename(self._tmp / field["file"], self.path / field["file"])
+                for file in _files_of(field):
+                    self._moved.append(self.path / file)
+                    os.rename(self._tmp / file, self.path / file)
             fsync_path(self.path)
             staged = self.path / f".meta-{self.generation}.tmp"
             self._moved.append(staged)
@@ -499,8 +574,8 @@ class Writer:
             self._committed = self._committed or os.getpid() == self._pid
             self._closed = True
             return
-        for handle in self._files:
-            handle.close()
+        for out in self._outs:
+            out.close()
         for moved in self._moved:  # moved into the store's folder, never committed
             with contextlib.suppress(OSError):
                 moved.unlink()
@@ -558,6 +633,8 @@ def label_position(kind: str | None, fields: list[Mapping[str, Any]],
     if position is None:
         return None
     field = fields[position]
+    if field.get("blobs"):
+        return None
     return position if not field["shape"] and np.dtype(field["dtype"]).kind in "iu" else None
 
 
@@ -623,8 +700,9 @@ def _rebuild(kind: str, fields: list[tuple[str, np.ndarray]], parts: list[np.nda
     return tuple(parts)
 
 
-def _step(fields: list[tuple[str, np.ndarray]]) -> int:
-    row_bytes = max(1, sum(a[:1].nbytes for _, a in fields))
+def _step(fields: list[tuple[str, Any]]) -> int:
+    row_bytes = max(1, sum(a.nbytes // max(1, len(a)) if isinstance(a, Blobs) else a[:1].nbytes
+                           for _, a in fields))
     return max(1, _CHUNK_BYTES // row_bytes)
 
 
@@ -666,12 +744,20 @@ def _sample_fields(sample: Any) -> tuple[str, list[tuple[str, np.ndarray]]]:
     return "array", [("0", np.asarray(sample))]
 
 
+def _column(values: list[Any]) -> Any:
+    """One field of a chunk of samples: stacked, or a list of ``bytes`` as they are (a
+    blob field)."""
+    if is_blob_list(values):
+        return values
+    return np.stack([np.asarray(v) for v in values])
+
+
 def _stack(samples: list[Any], kind: str) -> Any:
     if kind == "array":
-        return np.stack([np.asarray(s) for s in samples])
+        return _column(samples)
     if kind == "dict":
-        return {k: np.stack([np.asarray(s[k]) for s in samples]) for k in samples[0]}
-    return tuple(np.stack([np.asarray(s[i]) for s in samples]) for i in range(len(samples[0])))
+        return {k: _column([s[k] for s in samples]) for k in samples[0]}
+    return tuple(_column([s[i] for s in samples]) for i in range(len(samples[0])))
 
 
 class _NoProgress:
@@ -766,12 +852,22 @@ def _check_meta(meta: dict[str, Any]) -> None:
 def _field(entry: Any, position: int, generation: str | None
            ) -> tuple[str, str, np.dtype, tuple[int, ...]]:
     """One field of ``meta.json``, checked: a plain name, the file this version names
-    (never a path elsewhere), a numeric dtype, a shape of non-negative ints."""
-    name, file, shape = entry["name"], entry["file"], entry["shape"]
+    (never a path elsewhere), a numeric dtype, a shape of non-negative ints; a blob
+    field (dtype and shape None) its data file and both checksums."""
+    name, file = entry["name"], entry["file"]
     expected = (f"field_{position}.npy" if generation is None
                 else f"field_{position}.{generation}.npy")
     if not isinstance(name, str) or file != expected:
         raise ValueError(f"field {position} has name {name!r} and file {file!r}")
+    if "blobs" in entry:
+        data = f"field_{position}.{generation}.data.npy"
+        if entry["blobs"] is not True or generation is None or entry.get("data") != data:
+            raise ValueError(f"blob field {position} names data {entry.get('data')!r}")
+        if not (isinstance(entry.get("sha256"), str)
+                and isinstance(entry.get("data_sha256"), str)):
+            raise ValueError(f"blob field {position} has no checksums")
+        return name, file, None, None
+    shape = entry["shape"]
     if not isinstance(shape, list) or any(type(d) is not int or d < 0 for d in shape):
         raise ValueError(f"field {position} has shape {shape!r}")
     dtype = np.dtype(entry["dtype"]) if isinstance(entry["dtype"], str) else None
@@ -782,7 +878,7 @@ def _field(entry: Any, position: int, generation: str | None
     return name, file, dtype, tuple(shape)
 
 
-def _fields(meta: dict[str, Any]) -> list[tuple[str, str, np.dtype, tuple[int, ...]]]:
+def _fields(meta: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     generation = meta.get("generation") if meta["version"] >= 2 else None
     return [_field(entry, position, generation) for position, entry in enumerate(meta["fields"])]
 
@@ -814,14 +910,36 @@ def _identity(meta: dict[str, Any], raw: bytes) -> str:
     return meta.get("generation") or hashlib.sha256(raw).hexdigest()[:16]
 
 
+def _mapped_blobs(path: Path, file: str, count: int) -> Blobs:
+    """A blob field's two files mapped and its offsets checked (``field_N.GEN.npy`` and
+    ``field_N.GEN.data.npy``)."""
+    _check_file(path / file, _OFFSET, (count + 1,))
+    offsets = np.asarray(np.memmap(path / file, dtype=_OFFSET, mode="r", offset=HEADER_BYTES,
+                                   shape=(count + 1,)))
+    data_file = path / file.replace(".npy", ".data.npy")
+    total = int(offsets[-1])
+    if total < 0:
+        raise StoreError(f"{path / file} is corrupt: its last offset is {total}")
+    _check_file(data_file, np.dtype(np.uint8), (total,))
+    data = (np.asarray(np.memmap(data_file, dtype=np.uint8, mode="r", offset=HEADER_BYTES,
+                                 shape=(total,))) if total else np.empty(0, np.uint8))
+    problem = offsets_problem(offsets, total)
+    if problem:
+        raise StoreError(f"{path / file} is corrupt: the record offsets {problem}")
+    return Blobs(offsets, data, check=False)
+
+
 def _mapped(path: Path) -> tuple[dict[str, Any], str, list[np.ndarray]]:
     """The manifest, the store's identity and its files mapped, consistently: a file
     gone or changed under an overwrite sends the reader back to the new manifest."""
     for _ in range(_OPEN_ATTEMPTS):
         meta, raw = _read_meta(path)
         try:
-            arrays = []
+            arrays: list[Any] = []
             for _, file, dtype, shape in _fields(meta):
+                if dtype is None:
+                    arrays.append(_mapped_blobs(path, file, meta["count"]))
+                    continue
                 _check_file(path / file, dtype, (meta["count"], *shape))
                 # Plain ndarray views of the maps: indexing a np.memmap costs
                 # microseconds of subclass bookkeeping per sample.
@@ -867,7 +985,8 @@ class StoreSource(_ArrayFields):
         return (StoreSource, (str(self.path), self.identity))
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{f['name']}: {tuple(f['shape'])} {np.dtype(f['dtype'])}"
+        fields = ", ".join(f"{f['name']}: encoded bytes" if f.get("blobs") else
+                           f"{f['name']}: {tuple(f['shape'])} {np.dtype(f['dtype'])}"
                            for f in self._meta["fields"])
         return f"<StoreSource {len(self)} samples ({fields}) at {self.path}>"
 
@@ -886,17 +1005,24 @@ def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
     # One consistent generation, mapped: an overwrite meanwhile does not pull files
     # from under the check (mapped files stay readable after they are removed).
     meta, _, arrays = _mapped(path)
-    total = sum(array.nbytes for array in arrays)
+    checked = []  # (file, its data after the header, the checksum it must have)
+    for field, array in zip(meta["fields"], arrays, strict=True):
+        if isinstance(array, Blobs):
+            checked += [(field["file"], array.offsets, field["sha256"]),
+                        (field["data"], array.data, field["data_sha256"])]
+        else:
+            checked.append((field["file"], array, field.get("sha256")))
+    total = sum(array.nbytes for _, array, _ in checked)
     with progress_bar(total, f"verifying {path.name}", progress) as bar:
-        for field, array in zip(meta["fields"], arrays, strict=True):
+        for file, array, expected in checked:
             digest = hashlib.sha256()
             flat = array.reshape(-1).view(np.uint8)
             for start in range(0, len(flat), _CHUNK_BYTES):
                 block = flat[start:start + _CHUNK_BYTES]
                 digest.update(block)
                 bar.update(len(block))
-            if digest.hexdigest() != field.get("sha256"):
-                raise StoreError(f"{path / field['file']} does not match its checksum: the data "
+            if digest.hexdigest() != expected:
+                raise StoreError(f"{path / file} does not match its checksum: the data "
                                  "changed after it was written (disk or copy error?)")
     position = label_position(meta["kind"], meta["fields"], meta.get("classes"))
     if position is not None:

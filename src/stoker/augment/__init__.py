@@ -8,12 +8,24 @@ PIL changes the speed, not the pictures.
     from stoker.augment import kanji_distort
     loader = stoker.Loader(source, batch_size=256, transform=kanji_distort())
 
+Photographs kept encoded in a store: ``Compose([Decode(), RandomResizedCrop(224),
+HorizontalFlip(), Normalize(mean, std)])`` (:mod:`stoker.augment.photo`).
+
 ``MixUp`` and ``CutMix`` work on whole batches: ``Loader(..., batch_transform=MixUp())``.
 """
 
 from . import functional
 from .batch import CutMix, MixUp
 from .compose import Compose, Lambda, OneOf, RandomApply
+from .photo import (
+    CenterCrop,
+    Decode,
+    HorizontalFlip,
+    Normalize,
+    RandomResizedCrop,
+    Resize,
+    VerticalFlip,
+)
 from .recipes import kanji_distort
 from .transforms import (
     GaussianBlur,
@@ -27,20 +39,27 @@ from .transforms import (
 )
 
 __all__ = [
+    "CenterCrop",
     "Compose",
     "CutMix",
+    "Decode",
     "GaussianBlur",
+    "HorizontalFlip",
     "ImageTransform",
     "Lambda",
     "MixUp",
+    "Normalize",
     "OneOf",
     "RandomApply",
+    "RandomResizedCrop",
+    "Resize",
     "Rotate",
     "ScaleTranslate",
     "Sharpen",
     "Shear",
     "SineWarp",
     "Smooth",
+    "VerticalFlip",
     "functional",
     "kanji_distort",
 ]

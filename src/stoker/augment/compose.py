@@ -37,6 +37,14 @@ def _children(transforms: Sequence[Any], owner: str) -> tuple[ImageTransform, ..
     children = tuple(as_image_transform(t) for t in transforms)
     if not children:
         raise ValueError(f"{owner} needs at least one transform")
+    reshaping = [t for t in children if not t.preserves_shape]
+    if reshaping and owner != "Compose":
+        raise TypeError(
+            f"{owner} draws its choice ahead for images of one shape, and "
+            f"{type(reshaping[0]).__name__} changes the shape: put {owner} after the step "
+            "that gives every image one size (e.g. Compose([Decode(), "
+            f"RandomResizedCrop(224), {owner}(...)]))"
+        )
     return children
 
 
@@ -70,6 +78,22 @@ class Compose(ImageTransform):
 
     def __init__(self, transforms: Sequence[Any]) -> None:
         self.transforms = _children(transforms, "Compose")
+        # With a transform that changes the shape (Decode, a crop), each draws from the
+        # rng with the shape of what it gets, in order, one image at a time.
+        self.preserves_shape = all(t.preserves_shape for t in self.transforms)
+
+    def transform_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.preserves_shape:
+            return super().transform_image(image, rng)
+        for transform in self.transforms:
+            image = transform.transform_image(image, rng)
+        return image
+
+    def transform_batch(self, images: np.ndarray, rngs: Any) -> np.ndarray:
+        if not self.preserves_shape:
+            raise TypeError("this Compose changes the image's shape or dtype, so it runs one "
+                            "image at a time (the loader does so)")
+        return super().transform_batch(images, rngs)
 
     def draw(self, rng: np.random.Generator, shape: Shape) -> list[Any]:
         return [t.draw(rng, shape) for t in self.transforms]
@@ -139,7 +163,7 @@ class RandomApply(ImageTransform):
     def __init__(self, transform: Any, p: float = 0.5) -> None:
         if not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"RandomApply probability p must be in [0, 1], got {p!r}")
-        self.transform = as_image_transform(transform)
+        self.transform = _children([transform], "RandomApply")[0]
         self.p = float(p)
 
     def draw(self, rng: np.random.Generator, shape: Shape) -> tuple[bool, Any]:

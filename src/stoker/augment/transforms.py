@@ -60,6 +60,9 @@ class ImageTransform:
     """Base class: a random image operation, callable on one sample with its rng."""
 
     image_key = "image"
+    #: Whether the output has the input's shape and dtype (so parameters can be drawn
+    #: ahead for a whole stack); photo transforms such as ``Decode`` and crops do not.
+    preserves_shape = True
     #: How many U(0, 1) numbers :meth:`from_uniforms` turns into parameters.
     uniforms = 0
 

@@ -131,8 +131,9 @@ class SampleFailure(Exception):
 def _batch_capable(fn: Any) -> bool:
     """Whether ``fn`` transforms a stack of images at once (``stoker.augment`` transforms
     do): ``transform_batch(images, rngs)``, ``image_of(sample)``, ``with_image(...)``."""
-    return all(callable(getattr(fn, name, None))
-               for name in ("transform_batch", "image_of", "with_image"))
+    return getattr(fn, "preserves_shape", True) and all(
+        callable(getattr(fn, name, None))
+        for name in ("transform_batch", "image_of", "with_image"))
 
 
 class Producer:
