@@ -148,6 +148,9 @@ def files(tmp_path, monkeypatch):
     np.save("big.npy", np.zeros((100, 100), np.uint8))
     (tmp_path / "cut.npy").write_bytes((tmp_path / "big.npy").read_bytes()[:3000])
     assert main(["ingest", "x.npy", "y.npy", "--out", "d.stoker", "--no-progress"]) == 0
+    assert main(["ingest", "photos", "--encoded", "--out", "e.stoker", "--no-progress"]) == 0
+    (tmp_path / "junk" / "cat").mkdir(parents=True)
+    (tmp_path / "junk" / "cat" / "0.jpg").write_text("<html>404 not found</html>")
     return tmp_path
 
 
@@ -162,6 +165,12 @@ CLI_MISTAKES = [
      r"names 'a' twice"),
     (["ingest", "x.npy", "y.npy", "--classes", "missing.txt", "--out", "n.stoker"],
      r"--classes missing\.txt: cannot read it"),
+    (["ingest", "photos", "--encoded", "--size", "64", "--out", "n.stoker"],
+     r"--encoded keeps each file as it is, so --size and --color do not apply"),
+    (["ingest", "x.npy", "--encoded", "--out", "n.stoker"], r"--encoded is for an image folder"),
+    (["ingest", "junk", "--encoded", "--out", "n.stoker"],
+     r"junk/cat/0\.jpg is not an image stoker can decode: its first bytes"),
+    (["preview", "--from", "e.stoker"], r"holds encoded images \(field '0'\), not pixels"),
     (["preview", "--images", "0"], r"--images must be >= 1"),
     (["preview", "--recipe", "nomodule:thing"], r"--recipe cannot find recipe"),
     (["preview", "--from", "x.npy", "--out", "grid.jpg"], r"PNG files"),

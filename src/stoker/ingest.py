@@ -121,6 +121,8 @@ def from_folder(root: str | os.PathLike, *, size: int | None = None, color: bool
             f"({', '.join(IMAGE_SUFFIXES)})"
         )
     if encoded:
+        for _, path in files:  # before anything is written: a bad file ends it at once
+            _refuse_unless_image(path)
         return Plan(_encoded(files), len(files), classes)
     converted = {"grey": 0, "resized": 0}
 
@@ -160,10 +162,32 @@ def from_folder(root: str | os.PathLike, *, size: int | None = None, color: bool
     return Plan(read(), len(files), classes, converted)
 
 
+def _refuse_unless_image(path: Path) -> None:
+    """A ValueError naming ``path`` if it is surely no image (its first bytes, and a
+    JPEG's end), reading only its ends."""
+    from .augment.photo import undecodable
+
+    with path.open("rb") as handle:
+        head = handle.read(16)
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(0 if size <= 8192 else size - 4096)
+        rest = handle.read()
+    problem = undecodable(np.frombuffer(rest if size <= 8192 else head + rest, np.uint8),
+                          known=True)
+    if problem and size > 8192:  # a JPEG's end marker may lie further in: read it all
+        problem = undecodable(np.fromfile(path, np.uint8), known=True)
+    _refuse(path, problem)
+
+
+def _refuse(path: Path, problem: str) -> None:
+    if problem:
+        raise ValueError(f"{path} is not an image stoker can decode: {problem}; remove or "
+                         "replace it")
+
+
 def _encoded(files: list[tuple[int, Path]]) -> Iterator[Any]:
     """(list of the files' bytes, labels) chunks of at most ``_CHUNK_BYTES``; a file
-    that is surely not an image (empty, no image signature, a JPEG without its end) is
-    refused by name."""
+    changed since the first pass into one that is surely no image is refused by name."""
     from .augment.photo import undecodable
 
     records: list[bytes] = []
@@ -171,10 +195,7 @@ def _encoded(files: list[tuple[int, Path]]) -> Iterator[Any]:
     held = 0
     for label, path in files:
         data = path.read_bytes()
-        problem = undecodable(np.frombuffer(data, np.uint8), known=True)
-        if problem:
-            raise ValueError(f"{path} is not an image stoker can decode: {problem}; remove "
-                             "or replace it")
+        _refuse(path, undecodable(np.frombuffer(data, np.uint8), known=True))
         records.append(data)
         labels.append(label)
         held += len(data)
