@@ -46,6 +46,8 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/bench_consumer.py
 	$(BIN)/python benchmarks/bench_epochs.py
+	$(BIN)/python benchmarks/bench_batch.py
+	$(BIN)/python benchmarks/bench_photo.py
 	tests/in-private-network $(BIN)/python benchmarks/bench_ray.py
 
 clean:

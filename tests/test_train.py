@@ -65,3 +65,11 @@ def test_stoker_train_on_a_users_store(tmp_path):
          "--out", str(tmp_path / "run2")], capture_output=True, text=True, timeout=300,
         env=env)
     assert bad.returncode == 2 and "square uint8 HxWx1 images" in bad.stderr
+    store.save(tmp_path / "jpegs.stoker", ([b"\xff\xd8\xff" + bytes(20)] * 3, y[:3]),
+               classes=["a", "b", "c"])
+    encoded = subprocess.run(
+        [sys.executable, "-m", "stoker", "train", "--data", str(tmp_path / "jpegs.stoker"),
+         "--out", str(tmp_path / "run3")], capture_output=True, text=True, timeout=300,
+        env=env)
+    assert encoded.returncode == 2 and "holds encoded images" in encoded.stderr
+    assert "without --encoded, with --size 64" in encoded.stderr

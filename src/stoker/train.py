@@ -150,6 +150,12 @@ def user_data(paths: tuple[Path, ...], seed: int) -> Any:
             ) from None
     sample = source[0]
     image = sample[0] if isinstance(sample, tuple) and len(sample) == 2 else sample
+    if isinstance(image, np.ndarray) and image.ndim == 1 and image.dtype == np.uint8:
+        raise ValueError(
+            f"--data {paths[0]} holds encoded images (written by stoker ingest --encoded); "
+            "stoker train trains on decoded square grey glyphs: ingest the folder again "
+            "without --encoded, with --size 64"
+        )
     if (not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3
             or image.shape[2] != 1 or image.shape[0] != image.shape[1]):
         raise ValueError(

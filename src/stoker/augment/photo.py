@@ -2,7 +2,7 @@
 
 ``Decode`` turns an encoded record (a JPEG, PNG, WebP, ... file's bytes, as a store's
 blob field holds them) into an HxWxC uint8 image with OpenCV's decoder (libjpeg-turbo in
-the opencv-python wheels: within 10 % of simplejpeg and 1.3-1.6x faster than Pillow on
+the opencv-python wheels: within 10 % of simplejpeg and about 1.4x Pillow's speed on
 scikit-image's photographs, measured; see BENCHMARKS.md); ``RandomResizedCrop``,
 ``Resize`` and ``CenterCrop`` give every image one size; ``Normalize`` makes float32.
 In a :class:`~stoker.augment.Compose` they run in order, each drawing its parameters
