@@ -219,6 +219,19 @@ def test_encoded_ingest_refuses_what_is_no_image_and_flags_that_do_not_apply(tmp
                  "--no-progress"]) == 2
     assert "1.jpg is not an image stoker can decode: its first bytes" in capsys.readouterr().err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+    png = cv2.imencode(".png", np.zeros((10, 10, 3), np.uint8))[1].tobytes()
+    (folder / "1.jpg").unlink()
+    (folder / "2.png").write_bytes(png[: len(png) // 2])
+    assert main(["ingest", str(tmp_path / "photos"), "--encoded", "--out", str(out),
+                 "--no-progress"]) == 2
+    assert "2.png is not an image stoker can decode: the PNG has no IEND chunk" \
+        in capsys.readouterr().err
+    (folder / "2.png").unlink()
+    (folder / "3.jpg").symlink_to(folder / "gone.jpg")
+    assert main(["ingest", str(tmp_path / "photos"), "--encoded", "--out", str(out),
+                 "--no-progress"]) == 2
+    assert "3.jpg is named as an image but is a link to nothing" in capsys.readouterr().err
+    (folder / "3.jpg").unlink()
     assert main(["ingest", str(tmp_path / "photos"), "--encoded", "--size", "64", "--out",
                  str(out)]) == 2
     assert "--size and --color do not apply" in capsys.readouterr().err

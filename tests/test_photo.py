@@ -126,6 +126,15 @@ def test_every_record_is_decoded_once_per_epoch(photos):
             assert sorted(int(n) for _, y in loader for n in y) == lengths
 
 
+def test_encoded_stores_mix_and_concatenate(photos, tmp_path):
+    other = store.open(store.save(tmp_path / "more", (encoded(20, seed=5), np.arange(20) % 3),
+                                  classes=["a", "b", "c"]))
+    for source in (stoker.concat([photos, other]),
+                   stoker.mix([photos, other], weights=[1, 1], length=50, seed=0)):
+        with stoker.Loader(source, batch_size=16, transform=recipe(), workers=2) as loader:
+            assert sum(len(x) for x, _ in loader) == len(source)
+
+
 @pytest.mark.slow
 def test_keras_fit_trains_on_an_encoded_store(photos):
     keras = pytest.importorskip("keras")
@@ -164,14 +173,24 @@ def test_a_record_that_does_not_decode_says_what_it_is():
     record = cv2.imencode(".jpg", photo(40, 40, 1))[1]
     png = cv2.imencode(".png", photo(40, 40, 1))[1]
     cases = {
-        "no end marker: truncated": record[: len(record) // 2],
-        "refused it": png[: len(png) // 2],
+        "no end marker after its last scan: truncated": record[: len(record) // 2],
+        "no IEND chunk: truncated": png[: len(png) // 2],
+        "refused it": np.concatenate([png[:60], png[-12:]]),
         "it is empty": np.zeros(0, np.uint8),
         "not those of a JPEG, PNG": np.frombuffer(b"hello, world" * 10, np.uint8),
     }
     for why, bad in cases.items():
         with pytest.raises(ValueError, match=f"of {len(bad)} bytes.*does not decode: .*{why}"):
             Decode().decode(bad)
+    # A JPEG cut in its scan, whose EXIF thumbnail's end marker is all that is left.
+    thumbnail = cv2.imencode(".jpg", photo(16, 16, 2))[1].tobytes()
+    app1 = b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    main = record.tobytes()
+    cut = np.frombuffer(main[:2] + app1 + main[2:len(main) // 2], np.uint8)
+    with pytest.raises(ValueError, match="no end marker after its last scan"):
+        Decode().decode(cut)
+    whole = np.frombuffer(main[:2] + app1 + main[2:], np.uint8)
+    assert Decode().decode(whole).shape == (40, 40, 3)
     with pytest.raises(TypeError, match=r"already pixels: leave Decode out"):
         Decode().decode(photo(8, 8, 0))
     with pytest.raises(ValueError, match="mode must be 'rgb' or 'grey'"):
@@ -255,6 +274,7 @@ def test_resize_center_crop_and_normalize_are_what_they_say():
         Normalize(MEAN, STD).transform_image(image[..., :1], None)
     for bad in (lambda: Resize(0), lambda: Resize((2.5, 3)), lambda: Normalize(0.5, 0),
                 lambda: RandomResizedCrop(8, scale=(0.5, 2)),
+                lambda: RandomResizedCrop(8, ratio=(5e-324, 5e-324)),
                 lambda: RandomResizedCrop(8, interpolation="bilinear")):
         with pytest.raises((ValueError, TypeError)):
             bad()
@@ -275,6 +295,41 @@ def test_flips_on_a_stack_are_the_flips_of_each_image():
     assert _batch_capable(Compose([HorizontalFlip(), Rotate()]))  # still the batch path
     with pytest.raises(ValueError, match="probability"):
         HorizontalFlip(1.5)
+    assert HorizontalFlip(np.float32(0.5)).p == 0.5
+
+
+def test_flips_take_any_image_as_it_is():
+    rng = np.random.default_rng(0)
+    for shape, dtype in (((1, 50, 3), np.uint8), ((50, 1), np.uint8), ((1, 1), np.uint8),
+                         ((7, 5, 2), np.float64), ((3, 4), np.int32)):
+        image = rng.random(shape).astype(dtype) if dtype == np.float64 else \
+            rng.integers(0, 100, shape).astype(dtype)
+        out = HorizontalFlip(1.0).transform_image(image, np.random.default_rng(0))
+        np.testing.assert_array_equal(out, image[:, ::-1])  # bit for bit, any dtype
+        out = VerticalFlip(1.0).transform_image(image, np.random.default_rng(0))
+        np.testing.assert_array_equal(out, image[::-1])
+    thin = cv2.imencode(".png", photo(1, 40, 0))[1]  # a spacer pixel row, as scraped
+    out = Compose([Decode(), HorizontalFlip(1.0), RandomResizedCrop(8)])(
+        (thin, 0), np.random.default_rng(0))
+    assert out[0].shape == (8, 8, 3)
+
+
+def test_normalize_comes_last_and_a_dict_names_its_image_field():
+    from stoker.augment import Lambda, Sharpen
+
+    with pytest.raises(TypeError, match=r"Sharpen after Normalize: .* clip .* Put Normalize "
+                                        r"last"):
+        Compose([Decode(), RandomResizedCrop(8), Normalize(MEAN, STD), Sharpen()])
+    with pytest.raises(TypeError, match="Rotate after Normalize"):
+        Compose([Compose([Decode(), Normalize(0.5, 0.5)]), Compose([Rotate()])])
+    Compose([Decode(), Normalize(MEAN, STD), RandomResizedCrop(8), HorizontalFlip(),
+             Lambda(lambda image, rng: image)])  # these take any values as they are
+    record = cv2.imencode(".jpg", photo(20, 20, 0))[1]
+    with pytest.raises(TypeError, match=r"this one has \['jpeg', 'label'\]: name the image "
+                                        r"field 'image'"):
+        recipe()({"jpeg": record, "label": 1}, np.random.default_rng(0))
+    out = recipe()({"image": record, "label": 1}, np.random.default_rng(0))
+    assert out["image"].shape == (16, 16, 3) and out["label"] == 1
 
 
 def test_compositions_that_cannot_draw_ahead_say_where_to_put_them():

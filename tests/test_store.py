@@ -282,6 +282,36 @@ def test_a_blob_field_entry_of_the_manifest_is_validated(tmp_path):
         path = store.save(tmp_path / "s", (_jpegs(4), np.arange(4)), overwrite=True)
 
 
+def test_records_of_any_source_and_narrow_offsets_save_as_blob_fields(tmp_path):
+    from stoker.blobs import Blobs, Record
+
+    a = store.open(store.save(tmp_path / "a", (_jpegs(4), np.arange(4))))
+    b = store.open(store.save(tmp_path / "b", (_jpegs(3, seed=1), np.arange(3))))
+    assert isinstance(a[0][0], Record)  # a record says what it is
+    both = store.open(store.save(tmp_path / "ab", stoker.concat([a, b])))  # a generic source
+    assert json.loads((both.path / "meta.json").read_text())["fields"][0]["blobs"] is True
+    assert [both[i][0].tobytes() for i in range(7)] == _jpegs(4) + _jpegs(3, seed=1)
+    alone = store.open(store.save(tmp_path / "alone", _jpegs(5)))  # records alone: one field
+    assert len(alone) == 5 and alone[4].tobytes() == _jpegs(5)[4]
+    same = [b"\x01" * 7] * 5  # records of one length stay records, never a 7-byte array
+    assert store.open(store.save(tmp_path / "same", (same, np.arange(5))))[0][0].tobytes() \
+        == same[0]
+    # Offsets narrower than int64 (Arrow's binary arrays use int32) are widened, never
+    # summed in their own type (which wrapped, committing a store that open refused).
+    records = [bytes([i]) * 100 for i in range(4)]
+    narrow = Blobs.from_bytes(records)
+    narrow = Blobs(narrow.offsets.astype(np.uint16), narrow.data)
+    with store.Writer(tmp_path / "narrow") as writer:
+        for _ in range(200):
+            writer.append((narrow, np.arange(4)))
+    stored = store.open(tmp_path / "narrow")
+    assert len(stored) == 800 and stored[799][0].tobytes() == records[3]
+    store.verify(tmp_path / "narrow")
+    with pytest.raises(ValueError, match=r"give bytes, e\.g\. \[r\.tobytes\(\) for r"):
+        store.save(tmp_path / "arrays", {"image": [np.zeros(3, np.uint8), np.zeros(5, np.uint8)],
+                                         "label": np.arange(2)})
+
+
 def test_bytes_are_refused_by_from_arrays_and_numpy_bytes_by_a_store(tmp_path):
     with pytest.raises(TypeError, match=r"list of bytes.*Keep encoded records in a store"):
         stoker.from_arrays(_jpegs(3), np.arange(3))

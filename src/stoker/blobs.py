@@ -6,9 +6,10 @@ A fixed-shape field is one array with a row per sample; a blob field is two arra
 ``.npy`` files, so a record read by a worker is a view into the page cache, copied by
 nobody until it is decoded.
 
-Writing a store takes a blob field as a :class:`Blobs` or as any list of ``bytes``
-(``[path.read_bytes() for path in files]``): ``stoker.store.save("photos.stoker",
-{"jpeg": jpegs, "label": labels})``.
+Writing a store takes a blob field as a :class:`Blobs`, as any list of ``bytes``
+(``[path.read_bytes() for path in files]``) or as a list of :class:`Record` (what a blob
+field's samples are, so a store's records can be saved again through any source):
+``stoker.store.save("photos.stoker", {"image": jpegs, "label": labels})``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Blobs", "as_blobs", "is_blob_list"]
+__all__ = ["Blobs", "Record", "as_blobs", "is_blob_list"]
 
 _BYTES = (bytes, bytearray, memoryview)
+
+
+class Record(np.ndarray):
+    """One record of a blob field: a read-only 1-D uint8 array (a view of the store's
+    data). It is a plain numpy array in every way; its type says where it came from, so
+    a list of records is saved as a blob field again."""
 
 
 class Blobs:
@@ -32,6 +39,8 @@ class Blobs:
 
     def __init__(self, offsets: np.ndarray, data: np.ndarray, *, check: bool = True) -> None:
         offsets = np.asarray(offsets)
+        if offsets.dtype.kind in "iu" and offsets.dtype != np.int64:
+            offsets = offsets.astype(np.int64)  # sums of narrower offsets would wrap
         data = np.asarray(data)
         if check:
             problem = offsets_problem(offsets, len(data) if data.ndim == 1 else -1)
@@ -47,8 +56,7 @@ class Blobs:
     def from_bytes(cls, records: Sequence[Any]) -> Blobs:
         """Records from a sequence of bytes-like objects or uint8 arrays (copied into
         one array)."""
-        arrays = [np.frombuffer(r, np.uint8) if isinstance(r, _BYTES)
-                  else np.ascontiguousarray(r).view(np.uint8).reshape(-1) for r in records]
+        arrays = [_as_bytes_array(r) for r in records]
         offsets = np.zeros(len(arrays) + 1, np.int64)
         np.cumsum([a.size for a in arrays], out=offsets[1:])
         data = np.concatenate(arrays) if arrays else np.empty(0, np.uint8)
@@ -64,7 +72,7 @@ class Blobs:
                 position += len(self)
             if not 0 <= position < len(self):
                 raise IndexError(f"record {index} of {len(self)}")
-            view = self.data[self.offsets[position]:self.offsets[position + 1]]
+            view = self.data[self.offsets[position]:self.offsets[position + 1]].view(Record)
             view.flags.writeable = False
             return view
         if isinstance(index, slice):
@@ -115,13 +123,26 @@ def offsets_problem(offsets: np.ndarray, data_length: int) -> str:
     return ""
 
 
+def _as_bytes_array(record: Any) -> np.ndarray:
+    """A bytes-like object or a uint8 array as a 1-D uint8 array (no copy if it can)."""
+    if isinstance(record, memoryview) and not record.contiguous:
+        record = record.tobytes()
+    if isinstance(record, _BYTES):
+        return np.frombuffer(record, np.uint8)
+    array = np.asarray(record)
+    if array.dtype != np.uint8 or array.ndim != 1:
+        raise TypeError(f"a record is bytes or a 1-D uint8 array, got {array.shape} "
+                        f"{array.dtype}")
+    return np.ascontiguousarray(array)
+
+
 def is_blob_list(value: Any) -> bool:
     """Whether ``value`` is a field of byte records: :class:`Blobs`, or a non-empty list or
-    tuple of bytes-like objects."""
+    tuple of bytes-like objects or :class:`Record`."""
     if isinstance(value, Blobs):
         return True
     return (isinstance(value, (list, tuple)) and len(value) > 0
-            and all(isinstance(item, _BYTES) for item in value))
+            and all(isinstance(item, (*_BYTES, Record)) for item in value))
 
 
 def as_blobs(value: Any) -> Blobs:

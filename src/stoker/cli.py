@@ -413,7 +413,10 @@ def _thumbnails(records, side: int = 96):
 
     out = np.full((len(records), side, side, 3), 96, np.uint8)
     for row, record in enumerate(records):
-        image = Decode().decode(record)
+        try:
+            image = Decode().decode(record)
+        except ValueError as error:
+            raise ValueError(f"sample {row}: {error}") from None
         scale = side / max(image.shape[:2])
         h, w = (max(1, round(n * scale)) for n in image.shape[:2])
         small = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)

@@ -32,7 +32,8 @@ __all__ = ["Plan", "from_etl", "from_folder", "from_numpy", "ingest"]
 
 _CHUNK = 4096  # samples per append for per-file inputs
 _CHUNK_BYTES = 64 << 20  # at most this many bytes of encoded files per append
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
+                  ".gif")
 
 
 @dataclass
@@ -120,6 +121,12 @@ def from_folder(root: str | os.PathLike, *, size: int | None = None, color: bool
             f"no images in {root}: expected one sub-folder per class holding image files "
             f"({', '.join(IMAGE_SUFFIXES)})"
         )
+    for _, path in files:  # an image's name on what is no file loses a sample unseen
+        if not path.is_file():
+            what = "a folder" if path.is_dir() else "a link to nothing" if path.is_symlink() \
+                else "not a regular file"
+            raise ValueError(f"{path} is named as an image but is {what}; remove it or "
+                             "point it at the image")
     if encoded:
         for _, path in files:  # before anything is written: a bad file ends it at once
             _refuse_unless_image(path)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .blobs import Record
 from .layout import BatchLayout, LayoutMismatch
 from .sources import _Splittable, as_source
 
@@ -42,9 +43,9 @@ def _checked(sources: Sequence[Any], what: str) -> list[Any]:
             checked.append(as_source(source))
         except (TypeError, ValueError) as error:
             raise type(error)(f"source {number} of {what}: {error}") from None
-    first = BatchLayout.of(checked[0][0])
+    first = BatchLayout.of(_comparable(checked[0][0]))
     for number, source in enumerate(checked[1:], start=1):
-        layout = BatchLayout.of(source[0])
+        layout = BatchLayout.of(_comparable(source[0]))
         if layout != first:
             raise LayoutMismatch(
                 f"source {number} of {what} gives samples unlike source 0's: "
@@ -67,6 +68,19 @@ def _checked(sources: Sequence[Any], what: str) -> list[Any]:
                     "etl.load(..., classes=kanji.classes))"
                 )
     return checked
+
+
+def _comparable(sample: Any) -> Any:
+    """``sample`` with each encoded record (a blob field's, whose length is its own) as
+    an empty record: sources of encoded records agree whatever their records' lengths."""
+    def leaf(value: Any) -> Any:
+        return value[:0] if isinstance(value, Record) else value
+
+    if isinstance(sample, tuple):
+        return tuple(leaf(v) for v in sample)
+    if isinstance(sample, dict):
+        return {k: leaf(v) for k, v in sample.items()}
+    return leaf(sample)
 
 
 def _describe(layout: BatchLayout) -> str:

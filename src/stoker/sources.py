@@ -157,10 +157,16 @@ def field_arrays(
         try:
             array = np.asarray(value)
         except ValueError as error:  # numpy's "inhomogeneous shape"
+            records = blobs and isinstance(value, (list, tuple)) and all(
+                isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype == np.uint8
+                for v in value)
+            fix = ("for encoded records (files' bytes) give bytes, e.g. [r.tobytes() for r "
+                   "in records], or stoker.blobs.Blobs.from_bytes(records)" if records else
+                   "resize or pad them first, or use a source of your own that returns one "
+                   "sample at a time")
             raise ValueError(
                 f"{label} cannot be made one array ({error}); every sample of a field needs "
-                "the same shape and dtype: resize or pad them first, or use a source of "
-                "your own that returns one sample at a time"
+                f"the same shape and dtype: {fix}"
             ) from None
         if array.dtype.hasobject or array.dtype.kind in refuse_kinds:
             raise TypeError(

@@ -103,6 +103,8 @@ def _structure(batch: Any, caller: str = "Writer.append") -> tuple[
     an array, a tuple/list of fields or a dict of fields, each one numeric array."""
     if isinstance(batch, Mapping):
         arrays, named = (), batch
+    elif is_blob_list(batch):  # records alone: one blob field, as one array is one field
+        arrays, named = (batch,), {}
     elif isinstance(batch, (tuple, list)):
         arrays, named = tuple(batch), {}
         if len(arrays) > _MAX_FIELDS:
@@ -336,7 +338,7 @@ class _FieldOut:
             return
         start, stop = int(value.offsets[0]), int(value.offsets[-1])
         self._put(1, value.data[start:stop])
-        self._put(0, (value.offsets[1:] - start + self.total).astype(_OFFSET))
+        self._put(0, value.offsets[1:].astype(_OFFSET) - start + self.total)
         self.total += stop - start
 
     def finish(self, count: int) -> None:
@@ -920,7 +922,11 @@ def _mapped_blobs(path: Path, file: str, count: int) -> Blobs:
     total = int(offsets[-1])
     if total < 0:
         raise StoreError(f"{path / file} is corrupt: its last offset is {total}")
-    _check_file(data_file, np.dtype(np.uint8), (total,))
+    try:
+        _check_file(data_file, np.dtype(np.uint8), (total,))
+    except StoreError as error:
+        raise StoreError(f"{error} (the last record offset in {path / file} says {total} "
+                         "bytes)") from None
     data = (np.asarray(np.memmap(data_file, dtype=np.uint8, mode="r", offset=HEADER_BYTES,
                                  shape=(total,))) if total else np.empty(0, np.uint8))
     problem = offsets_problem(offsets, total)

@@ -48,6 +48,50 @@ def _children(transforms: Sequence[Any], owner: str) -> tuple[ImageTransform, ..
     return children
 
 
+def _normalizes(transform: ImageTransform) -> bool:
+    from .photo import Normalize
+
+    return isinstance(transform, Normalize) or any(
+        _normalizes(t) for t in getattr(transform, "transforms", ()))
+
+
+def _keeps_range(transform: ImageTransform) -> bool:
+    """Whether ``transform`` takes any float values as they are (moves or resamples
+    pixels without clipping them to [0, 1], as the Pillow-faithful kernels do)."""
+    from .photo import _Flip, _Reshaping
+
+    if isinstance(transform, (_Reshaping, _Flip, Lambda)):
+        return True
+    children = getattr(transform, "transforms", None)
+    return children is not None and all(_keeps_range(t) for t in children)
+
+
+def _clipping(transform: ImageTransform) -> ImageTransform | None:
+    """The first transform in ``transform`` (itself, or one it holds) that clips."""
+    if _keeps_range(transform):
+        return None
+    for child in getattr(transform, "transforms", ()):
+        found = _clipping(child)
+        if found is not None:
+            return found
+    return transform
+
+
+def _refuse_after_normalize(transforms: Sequence[ImageTransform]) -> None:
+    """Normalized images hold values outside [0, 1], which the image kernels clip."""
+    for position, transform in enumerate(transforms):
+        if _normalizes(transform):
+            later = [c for t in transforms[position + 1:] if (c := _clipping(t)) is not None]
+            if later:
+                raise TypeError(
+                    f"{type(later[0]).__name__} after Normalize: the image kernels take "
+                    "float images in [0, 1] and clip to that range, and normalized ones "
+                    "go beyond it. Put Normalize last (flips, crops and resizes may "
+                    "follow it)"
+                )
+            return
+
+
 class Lambda(ImageTransform):
     """A user function ``fn(image, rng) -> image`` as a transform.
 
@@ -81,6 +125,7 @@ class Compose(ImageTransform):
         # With a transform that changes the shape (Decode, a crop), each draws from the
         # rng with the shape of what it gets, in order, one image at a time.
         self.preserves_shape = all(t.preserves_shape for t in self.transforms)
+        _refuse_after_normalize(self.transforms)
 
     def transform_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.preserves_shape:

@@ -18,6 +18,7 @@ Their images keep a channel axis (HxWx1 for grey), so a batch has one layout.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +43,7 @@ _INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR,
 _MODES = {"rgb": getattr(cv2, "IMREAD_COLOR_RGB", None), "grey": cv2.IMREAD_GRAYSCALE}
 _ALIASES = {"gray": "grey", "color": "rgb", "colour": "rgb"}
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"RIFF", "WebP"),
-          (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+          (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"GIF8", "GIF"),
           *((b"P" + bytes([c]), "PNM") for c in b"123456"))
 
 
@@ -149,8 +150,8 @@ class Decode(_Reshaping):
                 image = cv2.imdecode(record, _MODES[self.mode])
             if image is None:
                 problem = ("the decoder refused it (corrupt or truncated)" if signature(record)
-                           else "its first bytes are not those of a JPEG, PNG, WebP, BMP, "
-                           "TIFF or PNM file, and the decoder refused it")
+                           else "its first bytes are not those of a JPEG, PNG, WebP, GIF, "
+                           "BMP, TIFF or PNM file, and the decoder refused it")
         if problem:
             start = record[:8].tobytes().hex(" ")
             raise ValueError(f"an encoded record of {len(record)} bytes (starting {start or '-'}) "
@@ -174,12 +175,28 @@ def undecodable(record: np.ndarray, *, known: bool = False) -> str:
         return "it is empty"
     kind = signature(record)
     if kind is None and known:
-        return "its first bytes are not those of a JPEG, PNG, WebP, BMP, TIFF or PNM file"
-    if kind == "JPEG":  # the end-of-image marker, near the end (trailing bytes allowed)
-        tail = record[-4096:].tobytes()
-        if b"\xff\xd9" not in tail and b"\xff\xd9" not in record.tobytes():
-            return "the JPEG has no end marker: truncated"
+        return ("its first bytes are not those of a JPEG, PNG, WebP, GIF, BMP, TIFF or PNM "
+                "file")
+    if kind == "JPEG" and not _ends(record, b"\xff\xd9", after=b"\xff\xda"):
+        return "the JPEG has no end marker after its last scan: truncated"
+    if kind == "PNG" and not _ends(record, b"IEND\xaeB`\x82"):
+        return "the PNG has no IEND chunk: truncated"
     return ""
+
+
+def _ends(record: np.ndarray, marker: bytes, after: bytes = b"") -> bool:
+    """Whether ``marker`` occurs after the last ``after`` (a JPEG's end after its last
+    start of scan: an embedded thumbnail's end does not count), looking at the last 4 KiB
+    first and at the whole record only when the marker is not there (trailing bytes)."""
+    for part in (record[-4096:].tobytes(), None):
+        if part is None:
+            if len(record) <= 4096:
+                return False
+            part = record.tobytes()
+        end = part.rfind(marker)
+        if end >= 0 and (not after or end > part.rfind(after)):
+            return True
+    return False
 
 
 class RandomResizedCrop(_Reshaping):
@@ -196,7 +213,7 @@ class RandomResizedCrop(_Reshaping):
                  ratio: Sequence[float] = (3 / 4, 4 / 3), interpolation: str = "auto") -> None:
         self.size = _pair("size", size)
         self.scale = _bounds("scale", scale, 0.0, 1.0)
-        self.ratio = _bounds("ratio", ratio, 0.0, math.inf)
+        self.ratio = _bounds("ratio", ratio, 1e-3, 1e3)
         self.interpolation = _interpolation(interpolation)
         self._log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
 
@@ -232,9 +249,9 @@ def _bounds(name: str, value: Sequence[float], low: float, high: float) -> tuple
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a (low, high) pair of numbers, got {value!r}") from None
-    if not (low < lo <= hi <= high) or not math.isfinite(hi):
-        raise ValueError(f"{name} must be a pair {low} < low <= high"
-                         f"{f' <= {high}' if math.isfinite(high) else ''}, got {value!r}")
+    if not (low < lo <= hi <= high):
+        raise ValueError(f"{name} must be a pair {low:g} < low <= high <= {high:g}, got "
+                         f"{value!r}")
     return lo, hi
 
 
@@ -302,6 +319,13 @@ class Normalize(_Reshaping):
         return out
 
 
+def _flippable(image: Any, who: str) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
+        got = getattr(image, "shape", type(image).__name__)
+        raise ValueError(f"{who} expects an HxW or HxWxC image, got {got}")
+    return image
+
+
 def _per_channel(name: str, value: float | Sequence[float]) -> np.ndarray:
     values = np.atleast_1d(np.asarray(value, np.float64))
     if values.ndim != 1 or not 1 <= len(values) <= 4 or not np.isfinite(values).all():
@@ -310,26 +334,43 @@ def _per_channel(name: str, value: float | Sequence[float]) -> np.ndarray:
 
 
 class _Flip(ImageTransform):
+    """Mirrors any image (HxW or HxWxC, any dtype, even one pixel wide) as it is, with no
+    conversion: a flip moves pixels and changes none."""
+
     uniforms = 1
-    _axis = 1  # OpenCV's flip code: 1 mirrors left-right, 0 top-bottom
+    _axis = 1  # the image axis mirrored: 1 (width) left-right, 0 (height) top-bottom
 
     def __init__(self, p: float = 0.5) -> None:
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
             raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
+
+    def transform_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        image = _flippable(image, type(self).__name__)
+        flipped = self.draw(rng, image.shape)
+        return np.ascontiguousarray(np.flip(image, self._axis)) if flipped else image
+
+    def transform_batch(self, images: np.ndarray, rngs: Any) -> np.ndarray:
+        if not isinstance(images, np.ndarray) or images.ndim not in (3, 4):
+            raise ValueError(f"expected a stack of images (N, H, W[, C]), got "
+                             f"{getattr(images, 'shape', type(images).__name__)}")
+        params = [self.draw(rng, images.shape[1:]) for rng in rngs]
+        if len(params) != len(images):
+            raise ValueError(f"transform_batch got {len(images)} images but {len(params)} "
+                             "rngs")
+        return self.apply_batch(images, params)
 
     def from_uniforms(self, u: Sequence[float], shape: Shape) -> bool:
         return bool(u[0] < self.p)
 
     def apply(self, image: np.ndarray, params: bool) -> np.ndarray:
-        return cv2.flip(image, self._axis) if params else image
+        return np.ascontiguousarray(np.flip(image, self._axis)) if params else image
 
     def apply_batch(self, images: np.ndarray, params: Sequence[bool]) -> np.ndarray:
         out = images.copy()
         flipped = np.flatnonzero(params)
         if len(flipped):
-            # (N, H, W[, C]): left-right is axis 2, top-bottom axis 1
-            out[flipped] = np.flip(images[flipped], axis=2 if self._axis == 1 else 1)
+            out[flipped] = np.flip(images[flipped], axis=self._axis + 1)  # (N, H, W[, C])
         return out
 
 

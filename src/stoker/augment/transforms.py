@@ -122,6 +122,13 @@ class ImageTransform:
             return sample[0]
         if isinstance(sample, dict) and self.image_key in sample:
             return sample[self.image_key]
+        if isinstance(sample, dict):
+            raise TypeError(
+                f"{type(self).__name__} transforms a dict sample's {self.image_key!r} entry, "
+                f"and this one has {sorted(map(str, sample))}: name the image field "
+                f"{self.image_key!r} (store.save(path, {{'{self.image_key}': images, "
+                "'label': labels}), or rename it in a transform of your own first)"
+            )
         raise TypeError(
             f"{type(self).__name__} expects an image array, an (image, ...) tuple or a dict "
             f"with an {self.image_key!r} entry; got {type(sample).__name__}"
