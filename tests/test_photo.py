@@ -26,6 +26,7 @@ from stoker.augment import (
 from stoker.executors._produce import _batch_capable
 from stoker.plan import Purpose, epoch_key
 from test_batch_transforms import EXECUTORS  # inline, fork, forkserver 2 and 4, spawn
+from test_many import assert_same, epochs_of
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -73,17 +74,6 @@ def expected_epoch(source, transform, *, seed, epoch, batch_size=16):
         batches.append((np.stack([image for image, _ in outputs]),
                         np.array([label for _, label in outputs])))
     return batches
-
-
-def epochs_of(loader, count=2):
-    return [[(x.copy(), y.copy()) for x, y in loader] for _ in range(count)]
-
-
-def assert_same(mine, theirs):
-    assert len(mine) == len(theirs)
-    for (x, y), (ex, ey) in zip(mine, theirs, strict=True):
-        np.testing.assert_array_equal(y, ey)
-        np.testing.assert_array_equal(x, ex)
 
 
 # -- the pipeline, over every executor ---------------------------------------------------
