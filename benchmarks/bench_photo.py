@@ -234,11 +234,13 @@ def report(results: dict) -> str:
     stoker_rate = rows[0]["samples_per_s"]
     torch_rate = max(rows[1]["samples_per_s"], rows[2]["samples_per_s"])
     tf_cpu = max(rows[3]["cpu_percent"], rows[4]["cpu_percent"])
+    core_us = 1e6 * rows[0]["cpu_percent"] / 100 / stoker_rate
     lines += ["", (
-        f"Decoding is most of the work ({opencv:.0f} µs of the about "
-        f"{1e6 * facts['cores'] / stoker_rate:.0f} µs of core time each sample costs stoker "
-        "here), so the loaders differ in what they add to it and in how fully they use the "
-        "cores. stoker's workers write each float32 224x224x3 sample straight into a shared "
+        f"Each sample costs stoker about {core_us:.0f} µs of core time here: decoding "
+        f"{opencv:.0f} µs of it ({opencv / core_us:.0%}), the rest the crop's resize, the "
+        "float32 normalise and copying the 588 KiB result into the batch. The loaders "
+        "differ in what they add to the same steps and in how fully they use the cores. "
+        "stoker's workers write each float32 224x224x3 sample straight into a shared "
         "batch slot; PyTorch's workers stack each batch into a new "
         f"{BATCH * SIZE * SIZE * 3 * 4 / 2**20:.0f} MiB shared-memory tensor "
         f"(`default_collate`: {facts['collate_ms']:.0f} ms a batch, measured in-process) and "

@@ -58,3 +58,7 @@ def test_what_counts_as_a_list_of_records():
     assert not is_blob_list(np.array([b"a"])) and not is_blob_list([np.zeros(2, np.uint8)])
     blobs = Blobs.from_bytes([b"a"])
     assert as_blobs(blobs) is blobs and as_blobs([b"a"])[0].tobytes() == b"a"
+    listed = as_blobs([b"ab", b"c", b"def"])  # a list is not joined until it is written
+    assert len(listed) == 3 and listed.nbytes == 6
+    assert [r.tobytes() for r in listed[1:]] == [b"c", b"def"]
+    assert [r.tobytes() for r in listed[np.array([2, 0])]] == [b"def", b"ab"]

@@ -3,6 +3,8 @@ line, with clear errors for bad input."""
 
 from __future__ import annotations
 
+import shutil
+
 import cv2
 import numpy as np
 import pytest
@@ -232,6 +234,26 @@ def test_encoded_ingest_refuses_what_is_no_image_and_flags_that_do_not_apply(tmp
                  "--no-progress"]) == 2
     assert "3.jpg is named as an image but is a link to nothing" in capsys.readouterr().err
     (folder / "3.jpg").unlink()
+    # A large JPEG cut in its scan behind an EXIF thumbnail whose end is all that is left
+    # (its segments are walked: the thumbnail's end is inside one), and one with bytes
+    # after its end (taken).
+    from test_photo import photo
+
+    main_ = cv2.imencode(".jpg", photo(300, 300, 1))[1].tobytes()
+    thumbnail = cv2.imencode(".jpg", photo(16, 16, 2))[1].tobytes()
+    app1 = b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    (folder / "4.jpg").write_bytes(main_[:2] + app1 + main_[2:len(main_) // 2])
+    assert len(main_) // 2 > 8192
+    assert main(["ingest", str(tmp_path / "photos"), "--encoded", "--out", str(out),
+                 "--no-progress"]) == 2
+    assert "4.jpg is not an image stoker can decode: the JPEG has no end marker after its " \
+        "last scan" in capsys.readouterr().err
+    assert not out.exists()
+    (folder / "4.jpg").write_bytes(main_ + b"\xff\xda" + bytes(9000))  # bytes after the end
+    assert main(["ingest", str(tmp_path / "photos"), "--encoded", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert len(store.open(out)) == 2
+    shutil.rmtree(out)
     assert main(["ingest", str(tmp_path / "photos"), "--encoded", "--size", "64", "--out",
                  str(out)]) == 2
     assert "--size and --color do not apply" in capsys.readouterr().err

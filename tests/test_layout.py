@@ -31,7 +31,10 @@ def test_views_are_packed_and_aligned_in_one_buffer():
 
 @pytest.mark.parametrize(("sample", "match"), [
     ((np.zeros((4, 5), np.uint8), np.int64(1)), r"shape \(4, 5\)"),
-    ((np.zeros((4, 4), np.float32), np.int64(1)), "dtype float32"),
+    ((np.zeros((4, 4), np.float32), np.int64(1)), r"dtype float32.*cast to one dtype in "
+                                                   r"the transform, e\.g\. \.astype"),
+    ((np.zeros((4, 5), np.uint8), np.int64(1)), r"images of differing sizes"),
+    ((np.zeros(9, np.uint8), np.int64(1)), r"resize or cast"),
     ((np.zeros((4, 4), np.uint8), np.int32(1)), "element 1"),
     ((np.zeros((4, 4), np.uint8),), "tuple of 2"),
     (None, "tuple of 2"),

@@ -257,6 +257,13 @@ def test_a_blob_fields_files_are_checked_on_open_and_byte_for_byte_by_verify(tmp
     with pytest.raises(store.StoreError, match=r"data\.npy is truncated"):
         store.open(path)
 
+    values = np.frombuffer(offsets, np.int64, offset=store.HEADER_BYTES).copy()
+    values[7] += 1  # records 6 and 7 now meet elsewhere: still increasing, so only verify
+    offsets_file.write_bytes(header + values.tobytes())
+    store.open(path)
+    with pytest.raises(store.StoreError, match=r"field_0\.\w+\.npy does not match its "
+                                               r"checksum"):
+        store.verify(path)
     offsets_file.write_bytes(offsets)
     flipped = bytearray(data)
     flipped[store.HEADER_BYTES + 100] ^= 0xFF
@@ -280,6 +287,12 @@ def test_a_blob_field_entry_of_the_manifest_is_validated(tmp_path):
         with pytest.raises(store.StoreError, match="corrupt: blob field 0"):
             store.open(path)
         path = store.save(tmp_path / "s", (_jpegs(4), np.arange(4)), overwrite=True)
+    _rewrite_meta(path, lambda meta: meta.update(version=2))
+    with pytest.raises(store.StoreError, match="a blob field in a version 2 store"):
+        store.open(path)
+    _rewrite_meta(path, lambda meta: meta.update(version=7))
+    with pytest.raises(store.StoreError, match=r"written by a newer stoker.*upgrade stoker"):
+        store.open(path)
 
 
 def test_records_of_any_source_and_narrow_offsets_save_as_blob_fields(tmp_path):
@@ -307,6 +320,16 @@ def test_records_of_any_source_and_narrow_offsets_save_as_blob_fields(tmp_path):
     stored = store.open(tmp_path / "narrow")
     assert len(stored) == 800 and stored[799][0].tobytes() == records[3]
     store.verify(tmp_path / "narrow")
+    # A list of a dataset's files is written a chunk at a time, never joined whole.
+    chunks = list(store._chunks((_jpegs(40), np.arange(40)))[0])
+    assert len(chunks) == 1 and isinstance(chunks[0][0], stoker.blobs.Blobs)
+    small = store._CHUNK_BYTES
+    try:
+        store._CHUNK_BYTES = 3000
+        chunks = list(store._chunks((_jpegs(40), np.arange(40)))[0])
+    finally:
+        store._CHUNK_BYTES = small
+    assert len(chunks) > 5 and all(c[0].nbytes < 6000 for c in chunks)
     with pytest.raises(ValueError, match=r"give bytes, e\.g\. \[r\.tobytes\(\) for r"):
         store.save(tmp_path / "arrays", {"image": [np.zeros(3, np.uint8), np.zeros(5, np.uint8)],
                                          "label": np.arange(2)})

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Blobs", "Record", "as_blobs", "is_blob_list"]
+__all__ = ["Blobs", "BytesList", "Record", "as_blobs", "is_blob_list"]
 
 _BYTES = (bytes, bytearray, memoryview)
 
@@ -145,6 +145,36 @@ def is_blob_list(value: Any) -> bool:
             and all(isinstance(item, (*_BYTES, Record)) for item in value))
 
 
-def as_blobs(value: Any) -> Blobs:
-    """``value`` (see :func:`is_blob_list`) as :class:`Blobs`."""
-    return value if isinstance(value, Blobs) else Blobs.from_bytes(value)
+class BytesList:
+    """A list of records seen as a blob field without joining them: what ``store.save``
+    is given is written a chunk at a time (each chunk :class:`Blobs`), so a list of a
+    dataset's files costs no second copy of it."""
+
+    def __init__(self, records: Sequence[Any]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: Any) -> Any:
+        """Record ``index`` (an int), or the records at a slice or an index array as
+        :class:`Blobs`."""
+        if isinstance(index, (int, np.integer)):
+            return Blobs.from_bytes([self.records[index]])[0]
+        if isinstance(index, slice):
+            return Blobs.from_bytes(self.records[index])
+        return Blobs.from_bytes([self.records[int(i)] for i in np.asarray(index).reshape(-1)])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(memoryview(r).nbytes for r in self.records)
+
+    def blobs(self) -> Blobs:
+        """All the records, joined."""
+        return Blobs.from_bytes(self.records)
+
+
+def as_blobs(value: Any) -> Blobs | BytesList:
+    """``value`` (see :func:`is_blob_list`) as a blob field: :class:`Blobs` as it is, a
+    list of records as a :class:`BytesList` (joined a chunk at a time when written)."""
+    return value if isinstance(value, Blobs) else BytesList(value)

@@ -32,8 +32,7 @@ __all__ = ["Plan", "from_etl", "from_folder", "from_numpy", "ingest"]
 
 _CHUNK = 4096  # samples per append for per-file inputs
 _CHUNK_BYTES = 64 << 20  # at most this many bytes of encoded files per append
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
-                  ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 
 @dataclass
@@ -193,8 +192,9 @@ def _refuse(path: Path, problem: str) -> None:
 
 
 def _encoded(files: list[tuple[int, Path]]) -> Iterator[Any]:
-    """(list of the files' bytes, labels) chunks of at most ``_CHUNK_BYTES``; a file
-    changed since the first pass into one that is surely no image is refused by name."""
+    """(list of the files' bytes, labels) chunks of at most ``_CHUNK_BYTES``. Each file
+    is checked whole here (a JPEG's segments walked: one cut behind an embedded
+    thumbnail's end), the first pass having looked at its ends only."""
     from .augment.photo import undecodable
 
     records: list[bytes] = []
@@ -202,7 +202,7 @@ def _encoded(files: list[tuple[int, Path]]) -> Iterator[Any]:
     held = 0
     for label, path in files:
         data = path.read_bytes()
-        _refuse(path, undecodable(np.frombuffer(data, np.uint8), known=True))
+        _refuse(path, undecodable(np.frombuffer(data, np.uint8), known=True, thorough=True))
         records.append(data)
         labels.append(label)
         held += len(data)

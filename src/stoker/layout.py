@@ -41,6 +41,8 @@ class Field:
 
 def _fix(leaf: np.ndarray, field: Any) -> str:
     """What makes samples of differing shapes fit one batch, in the caller's terms."""
+    if leaf.shape == field.shape:
+        return f"cast to one dtype in the transform, e.g. .astype(np.{field.dtype})"
     if leaf.ndim == 1 and len(field.shape) == 1 and leaf.dtype == field.dtype == np.uint8:
         return ("these look like encoded records of differing lengths, such as JPEG files: "
                 "decode them and give every image one size in the transform, e.g. "

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ._system import fsync_path
-from .blobs import Blobs, is_blob_list, offsets_problem
+from .blobs import Blobs, BytesList, is_blob_list, offsets_problem
 from .sources import ArraySource, Subset, _ArrayFields, field_arrays
 
 __all__ = ["FORMAT", "VERSION", "StoreError", "StoreSource", "Writer", "open", "save", "verify"]
@@ -336,6 +336,8 @@ class _FieldOut:
         if not self.blobs:
             self._put(0, value)
             return
+        if isinstance(value, BytesList):
+            value = value.blobs()
         start, stop = int(value.offsets[0]), int(value.offsets[-1])
         self._put(1, value.data[start:stop])
         self._put(0, value.offsets[1:].astype(_OFFSET) - start + self.total)
@@ -437,7 +439,7 @@ class Writer:
         entries = []
         for position, (name, array) in enumerate(fields):  # all checked before any is kept
             file = f"field_{position}.{self.generation}.npy"
-            if isinstance(array, Blobs):
+            if isinstance(array, (Blobs, BytesList)):
                 entries.append({"name": name, "file": file, "blobs": True,
                                 "data": f"field_{position}.{self.generation}.data.npy"})
                 continue
@@ -464,8 +466,8 @@ class Writer:
 
     def _check(self, kind: str, fields: list[tuple[str, np.ndarray]]) -> None:
         expected = [_described(f) for f in self._fields]
-        got = [(n, "bytes", "variable") if isinstance(a, Blobs) else (n, a.dtype, a.shape[1:])
-               for n, a in fields]
+        got = [(n, "bytes", "variable") if isinstance(a, (Blobs, BytesList))
+               else (n, a.dtype, a.shape[1:]) for n, a in fields]
         if kind != self._kind or [n for n, *_ in got] != [n for n, *_ in expected]:
             raise ValueError(f"batch structure changed: the store holds {self._kind} samples "
                              f"with fields {[n for n, *_ in expected]}, this batch is {kind} "
@@ -703,7 +705,8 @@ def _rebuild(kind: str, fields: list[tuple[str, np.ndarray]], parts: list[np.nda
 
 
 def _step(fields: list[tuple[str, Any]]) -> int:
-    row_bytes = max(1, sum(a.nbytes // max(1, len(a)) if isinstance(a, Blobs) else a[:1].nbytes
+    row_bytes = max(1, sum(a.nbytes // max(1, len(a)) if isinstance(a, (Blobs, BytesList))
+                           else a[:1].nbytes
                            for _, a in fields))
     return max(1, _CHUNK_BYTES // row_bytes)
 
@@ -808,6 +811,12 @@ def _read_meta(path: Path) -> tuple[dict[str, Any], bytes]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise StoreError(f"{meta_path} does not describe a stoker store (format "
                          f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+    if type(meta.get("version")) is int and meta["version"] > max(READS):
+        raise StoreError(
+            f"{meta_path} is store format version {meta['version']}, written by a newer "
+            f"stoker; this one reads versions {', '.join(map(str, READS))}: upgrade stoker "
+            "(pip install -U stoker)"
+        )
     if type(meta.get("version")) is not int or meta["version"] not in READS:
         raise StoreError(
             f"{meta_path} is store format version {meta.get('version')!r}; this stoker "
@@ -839,6 +848,9 @@ def _check_meta(meta: dict[str, Any]) -> None:
     if meta["version"] >= 2 and not (isinstance(generation, str)
                                      and re.fullmatch(r"[0-9a-f]{16}", generation)):
         raise ValueError(f"generation {generation!r}")
+    if meta["version"] < BLOBS_VERSION and any(
+            isinstance(entry, dict) and "blobs" in entry for entry in entries):
+        raise ValueError(f"a blob field in a version {meta['version']} store")
     names = [_field(entry, position, generation)[0] for position, entry in enumerate(entries)]
     if len(set(names)) != len(names):
         raise ValueError(f"two fields share a name: {names}")
@@ -852,7 +864,7 @@ def _check_meta(meta: dict[str, Any]) -> None:
 
 
 def _field(entry: Any, position: int, generation: str | None
-           ) -> tuple[str, str, np.dtype, tuple[int, ...]]:
+           ) -> tuple[str, str, np.dtype | None, tuple[int, ...] | None]:
     """One field of ``meta.json``, checked: a plain name, the file this version names
     (never a path elsewhere), a numeric dtype, a shape of non-negative ints; a blob
     field (dtype and shape None) its data file and both checksums."""

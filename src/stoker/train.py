@@ -150,7 +150,7 @@ def user_data(paths: tuple[Path, ...], seed: int) -> Any:
             ) from None
     sample = source[0]
     image = sample[0] if isinstance(sample, tuple) and len(sample) == 2 else sample
-    if isinstance(image, np.ndarray) and image.ndim == 1 and image.dtype == np.uint8:
+    if any(field.get("blobs") for field in getattr(source, "_meta", {}).get("fields", [])):
         raise ValueError(
             f"--data {paths[0]} holds encoded images (written by stoker ingest --encoded); "
             "stoker train trains on decoded square grey glyphs: ingest the folder again "

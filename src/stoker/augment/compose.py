@@ -58,8 +58,10 @@ def _normalizes(transform: ImageTransform) -> bool:
 def _keeps_range(transform: ImageTransform) -> bool:
     """Whether ``transform`` takes any float values as they are (moves or resamples
     pixels without clipping them to [0, 1], as the Pillow-faithful kernels do)."""
-    from .photo import _Flip, _Reshaping
+    from .photo import Normalize, _Flip, _Reshaping
 
+    if isinstance(transform, Normalize):
+        return False  # a second one would normalize twice
     if isinstance(transform, (_Reshaping, _Flip, Lambda)):
         return True
     children = getattr(transform, "transforms", None)

@@ -43,7 +43,7 @@ _INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR,
 _MODES = {"rgb": getattr(cv2, "IMREAD_COLOR_RGB", None), "grey": cv2.IMREAD_GRAYSCALE}
 _ALIASES = {"gray": "grey", "color": "rgb", "colour": "rgb"}
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"RIFF", "WebP"),
-          (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"GIF8", "GIF"),
+          (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
           *((b"P" + bytes([c]), "PNM") for c in b"123456"))
 
 
@@ -150,8 +150,8 @@ class Decode(_Reshaping):
                 image = cv2.imdecode(record, _MODES[self.mode])
             if image is None:
                 problem = ("the decoder refused it (corrupt or truncated)" if signature(record)
-                           else "its first bytes are not those of a JPEG, PNG, WebP, GIF, "
-                           "BMP, TIFF or PNM file, and the decoder refused it")
+                           else "its first bytes are not those of a JPEG, PNG, WebP, BMP, "
+                           "TIFF or PNM file, and the decoder refused it")
         if problem:
             start = record[:8].tobytes().hex(" ")
             raise ValueError(f"an encoded record of {len(record)} bytes (starting {start or '-'}) "
@@ -168,34 +168,62 @@ def signature(record: np.ndarray) -> str | None:
     return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
 
 
-def undecodable(record: np.ndarray, *, known: bool = False) -> str:
+def undecodable(record: np.ndarray, *, known: bool = False, thorough: bool = False) -> str:
     """Why ``record`` is surely not a whole image ("" when it may be one); with
-    ``known``, also one in no format stoker knows by its first bytes."""
+    ``known``, also one in no format stoker knows by its first bytes; ``thorough``
+    walks a JPEG's segments even when its last 4 KiB hold an end marker (what ingest
+    does, once per file)."""
     if len(record) == 0:
         return "it is empty"
     kind = signature(record)
     if kind is None and known:
-        return ("its first bytes are not those of a JPEG, PNG, WebP, GIF, BMP, TIFF or PNM "
+        return ("its first bytes are not those of a JPEG, PNG, WebP, BMP, TIFF or PNM "
                 "file")
-    if kind == "JPEG" and not _ends(record, b"\xff\xd9", after=b"\xff\xda"):
+    if kind == "JPEG" and not _jpeg_ends(record, thorough=thorough):
         return "the JPEG has no end marker after its last scan: truncated"
-    if kind == "PNG" and not _ends(record, b"IEND\xaeB`\x82"):
+    if kind == "PNG" and b"IEND\xaeB`\x82" not in record[-4096:].tobytes() and (
+            not thorough or b"IEND\xaeB`\x82" not in record.tobytes()):
         return "the PNG has no IEND chunk: truncated"
     return ""
 
 
-def _ends(record: np.ndarray, marker: bytes, after: bytes = b"") -> bool:
-    """Whether ``marker`` occurs after the last ``after`` (a JPEG's end after its last
-    start of scan: an embedded thumbnail's end does not count), looking at the last 4 KiB
-    first and at the whole record only when the marker is not there (trailing bytes)."""
-    for part in (record[-4096:].tobytes(), None):
-        if part is None:
-            if len(record) <= 4096:
-                return False
-            part = record.tobytes()
-        end = part.rfind(marker)
-        if end >= 0 and (not after or end > part.rfind(after)):
+def _jpeg_ends(record: np.ndarray, *, thorough: bool) -> bool:
+    """Whether a JPEG reaches its end-of-image marker. Quick: an end marker in the last
+    4 KiB. Else (bytes after the image, or a cut), or with ``thorough``, the segments
+    are walked from the start, so an embedded thumbnail's end does not count and data
+    after the image (a phone's motion photo) does not matter."""
+    if not thorough and b"\xff\xd9" in record[-4096:].tobytes():
+        return True
+    data = record.tobytes()
+    size, position = len(data), 2  # after the start-of-image marker
+    while position + 2 <= size:
+        if data[position] != 0xFF:
+            return False  # no marker where one must be
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0xD9:
             return True
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            position += 2
+            continue
+        if position + 4 > size:
+            return False
+        position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
+        if marker == 0xDA:  # entropy-coded data, to the next marker proper
+            while True:
+                position = data.find(b"\xff", position)
+                if position < 0 or position + 1 >= size:
+                    return False
+                following = data[position + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7:
+                    position += 2  # a stuffed 0xFF or a restart marker
+                    continue
+                if following == 0xFF:
+                    position += 1
+                    continue
+                break
     return False
 
 
@@ -311,12 +339,12 @@ class Normalize(_Reshaping):
             raise ValueError(f"Normalize has {len(self.mean)} means and {len(self.std)} stds "
                              f"for an image of {channels} channels")
         unit = 255.0 if image.dtype == np.uint8 else 1.0
-        scale = (1.0 / (unit * self.std)).astype(np.float32)
-        shift = (self.mean / self.std).astype(np.float32)
-        out = image.astype(np.float32)
-        out *= scale
-        out -= shift
-        return out
+        scale = np.broadcast_to((1.0 / (unit * self.std)).astype(np.float32), (channels,))
+        shift = np.broadcast_to((self.mean / self.std).astype(np.float32), (channels,))
+        # OpenCV's per-channel scalars: the float32 product, then the float32 difference,
+        # as numpy's `x * scale - shift` rounds them (bit for bit), in a tenth of its time.
+        out = cv2.multiply(image.astype(np.float32), _scalar(scale))
+        return cv2.subtract(out, _scalar(shift)).reshape(image.shape)
 
 
 def _flippable(image: Any, who: str) -> np.ndarray:
@@ -324,6 +352,23 @@ def _flippable(image: Any, who: str) -> np.ndarray:
         got = getattr(image, "shape", type(image).__name__)
         raise ValueError(f"{who} expects an HxW or HxWxC image, got {got}")
     return image
+
+
+def _scalar(values: np.ndarray) -> tuple[float, ...]:
+    """Per-channel values as an OpenCV scalar (four entries)."""
+    return (*(float(v) for v in values), *(0.0,) * (4 - len(values)))
+
+
+_CV_FLIPS = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32,
+                                   np.float32, np.float64)}
+
+
+def _mirrored(image: np.ndarray, axis: int) -> np.ndarray:
+    """A copy of ``image`` mirrored along ``axis`` (0 rows, 1 columns): OpenCV's flip
+    where it takes the dtype (50x numpy's strided copy), else numpy's."""
+    if image.dtype in _CV_FLIPS and image.ndim in (2, 3) and image.shape[-1] <= 512:
+        return cv2.flip(image, 1 if axis == 1 else 0).reshape(image.shape)
+    return np.ascontiguousarray(np.flip(image, axis))
 
 
 def _per_channel(name: str, value: float | Sequence[float]) -> np.ndarray:
@@ -348,7 +393,7 @@ class _Flip(ImageTransform):
     def transform_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         image = _flippable(image, type(self).__name__)
         flipped = self.draw(rng, image.shape)
-        return np.ascontiguousarray(np.flip(image, self._axis)) if flipped else image
+        return _mirrored(image, self._axis) if flipped else image
 
     def transform_batch(self, images: np.ndarray, rngs: Any) -> np.ndarray:
         if not isinstance(images, np.ndarray) or images.ndim not in (3, 4):
@@ -364,13 +409,12 @@ class _Flip(ImageTransform):
         return bool(u[0] < self.p)
 
     def apply(self, image: np.ndarray, params: bool) -> np.ndarray:
-        return np.ascontiguousarray(np.flip(image, self._axis)) if params else image
+        return _mirrored(image, self._axis) if params else image
 
     def apply_batch(self, images: np.ndarray, params: Sequence[bool]) -> np.ndarray:
         out = images.copy()
-        flipped = np.flatnonzero(params)
-        if len(flipped):
-            out[flipped] = np.flip(images[flipped], axis=self._axis + 1)  # (N, H, W[, C])
+        for row in np.flatnonzero(params):
+            out[row] = _mirrored(images[row], self._axis)
         return out
 
 
