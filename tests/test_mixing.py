@@ -200,3 +200,23 @@ def test_red_team_findings_on_mix_inputs():
     which, inner = mix_table([10**12, 7], [1, 1], 20, 0)  # no permutation of 10**12
     assert np.bincount(which).tolist() == [10, 10]
     assert len(set(inner[which == 0].tolist())) == 10
+
+
+@pytest.mark.slow
+def test_keras_fit_trains_on_a_mixed_source():
+    keras = pytest.importorskip("keras")
+
+    def as_class(sample, rng):
+        image, label = sample  # the three sources' labels, as three classes
+        return (image.astype(np.float32) / 255, np.int64(label // 100))
+
+    data = stoker.mix([labelled(40, 0), stoker.concat([labelled(30, 100), labelled(30, 200)])],
+                      [1, 2], length=96, seed=1)
+    with stoker.Loader(data, batch_size=16, transform=as_class, seed=0, workers=2) as loader:
+        model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(3)])
+        model.compile(keras.optimizers.Adam(0.02),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = model.fit(loader.keras(), epochs=2, verbose=0)
+        assert loader.position.epoch == 2  # two whole epochs of the mix, and no more
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
