@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .transforms import ImageTransform, Shape
+from .transforms import ImageTransform, Shape, _range
 
 __all__ = [
     "CenterCrop",
@@ -273,11 +273,10 @@ class RandomResizedCrop(_Reshaping):
 
 
 def _bounds(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a (low, high) pair of numbers, got {value!r}") from None
-    if not (low < lo <= hi <= high):
+    """A (low, high) pair as ``transforms._range`` reads it, strictly above ``low`` and at
+    most ``high``."""
+    lo, hi = _range(name, value)
+    if not (low < lo and hi <= high):
         raise ValueError(f"{name} must be a pair {low:g} < low <= high <= {high:g}, got "
                          f"{value!r}")
     return lo, hi
@@ -332,15 +331,17 @@ class Normalize(_Reshaping):
         self.std = _per_channel("std", std)
         if (self.std <= 0).any():
             raise ValueError(f"std must be > 0, got {std!r}")
+        # per image: x * scale - shift, uint8 pixels divided by 255 first (index True)
+        self._scale = [(1.0 / (unit * self.std)).astype(np.float32) for unit in (1.0, 255.0)]
+        self._shift = (self.mean / self.std).astype(np.float32)
 
     def apply(self, image: np.ndarray, params: None) -> np.ndarray:
         channels = image.shape[2]
         if len(self.mean) not in (1, channels) or len(self.std) not in (1, channels):
             raise ValueError(f"Normalize has {len(self.mean)} means and {len(self.std)} stds "
                              f"for an image of {channels} channels")
-        unit = 255.0 if image.dtype == np.uint8 else 1.0
-        scale = np.broadcast_to((1.0 / (unit * self.std)).astype(np.float32), (channels,))
-        shift = np.broadcast_to((self.mean / self.std).astype(np.float32), (channels,))
+        scale = np.broadcast_to(self._scale[image.dtype == np.uint8], (channels,))
+        shift = np.broadcast_to(self._shift, (channels,))
         # OpenCV's per-channel scalars: the float32 product, then the float32 difference,
         # as numpy's `x * scale - shift` rounds them (bit for bit), in a tenth of its time.
         out = cv2.multiply(image.astype(np.float32), _scalar(scale))
@@ -366,7 +367,7 @@ _CV_FLIPS = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.in
 def _mirrored(image: np.ndarray, axis: int) -> np.ndarray:
     """A copy of ``image`` mirrored along ``axis`` (0 rows, 1 columns): OpenCV's flip
     where it takes the dtype (50x numpy's strided copy), else numpy's."""
-    if image.dtype in _CV_FLIPS and image.ndim in (2, 3) and image.shape[-1] <= 512:
+    if image.dtype in _CV_FLIPS and (image.ndim == 2 or image.shape[2] <= 4):
         return cv2.flip(image, 1 if axis == 1 else 0).reshape(image.shape)
     return np.ascontiguousarray(np.flip(image, axis))
 
