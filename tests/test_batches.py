@@ -85,3 +85,30 @@ def test_held_views_of_every_batch_survive_later_epochs(workers):
         assert reused > 0  # the labels' buffers (dropped at once) were used again
     finally:
         source.release()
+
+
+def test_aligned_empty_starts_on_a_64_byte_boundary_and_its_base_owns_the_memory():
+    from stoker.executors._batches import ALIGNMENT, aligned_empty
+
+    for shape, dtype in [((7, 3), np.float32), ((0, 5), np.int64), ((), np.int16),
+                         ((13,), np.uint8), ((2, 1, 3), np.float64)]:
+        array = aligned_empty(shape, dtype)
+        assert array.shape == shape and array.dtype == dtype
+        assert array.ctypes.data % ALIGNMENT == 0 or array.size == 0  # no data to align
+        assert array.base is not None and array.base.base is None  # the owner, as a view's
+        assert array[1:].base is array.base if array.ndim else True
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_delivered_batch_is_64_byte_aligned(workers):
+    # TensorFlow makes a tensor of such an array without a copy (tf_dataset, keras()).
+    source = stoker.from_arrays(X[:, :3, :5], Y.astype(np.int16))
+    try:
+        with stoker.Loader(source, batch_size=7, seed=2, workers=workers) as loader:
+            held = []
+            for _ in range(2):
+                for images, labels in loader:
+                    assert images.ctypes.data % 64 == 0 and labels.ctypes.data % 64 == 0
+                    held.append(images)  # held: the next batches are fresh arrays
+    finally:
+        source.release()

@@ -1,10 +1,14 @@
+import itertools
 import pickle
 
 import numpy as np
 import pytest
 
 import stoker
-from stoker.sources import ArraySource, Subset
+from stoker.executors._produce import Producer, Transform
+from stoker.layout import BatchLayout
+from stoker.sources import ArraySource, Subset, gather_rows
+from test_batch_transforms import EXECUTORS  # inline, fork, forkserver 2 and 4, spawn
 
 
 def test_from_arrays_tuple_dict_and_single(images):
@@ -119,3 +123,87 @@ def test_arrays_and_samples_outlive_their_source_without_a_segfault():
                           timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "OK", (done.returncode,
                                                                   done.stderr[-3000:])
+
+
+# -- batches as one gather per field ---------------------------------------------------
+
+
+
+class _OneAtATime:
+    """The same samples with no ``rows()``: read one sample at a time (the reference)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        return self.source[index]
+
+
+def _array_sources(x, y, tmp_path):
+    stoker.store.save(tmp_path / "store", (x, y))
+    store = stoker.store.open(tmp_path / "store")
+    return {
+        "tuple": stoker.from_arrays(x, y),
+        "dict": stoker.from_arrays(image=x, label=y),
+        "single": stoker.from_arrays(x),
+        "split": stoker.from_arrays(x, y).split(0.7, seed=3)[1],
+        "store": store,
+        "store split": store.split(0.5, seed=1)[0],
+    }
+
+
+def test_a_gather_of_rows_is_the_samples_one_by_one(images, tmp_path):
+    x, y = images
+    indices = np.array([5, 0, 17, 17, 3, 40])
+    for name, source in _array_sources(x, y, tmp_path).items():
+        layout = BatchLayout.of(source[0])
+        kind, keys, arrays = source.rows()
+        assert (kind, keys) == (layout.kind, layout.keys), name
+        out = layout.empty(len(indices))
+        gather_rows(source, arrays, indices, out)
+        expected = layout.empty(len(indices))
+        for row, index in enumerate(indices):
+            for target, leaf in zip(expected, layout.leaves(source[int(index)]), strict=True):
+                target[row] = leaf
+        for got, want in zip(out, expected, strict=True):
+            assert got.dtype == want.dtype and np.array_equal(got, want), name
+
+
+def test_the_producer_gathers_only_rows_as_they_are(images, tmp_path):
+    x, y = images
+    source = stoker.from_arrays(x, y)
+    layout = BatchLayout.of(source[0])
+    assert Producer(source, Transform.wrap(None))._gatherable(layout) is not None
+    # A transform, a source without rows(), a layout of another dtype: one at a time.
+    assert Producer(source, Transform.wrap(lambda s: s))._gatherable(layout) is None
+    assert Producer(_OneAtATime(source), Transform.wrap(None))._gatherable(layout) is None
+    other = BatchLayout.of((x[0].astype(np.float32), y[0]))
+    assert Producer(source, Transform.wrap(None))._gatherable(other) is None
+    # Encoded records (a blob field) have no fixed shape: no rows.
+    stoker.store.save(tmp_path / "blobs", {"record": [b"ab", b"c"], "label": np.arange(2)})
+    assert stoker.store.open(tmp_path / "blobs").rows() is None
+    # A released source has no arrays any more: its own error, not the gather's.
+    source.release()
+    assert Producer(source, Transform.wrap(None))._gatherable(layout) is None
+
+
+@pytest.mark.parametrize("options", EXECUTORS)
+def test_gathered_batches_are_those_read_one_sample_at_a_time(images, tmp_path, options):
+    x, y = images
+    for name, source in _array_sources(x, y, tmp_path).items():
+        kwargs = dict(batch_size=16, shuffle=True, seed=9, **options)
+        with stoker.Loader(_OneAtATime(source), **kwargs) as reference:
+            expected = [[batch for batch in reference] for _ in range(2)]
+        with stoker.Loader(source, **kwargs) as loader:
+            got = [[batch for batch in loader] for _ in range(2)]
+        assert len(got[0]) == len(expected[0]) and len(got[1]) == len(expected[1]), name
+        for mine, theirs in zip(itertools.chain(*got), itertools.chain(*expected), strict=True):
+            mine = mine if isinstance(mine, (tuple, dict)) else (mine,)
+            theirs = theirs if isinstance(theirs, (tuple, dict)) else (theirs,)
+            values = (list(mine.values()), list(theirs.values())) if isinstance(mine, dict) \
+                else (list(mine), list(theirs))
+            for a, b in zip(*values, strict=True):
+                assert a.dtype == b.dtype and np.array_equal(a, b), name

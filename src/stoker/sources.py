@@ -8,6 +8,10 @@ is a numpy array, a tuple or a dict of numpy arrays/scalars. Two kinds are fast 
 * ``Subset`` is a view through an index array (``split`` makes two of them).
 
 Any other source is serialized to each worker once, when the workers start.
+
+Sources made of fixed-shape arrays (``from_arrays``, a store without encoded records, a
+``Subset`` of either) also answer ``rows()``: without a transform, a worker then fills
+a batch with one ``np.take`` per field (``gather_rows``) instead of a call per sample.
 """
 
 from __future__ import annotations
@@ -71,6 +75,18 @@ class _ArrayFields(_Splittable):
     def arrays(self) -> Any:
         """The read-only arrays, in the samples' structure."""
         return structured(self._kind, self._names, self._arrays)
+
+    def rows(self) -> tuple[str, tuple[str, ...], list[np.ndarray]] | None:
+        """``(kind, keys, arrays)`` when every field is a fixed-shape array, so that a
+        batch of samples is one gather per field (``gather_rows``) rather than a call
+        per sample; None when a field holds encoded records (their lengths differ).
+        ``keys`` are a sample's keys as ``BatchLayout`` names them."""
+        if not all(isinstance(array, np.ndarray) for array in self._arrays):
+            return None
+        keys = (tuple(self._names) if self._kind == "dict" else
+                ("",) if self._kind == "array" else
+                tuple(str(i) for i in range(len(self._arrays))))
+        return self._kind, keys, self._arrays
 
     @property
     def nbytes(self) -> int:
@@ -228,6 +244,11 @@ class Subset(_Splittable):
     def classes(self) -> Any:
         return getattr(self.base, "classes", None)
 
+    def rows(self) -> tuple[str, tuple[str, ...], list[np.ndarray]] | None:
+        """The base's ``rows()`` (this subset's indices are mapped by ``gather_rows``)."""
+        rows = getattr(self.base, "rows", None)
+        return rows() if callable(rows) else None
+
     @property
     def arrays(self) -> Any:
         """This subset's rows of the base's arrays, in the samples' structure: new
@@ -243,6 +264,16 @@ class Subset(_Splittable):
 
     def __repr__(self) -> str:
         return f"<Subset of {len(self)} from {self.base!r}>"
+
+
+def gather_rows(source: Any, arrays: list[np.ndarray], indices: np.ndarray,
+                out: list[np.ndarray]) -> None:
+    """Rows ``indices`` (in range) of ``source`` (``arrays``: its ``rows()``) into ``out``, one
+    ``np.take`` per field: the same values as ``source[i]`` sample by sample."""
+    if isinstance(source, Subset):
+        indices = source.indices[indices]
+    for array, target in zip(arrays, out, strict=True):
+        np.take(array, indices, axis=0, out=target, mode="clip")  # in range: checked
 
 
 def as_source(obj: Any) -> Any:

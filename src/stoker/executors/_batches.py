@@ -8,6 +8,10 @@ consumer's CPU per batch. So each field keeps a few buffers of a whole batch and
 out a view of the rows a batch needs; a buffer is used again only once its reference
 count shows that nothing refers to it any more (no array, view or buffer export: numpy
 points every view at the buffer that owns the memory), else a new array is made.
+
+Every array handed out starts on a 64-byte boundary: TensorFlow turns such a numpy
+array into a tensor without copying it (its kernels need that alignment, and it copies
+anything less aligned; numpy's own allocations are only 16-byte aligned).
 """
 
 from __future__ import annotations
@@ -24,6 +28,17 @@ __all__ = ["BatchArrays"]
 # tf.data hold two or three), within a budget of memory.
 _KEEP = 8
 _KEEP_BYTES = 64 * 2**20
+ALIGNMENT = 64  # bytes: what TensorFlow takes without a copy (EIGEN_MAX_ALIGN_BYTES)
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array of ``shape`` and ``dtype`` whose data starts on an
+    ``ALIGNMENT``-byte boundary; its ``base`` is the uint8 block that owns the memory."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def _references(buffers: list[np.ndarray], index: int) -> int:
@@ -32,6 +47,13 @@ def _references(buffers: list[np.ndarray], index: int) -> int:
 
 # What _references() counts for a buffer that only the list holds (measured, not assumed).
 _IDLE = _references([np.empty(1)], 0)
+
+
+def _rows(block: np.ndarray, field, count: int) -> np.ndarray:
+    """The first ``count`` rows of ``field``'s batch in ``block`` (``aligned_empty``'s)."""
+    start = -block.ctypes.data % ALIGNMENT
+    nbytes = count * field.nbytes
+    return block[start:start + nbytes].view(field.dtype).reshape((count, *field.shape))
 
 
 class BatchArrays:
@@ -52,15 +74,17 @@ class BatchArrays:
             array = None
             for index in range(len(buffers)):
                 if _references(buffers, index) == _IDLE:
-                    array = buffers[index][:count]
+                    array = _rows(buffers[index], field, count)
                     self.reused += 1
                     break
             if array is None:
                 if len(buffers) < self._keep and count <= self.rows:
-                    buffers.append(np.empty((self.rows, *field.shape), field.dtype))
-                    array = buffers[-1][:count]
+                    # The list holds the block that owns the memory: every array
+                    # handed out, and every view of one, refers to it (numpy's base).
+                    buffers.append(aligned_empty((self.rows, *field.shape), field.dtype).base)
+                    array = _rows(buffers[-1], field, count)
                 else:
-                    array = np.empty((count, *field.shape), field.dtype)
+                    array = aligned_empty((count, *field.shape), field.dtype)
             arrays.append(array)
         return arrays
 

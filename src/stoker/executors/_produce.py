@@ -21,6 +21,7 @@ import numpy as np
 from ..layout import BatchLayout, LayoutMismatch
 from ..many import Many
 from ..plan import SampleRng, batch_stream
+from ..sources import gather_rows
 
 __all__ = ["BatchTransform", "Producer", "SampleFailure", "Transform", "uses_torch"]
 
@@ -346,6 +347,22 @@ class Producer:
         if self.transform.check_finite:
             _check_finite(layout, indices, out, offset)
 
+    def _gatherable(self, layout: BatchLayout) -> list[np.ndarray] | None:
+        """The source's arrays when samples are its rows as they are: no transform, and
+        every field of ``layout`` one of the source's arrays, of its dtype and shape.
+        Asked for each batch (a few comparisons), so that nothing here keeps a source's
+        memory alive after the source let it go."""
+        rows = getattr(self.source, "rows", None)
+        found = rows() if self.transform.fn is None and callable(rows) else None
+        if found is None:
+            return None
+        kind, keys, arrays = found
+        if (kind != layout.kind or keys != layout.keys or len(arrays) != len(layout.fields)
+                or not all(array.dtype == field.dtype and array.shape[1:] == field.shape
+                           for array, field in zip(arrays, layout.fields, strict=True))):
+            return None
+        return arrays
+
     def _fill(
         self,
         layout: BatchLayout,
@@ -354,6 +371,18 @@ class Producer:
         out: list[np.ndarray],
         offset: int,
     ) -> None:
+        arrays = self._gatherable(layout) if len(indices) > 1 else None
+        if arrays is not None:
+            chosen = np.asarray(indices, dtype=np.int64)
+            if chosen.min() >= 0 and chosen.max() < len(self.source):
+                try:
+                    gather_rows(self.source, arrays, chosen,
+                                [target[offset:offset + len(chosen)] for target in out])
+                    if self.progress is not None:
+                        self.progress[0][self.progress[1]] += len(chosen)
+                    return
+                except self._failures:
+                    pass  # redone below, one sample at a time, to name the failing sample
         if self.batch_capable and len(indices) > 1:
             try:
                 for start in range(0, len(indices), _BATCH_STEP):
