@@ -41,6 +41,20 @@ def data(samples: int) -> tuple[np.ndarray, np.ndarray]:
             rng.integers(0, 10, samples).astype(np.int32))
 
 
+class OneAtATime:
+    """The same samples without ``rows()``: a worker reads them one sample at a time, as
+    every source was read before batches became one gather per field (the "before")."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.source[index]
+
+
 # -- 1. consumer CPU per batch, plain loop -------------------------------------------------
 
 
@@ -56,6 +70,13 @@ def consumer_candidates(x: np.ndarray, y: np.ndarray, workers: int, pools: list[
 
     found = [(f"stoker, {count} worker{'s' if count != 1 else ''}", stoker_loader(count))
              for count in pools]
+
+    def one_at_a_time():
+        loader = stoker.Loader(OneAtATime(source), batch_size=BATCH, workers=workers, seed=0)
+        return (lambda: loader), loader.close
+
+    found.append((f"stoker, {workers} workers, read one sample at a time (before)",
+                  one_at_a_time))
     try:
         import torch
         from torch.utils.data import DataLoader, TensorDataset
@@ -150,10 +171,26 @@ def fit_candidates(x: np.ndarray, y: np.ndarray, workers: int) -> list[tuple[str
         loader = stoker.Loader(source, batch_size=BATCH, workers=workers, seed=0)
         return loader.tf_dataset(), {"shuffle": False}, loader.close
 
+    def stoker_keras_before():
+        loader = stoker.Loader(OneAtATime(source), batch_size=BATCH, workers=workers, seed=0)
+        return loader.keras(), {}, loader.close
+
+    def stoker_keras_inline():
+        loader = stoker.Loader(source, batch_size=BATCH, workers=0, seed=0)
+        return loader.keras(), {}, loader.close
+
+    def stoker_tf_inline():
+        loader = stoker.Loader(source, batch_size=BATCH, workers=0, seed=0)
+        return loader.tf_dataset(), {"shuffle": False}, loader.close
+
     return [("tf.data from in-memory tensors", in_memory),
             ("Keras PyDataset, plain slices", py_dataset),
             (f"stoker loader.keras(), {workers} workers", stoker_keras),
-            (f"stoker loader.tf_dataset(), {workers} workers", stoker_tf)]
+            (f"stoker loader.tf_dataset(), {workers} workers", stoker_tf),
+            (f"stoker loader.keras(), {workers} workers, read one sample at a time (before)",
+             stoker_keras_before),
+            ("stoker loader.keras(), inline (workers=0)", stoker_keras_inline),
+            ("stoker loader.tf_dataset(), inline (workers=0)", stoker_tf_inline)]
 
 
 def fit_steps_per_s(make: Callable, epochs: int) -> dict:
