@@ -209,6 +209,31 @@ def fit_steps_per_s(make: Callable, epochs: int) -> dict:
             "cpu_per_step_s": cpu / (steps * epochs)}
 
 
+def iteration_start_ms(x: np.ndarray, y: np.ndarray, workers: int, repeats: int = 8
+                       ) -> dict[str, float]:
+    """Median time from ``iter(dataset)`` to its first batch (tf.data sets an iteration's
+    pipeline up anew each time: every epoch and every validation pass pays it)."""
+    import tensorflow as tf
+
+    found = {}
+    memory = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).prefetch(tf.data.AUTOTUNE)
+    with stoker.Loader(stoker.from_arrays(x, y), batch_size=BATCH, workers=workers,
+                       seed=0) as loader:
+        for name, dataset in (("tf.data from in-memory tensors", memory),
+                              (f"stoker loader.tf_dataset(), {workers} workers",
+                               loader.tf_dataset())):
+            times = []
+            for _ in range(repeats + 1):
+                began = time.perf_counter()
+                iterator = iter(dataset)
+                next(iterator)
+                times.append(time.perf_counter() - began)
+                for _ in iterator:
+                    pass
+            found[name] = median(times[1:]) * 1e3
+    return found
+
+
 def plain_loop_steps(x: np.ndarray, y: np.ndarray, workers: int, epochs: int) -> list[float]:
     with stoker.Loader(stoker.from_arrays(x, y), batch_size=BATCH, workers=workers,
                        seed=0) as loader:
@@ -242,6 +267,7 @@ def main() -> None:
     cpu_runs: dict[str, list[dict]] = {name: [] for name, _ in consumers}
     fit_runs: dict[str, list[dict]] = {name: [] for name, _ in fits}
     loop_rates: list[float] = []
+    starts: dict[str, list[float]] = {}
     for round_ in range(args.rounds):
         order = 1 if round_ % 2 == 0 else -1  # alternate, so no candidate always goes first
         for name, make in consumers[::order]:
@@ -249,6 +275,8 @@ def main() -> None:
         for name, make in fits[::order]:
             fit_runs[name].append(fit_steps_per_s(make, args.epochs))
         loop_rates += plain_loop_steps(x, y, args.workers, args.epochs)
+        for name, ms in iteration_start_ms(x, y, args.workers).items():
+            starts.setdefault(name, []).append(ms)
 
     lines = [f"Machine: {machine_line()}. {args.samples} samples of 64x64x1 uint8 per epoch, "
              f"batch {BATCH} (1.00 MiB), no transform; {args.rounds} rounds in alternating "
@@ -278,6 +306,12 @@ def main() -> None:
     summary["plain_loop_steps_per_s"] = loop
     lines.append(f"| the same stoker loader in a plain Python loop (no fit) | {loop:.0f} | "
                  f"{loop / reference:.2f}x | |")
+    lines += ["", "### Starting an iteration (`iter(dataset)` to its first batch)", "",
+              "| data | median |", "|---|---:|"]
+    summary["iteration_start_ms"] = {}
+    for name, values in starts.items():
+        summary["iteration_start_ms"][name] = median(values)
+        lines.append(f"| {name} | {median(values):.1f} ms |")
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

@@ -279,3 +279,33 @@ def test_a_torch_dataloader_with_workers_is_refused_with_the_fix(images, context
             iterator._shutdown_workers()
         plain = torch.utils.data.DataLoader(loader.torch(), batch_size=None, num_workers=0)
         assert sum(len(labels) for _, labels in plain) == len(x)
+
+
+def test_a_tf_dataset_iteration_whose_first_batch_fails_starts_no_second_run():
+    """The scan carries the iteration's token from its first batch: when that batch
+    fails, the next call of the same iterator is refused (it would otherwise start a
+    second run and shift every batch by one), and a new iteration reads the whole epoch."""
+    x = np.zeros((40, 2), np.float32)
+    y = np.arange(40, dtype=np.int64)  # labels name the samples
+    failures = {"left": 0}  # armed once the layout is known
+
+    class FailsOnce:
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, index):
+            if failures["left"]:
+                failures["left"] -= 1
+                raise OSError("the disk hiccuped")
+            return x[index], y[index]
+
+    with stoker.Loader(FailsOnce(), batch_size=8, workers=0, seed=5) as loader:
+        dataset = loader.tf_dataset()
+        failures["left"] = 1
+        iterator = iter(dataset)
+        assert "the disk hiccuped" in raised(lambda: next(iterator))
+        assert "failed at its first batch" in raised(lambda: next(iterator))
+        assert loader.position.batch == 0
+        labels = np.concatenate([labels.numpy() for _, labels in dataset])
+        np.testing.assert_array_equal(labels, np.concatenate(loader.epoch_batches(0)))
+        assert (loader.position.epoch, loader.position.batch) == (1, 0)

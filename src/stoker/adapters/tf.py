@@ -8,17 +8,20 @@ dataset. Batches keep the sample's structure (a tensor, a tuple or a dict) with 
 ``element_spec`` read off the loader's layout, the batch axis unknown (the last batch
 may be short).
 
-Each iteration begins with one ``tf.numpy_function`` call (``begin``) that starts a run
-of the loader at the cursor and names the iteration with a token; then, for each of its
-``n`` batches, ``take`` is one ``tf.numpy_function`` call that hands the loader's next
-batch over as arrays (aligned numpy arrays become tensors without a copy; the tensor
-keeps the array alive, so stoker never reuses its buffer early). This costs far less
-per batch than ``from_generator`` (measured in ``benchmarks/bench_consumer.py``), and
-has the same semantics: the map runs when the consumer asks for the batch, so the
-loader's cursor is what the consumer took. A call of an iteration that a newer one
-ended (a prefetch thread of a dropped iterator, still in a call when ``fit()``
-returned; or a second iterator) has an old token: it takes nothing from the loader and
-raises LoaderError, which reaches its consumer if it still has one.
+Each iteration is ``range(n).scan(...)``: for each of its ``n`` batches, ``take`` is one
+``tf.numpy_function`` call that hands the loader's next batch over as arrays (64-byte
+aligned numpy arrays become tensors without a copy; the tensor keeps the array alive,
+so stoker never reuses its buffer early). The scan's state is the iteration's token:
+every iterator starts with token 0, and its first ``take`` starts a run of the loader
+at the cursor and names the iteration with a new token, which the scan hands to each
+later call. (A ``flat_map`` would do the same with a separate first call, and costs
+about 10 ms more per iteration to set up, measured.) This costs far less per batch
+than ``from_generator`` (measured in ``benchmarks/bench_consumer.py``), and has the
+same semantics: the map runs when the consumer asks for the batch, so the loader's
+cursor is what the consumer took. A call of an iteration that a newer one ended (a
+prefetch thread of a dropped iterator, still in a call when ``fit()`` returned; or a
+second iterator) has an old token: it takes nothing from the loader and raises
+LoaderError, which reaches its consumer if it still has one.
 Prefetching is stoker's (its ring of batch slots); tf.data's own (which its optimizer
 would inject) is turned off; a ``.prefetch()`` of your own runs ahead of the cursor.
 tf.data calls ``take`` from threads of its own, so the loader is registered for a safe
@@ -61,30 +64,38 @@ class _Reader:
         self._run: Iterator[list[np.ndarray]] | None = None
         self._token = 0  # the current iteration's
 
-    def begin(self) -> np.int64:
-        """A new iteration: a run of the loader from the cursor, and the iteration's token."""
-        with tensorflow_call(), self._lock:
-            loader = self.loader
-            position = loader.position
-            if len(loader) - position.batch != self.declared:  # refused: nothing changes
-                raise LoaderError(
-                    f"this tf.data.Dataset was made for {self.declared} batches an "
-                    f"iteration, but the loader's cursor is at batch {position.batch} of "
-                    f"epoch {position.epoch} (a resume, or an iteration left early), so the "
-                    f"next iteration has {len(loader) - position.batch}; call "
-                    "loader.tf_dataset() again for it"
-                )
-            if self._run is not None:
-                self._run.close()  # type: ignore[attr-defined]
-                self._run = None
-            self._token += 1
-            self._run = loader._run(loader._start_run(), commit=True, flat=True)
-            return np.int64(self._token)
+    def _begin(self) -> None:
+        """A new iteration: a run of the loader from the cursor, and the iteration's token
+        (``self._lock`` held)."""
+        loader = self.loader
+        position = loader.position
+        if len(loader) - position.batch != self.declared:  # refused: nothing changes
+            raise LoaderError(
+                f"this tf.data.Dataset was made for {self.declared} batches an "
+                f"iteration, but the loader's cursor is at batch {position.batch} of "
+                f"epoch {position.epoch} (a resume, or an iteration left early), so the "
+                f"next iteration has {len(loader) - position.batch}; call "
+                "loader.tf_dataset() again for it"
+            )
+        if self._run is not None:
+            self._run.close()  # type: ignore[attr-defined]
+            self._run = None
+        self._token += 1
+        self._run = loader._run(loader._start_run(), commit=True, flat=True)
 
     def take(self, token: np.ndarray, index: np.ndarray) -> list[np.ndarray]:
-        """Batch ``index`` of the iteration named ``token``, as the layout's arrays."""
+        """Batch ``index`` of the iteration named ``token`` (0: a new iteration, whose
+        first batch this is), as the iteration's token and the layout's arrays."""
         with tensorflow_call(), self._lock:
-            if int(token) != self._token:
+            if int(token) == 0:
+                if int(index) != 0:  # the scan keeps token 0 only if batch 0 failed
+                    raise LoaderError(
+                        "this iteration of the tf.data.Dataset failed at its first batch "
+                        "(the error it raised says why), so it has no loader run; iterate "
+                        "the dataset again (after a resume: call loader.tf_dataset() again)"
+                    )
+                self._begin()
+            elif int(token) != self._token:
                 # An iteration that a newer one ended: its consumer, if it still has one,
                 # is told so (a prefetch thread of a dropped iterator is not read).
                 raise LoaderError(
@@ -106,7 +117,7 @@ class _Reader:
                 ) from None
             if int(index) == self.declared - 1:
                 self._finish()
-            return arrays
+            return [np.int64(self._token), *arrays]
 
     def release(self) -> None:
         """The loader is closing: the run held here ends (``cursor.end_held_run``)."""
@@ -145,26 +156,22 @@ def tf_dataset(loader: Loader) -> tf.data.Dataset:
     reader = _Reader(loader, declared)
     loader._adapters.add(reader)
     held = weakref.ref(reader)
-    begin, take = _weak(held, "begin"), _weak(held, "take")
+    take = _weak(held, "take")
 
-    def iteration(_: tf.Tensor) -> tf.data.Dataset:
-        token = tf.numpy_function(begin, [], tf.int64, stateful=True, name="stoker_begin")
-        token = tf.ensure_shape(token, ())
-        return tf.data.Dataset.range(declared).map(lambda index: element(token, index))
-
-    def element(token: tf.Tensor, index: tf.Tensor) -> Any:
-        arrays = tf.numpy_function(take, [token, index], dtypes, stateful=True,
-                                   name="stoker_batch")
+    def element(token: tf.Tensor, index: tf.Tensor) -> tuple[tf.Tensor, Any]:
+        token, *arrays = tf.numpy_function(take, [token, index], [tf.int64, *dtypes],
+                                           stateful=True, name="stoker_batch")
         tensors = [tf.ensure_shape(array, shape) for array, shape in
                    zip(arrays, shapes, strict=True)]
+        token = tf.ensure_shape(token, ())
         if layout.kind == "dict":
-            return dict(zip(layout.keys, tensors, strict=True))
+            return token, dict(zip(layout.keys, tensors, strict=True))
         if layout.kind == "tuple":
-            return tuple(tensors)
-        return tensors[0]
+            return token, tuple(tensors)
+        return token, tensors[0]
 
     read_by_tensorflow(loader)
-    dataset = tf.data.Dataset.range(1).flat_map(iteration)
+    dataset = tf.data.Dataset.range(declared).scan(np.int64(0), element)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(declared))
     dataset._stoker_reader = reader  # kept alive by every dataset and iterator made of it
     # No prefetch that tf.data would inject by itself, no parallel map: a batch leaves the
