@@ -7,7 +7,7 @@ import pytest
 import stoker
 from stoker.executors._produce import Producer, Transform
 from stoker.layout import BatchLayout
-from stoker.sources import ArraySource, Subset, gather_rows
+from stoker.sources import ArraySource, Subset, rows_of
 from test_batch_transforms import EXECUTORS  # inline, fork, forkserver 2 and 4, spawn
 
 
@@ -130,7 +130,8 @@ def test_arrays_and_samples_outlive_their_source_without_a_segfault():
 
 
 class _OneAtATime:
-    """The same samples with no ``rows()``: read one sample at a time (the reference)."""
+    """The same samples through a class of the user's: read one sample at a time (the
+    reference)."""
 
     def __init__(self, source):
         self.source = source
@@ -160,34 +161,131 @@ def test_a_gather_of_rows_is_the_samples_one_by_one(images, tmp_path):
     indices = np.array([5, 0, 17, 17, 3, 40])
     for name, source in _array_sources(x, y, tmp_path).items():
         layout = BatchLayout.of(source[0])
-        kind, keys, arrays = source.rows()
-        assert (kind, keys) == (layout.kind, layout.keys), name
+        rows = rows_of(source)
+        assert (rows.kind, rows.keys) == (layout.kind, layout.keys), name
         out = layout.empty(len(indices))
-        gather_rows(source, arrays, indices, out)
+        assert rows.gather(indices, out)
         expected = layout.empty(len(indices))
         for row, index in enumerate(indices):
             for target, leaf in zip(expected, layout.leaves(source[int(index)]), strict=True):
                 target[row] = leaf
         for got, want in zip(out, expected, strict=True):
             assert got.dtype == want.dtype and np.array_equal(got, want), name
+        assert not rows.gather(np.array([0, len(source)]), out), name  # out of range
 
 
-def test_the_producer_gathers_only_rows_as_they_are(images, tmp_path):
+def test_only_stokers_own_array_sources_are_gathered(images, tmp_path):
     x, y = images
     source = stoker.from_arrays(x, y)
     layout = BatchLayout.of(source[0])
     assert Producer(source, Transform.wrap(None))._gatherable(layout) is not None
-    # A transform, a source without rows(), a layout of another dtype: one at a time.
+    # A transform, a source without rows, a layout of another dtype: one at a time.
     assert Producer(source, Transform.wrap(lambda s: s))._gatherable(layout) is None
     assert Producer(_OneAtATime(source), Transform.wrap(None))._gatherable(layout) is None
     other = BatchLayout.of((x[0].astype(np.float32), y[0]))
     assert Producer(source, Transform.wrap(None))._gatherable(other) is None
+
+    class Forwarding:  # a wrapper that passes every attribute on, with samples of its own
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, index):
+            image, label = self.inner[len(self.inner) - 1 - index]
+            return image, label
+
+        def __getattr__(self, name):
+            if name == "inner":  # not set yet (unpickling in a worker)
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    class OwnRows(_OneAtATime):  # a user's source with a method that happens to be "rows"
+        def rows(self):
+            return ("tuple", ("0", "1"), [x[::-1], y[::-1]])
+
+    class Shifted(Subset):  # a subset that reads its samples its own way
+        def __getitem__(self, index):
+            return self.base[(int(self.indices[index]) + 1) % len(self.base)]
+
+    for wrapper in (Forwarding(source), OwnRows(source), Shifted(source, np.arange(10))):
+        assert rows_of(wrapper) is None
     # Encoded records (a blob field) have no fixed shape: no rows.
     stoker.store.save(tmp_path / "blobs", {"record": [b"ab", b"c"], "label": np.arange(2)})
-    assert stoker.store.open(tmp_path / "blobs").rows() is None
+    assert rows_of(stoker.store.open(tmp_path / "blobs")) is None
     # A released source has no arrays any more: its own error, not the gather's.
     source.release()
     assert Producer(source, Transform.wrap(None))._gatherable(layout) is None
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sources_that_are_not_plain_rows_read_as_they_say(images, workers):
+    """Red-team findings: a wrapper forwarding attributes, a source with a rows() of its
+    own, a Subset subclass and a Subset with negative indices were read as the rows
+    underneath (or refused to load); one out of range was clipped, not named."""
+    x, y = images
+    source = stoker.from_arrays(x, y)
+
+    class Forwarding:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, index):
+            return self.inner[len(self.inner) - 1 - index]
+
+        def __getattr__(self, name):
+            if name == "inner":  # not set yet (unpickling in a worker)
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    class OwnRows(_OneAtATime):
+        def rows(self):
+            return [tuple(row) for row in x]
+
+    class Shifted(Subset):
+        def __getitem__(self, index):
+            return self.base[(int(self.indices[index]) + 1) % len(self.base)]
+
+    cases = [Forwarding(source), OwnRows(source), Shifted(source, np.arange(40)),
+             Subset(source, np.array([-1, -2, -3, 0, 4, 5, 6, 7]))]
+    for case in cases:
+        expected = np.array([int(case[i][1]) for i in range(len(case))])
+        with stoker.Loader(case, batch_size=4, shuffle=False, workers=workers) as loader:
+            labels = np.concatenate([labels for _, labels in loader])
+        np.testing.assert_array_equal(labels, expected, err_msg=type(case).__name__)
+    beyond = Subset(source, np.array([0, 1, 2, len(x) + 5]))
+    with stoker.Loader(beyond, batch_size=4, shuffle=False, workers=workers) as loader:
+        with pytest.raises(stoker.TransformError, match="sample 3"):
+            list(loader)
+
+
+def test_a_gather_reports_progress_in_steps(images, monkeypatch):
+    """timeout= counts finished samples: a large gather reports after each step, not once
+    at the end (a red-team run killed a healthy worker reading 512 KiB rows)."""
+    from stoker.executors import _produce
+    from stoker.sources import Rows
+
+    x, y = images
+    source = stoker.from_arrays(x, y)
+    layout = BatchLayout.of(source[0])
+    producer = Producer(source, Transform.wrap(None))
+    producer.progress = (np.zeros(1, np.int64), 0)
+    monkeypatch.setattr(_produce, "_GATHER_BYTES", 3 * layout.batch_nbytes(1))
+    seen, gather = [], Rows.gather
+
+    def counting(self, chosen, out):
+        seen.append(int(producer.progress[0][0]))
+        return gather(self, chosen, out)
+
+    monkeypatch.setattr(Rows, "gather", counting)
+    out = layout.empty(10)
+    producer.fill(layout, np.zeros(2, np.uint64), list(range(10)), out)
+    assert seen == [0, 3, 6, 9] and producer.progress[0][0] == 10
+    np.testing.assert_array_equal(out[1], y[:10])
 
 
 @pytest.mark.parametrize("options", EXECUTORS)

@@ -9,14 +9,15 @@ is a numpy array, a tuple or a dict of numpy arrays/scalars. Two kinds are fast 
 
 Any other source is serialized to each worker once, when the workers start.
 
-Sources made of fixed-shape arrays (``from_arrays``, a store without encoded records, a
-``Subset`` of either) also answer ``rows()``: without a transform, a worker then fills
-a batch with one ``np.take`` per field (``gather_rows``) instead of a call per sample.
+Stoker's sources of fixed-shape arrays (``from_arrays``, a store without encoded
+records, a ``Subset`` of either) are recognised by ``rows_of``: without a transform, a
+worker fills a batch of them with one ``np.take`` per field instead of a call per sample.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -75,18 +76,6 @@ class _ArrayFields(_Splittable):
     def arrays(self) -> Any:
         """The read-only arrays, in the samples' structure."""
         return structured(self._kind, self._names, self._arrays)
-
-    def rows(self) -> tuple[str, tuple[str, ...], list[np.ndarray]] | None:
-        """``(kind, keys, arrays)`` when every field is a fixed-shape array, so that a
-        batch of samples is one gather per field (``gather_rows``) rather than a call
-        per sample; None when a field holds encoded records (their lengths differ).
-        ``keys`` are a sample's keys as ``BatchLayout`` names them."""
-        if not all(isinstance(array, np.ndarray) for array in self._arrays):
-            return None
-        keys = (tuple(self._names) if self._kind == "dict" else
-                ("",) if self._kind == "array" else
-                tuple(str(i) for i in range(len(self._arrays))))
-        return self._kind, keys, self._arrays
 
     @property
     def nbytes(self) -> int:
@@ -244,11 +233,6 @@ class Subset(_Splittable):
     def classes(self) -> Any:
         return getattr(self.base, "classes", None)
 
-    def rows(self) -> tuple[str, tuple[str, ...], list[np.ndarray]] | None:
-        """The base's ``rows()`` (this subset's indices are mapped by ``gather_rows``)."""
-        rows = getattr(self.base, "rows", None)
-        return rows() if callable(rows) else None
-
     @property
     def arrays(self) -> Any:
         """This subset's rows of the base's arrays, in the samples' structure: new
@@ -266,14 +250,53 @@ class Subset(_Splittable):
         return f"<Subset of {len(self)} from {self.base!r}>"
 
 
-def gather_rows(source: Any, arrays: list[np.ndarray], indices: np.ndarray,
-                out: list[np.ndarray]) -> None:
-    """Rows ``indices`` (in range) of ``source`` (``arrays``: its ``rows()``) into ``out``, one
-    ``np.take`` per field: the same values as ``source[i]`` sample by sample."""
-    if isinstance(source, Subset):
-        indices = source.indices[indices]
-    for array, target in zip(arrays, out, strict=True):
-        np.take(array, indices, axis=0, out=target, mode="clip")  # in range: checked
+@dataclass(frozen=True)
+class Rows:
+    """A source whose samples are the rows of fixed-shape arrays, as they are: sample
+    ``i`` is row ``indices[i]`` (``i`` itself without ``indices``) of each of ``arrays``,
+    in a structure of ``kind`` whose keys ``BatchLayout`` names ``keys``."""
+
+    kind: str
+    keys: tuple[str, ...]
+    arrays: list[np.ndarray]
+    indices: np.ndarray | None
+
+    def gather(self, chosen: np.ndarray, out: list[np.ndarray]) -> bool:
+        """Samples ``chosen`` into ``out`` (one array per field, a row per sample), one
+        ``np.take`` per field: the values ``source[i]`` has. False, with nothing
+        written, for an index out of range (the caller reads those one at a time, so
+        that the error names the sample)."""
+        if self.indices is not None:
+            if chosen.min() < 0 or chosen.max() >= len(self.indices):
+                return False
+            chosen = self.indices[chosen]
+        length = len(self.arrays[0])
+        if chosen.min() < 0 or chosen.max() >= length:
+            return False
+        for array, target in zip(self.arrays, out, strict=True):
+            np.take(array, chosen, axis=0, out=target, mode="clip")  # in range: checked
+        return True
+
+
+def rows_of(source: Any) -> Rows | None:
+    """``source`` as ``Rows`` when it is one of stoker's own sources of fixed-shape
+    arrays (``from_arrays``, a store without encoded records, a ``Subset`` of either)
+    whose ``__getitem__`` is stoker's; None for anything else (a wrapper, a subclass
+    that reads samples its own way, encoded records), which is read one sample at a
+    time. Decided by type, never by a method a user's class may happen to have."""
+    indices = None
+    if isinstance(source, Subset) and type(source).__getitem__ is Subset.__getitem__:
+        source, indices = source.base, source.indices
+    if not (isinstance(source, _ArrayFields)
+            and type(source).__getitem__ is _ArrayFields.__getitem__):
+        return None
+    arrays = source._arrays
+    if not arrays or not all(type(array) in (np.ndarray, np.memmap) for array in arrays):
+        return None
+    kind = source._kind
+    keys = (tuple(source._names) if kind == "dict" else ("",) if kind == "array" else
+            tuple(str(i) for i in range(len(arrays))))
+    return Rows(kind, keys, list(arrays), indices)
 
 
 def as_source(obj: Any) -> Any:

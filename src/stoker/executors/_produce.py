@@ -21,13 +21,15 @@ import numpy as np
 from ..layout import BatchLayout, LayoutMismatch
 from ..many import Many
 from ..plan import SampleRng, batch_stream
-from ..sources import gather_rows
+from ..sources import Rows, rows_of
 
 __all__ = ["BatchTransform", "Producer", "SampleFailure", "Transform", "uses_torch"]
 
 # A batch-capable transform runs over stacks of at most this many samples: few Python
 # calls, and progress (for timeout=) reported after each stack.
 _BATCH_STEP = 32
+# Gathers of rows (no transform) copy at most this many bytes between progress reports.
+_GATHER_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,21 +349,42 @@ class Producer:
         if self.transform.check_finite:
             _check_finite(layout, indices, out, offset)
 
-    def _gatherable(self, layout: BatchLayout) -> list[np.ndarray] | None:
-        """The source's arrays when samples are its rows as they are: no transform, and
-        every field of ``layout`` one of the source's arrays, of its dtype and shape.
-        Asked for each batch (a few comparisons), so that nothing here keeps a source's
+    def _gatherable(self, layout: BatchLayout) -> Rows | None:
+        """The source as ``Rows`` when samples are its rows as they are: no transform,
+        and every field of ``layout`` one of its arrays, of its dtype and shape. Asked
+        for each batch (a few comparisons), so that nothing here keeps a source's
         memory alive after the source let it go."""
-        rows = getattr(self.source, "rows", None)
-        found = rows() if self.transform.fn is None and callable(rows) else None
-        if found is None:
+        rows = rows_of(self.source) if self.transform.fn is None else None
+        if rows is None or rows.kind != layout.kind or rows.keys != layout.keys or len(
+                rows.arrays) != len(layout.fields) or not all(
+                array.dtype == field.dtype and array.shape[1:] == field.shape
+                for array, field in zip(rows.arrays, layout.fields, strict=True)):
             return None
-        kind, keys, arrays = found
-        if (kind != layout.kind or keys != layout.keys or len(arrays) != len(layout.fields)
-                or not all(array.dtype == field.dtype and array.shape[1:] == field.shape
-                           for array, field in zip(arrays, layout.fields, strict=True))):
-            return None
-        return arrays
+        return rows
+
+    def _gather(self, layout: BatchLayout, rows: Rows, indices: Sequence[int],
+                out: list[np.ndarray], offset: int) -> int:
+        """Samples ``indices`` into rows ``offset...`` of ``out`` as gathers, in steps of
+        at most ``_GATHER_BYTES`` (progress for ``timeout=`` is counted after each, as a
+        slow disk under a memory-mapped store can make one step take long). Returns how
+        many it gathered: a step stops short when it fails or meets an index out of
+        range, and the caller reads the rest one sample at a time, so that the error
+        names the sample."""
+        chosen = np.asarray(indices, dtype=np.int64)
+        step = max(1, _GATHER_BYTES // max(1, layout.batch_nbytes(1)))
+        done = 0
+        while done < len(chosen):
+            part = chosen[done:done + step]
+            start = offset + done
+            try:
+                if not rows.gather(part, [t[start:start + len(part)] for t in out]):
+                    break
+            except self._failures:
+                break
+            done += len(part)
+            if self.progress is not None:
+                self.progress[0][self.progress[1]] += len(part)
+        return done
 
     def _fill(
         self,
@@ -371,18 +394,12 @@ class Producer:
         out: list[np.ndarray],
         offset: int,
     ) -> None:
-        arrays = self._gatherable(layout) if len(indices) > 1 else None
-        if arrays is not None:
-            chosen = np.asarray(indices, dtype=np.int64)
-            if chosen.min() >= 0 and chosen.max() < len(self.source):
-                try:
-                    gather_rows(self.source, arrays, chosen,
-                                [target[offset:offset + len(chosen)] for target in out])
-                    if self.progress is not None:
-                        self.progress[0][self.progress[1]] += len(chosen)
-                    return
-                except self._failures:
-                    pass  # redone below, one sample at a time, to name the failing sample
+        rows = self._gatherable(layout) if len(indices) > 1 else None
+        if rows is not None:
+            done = self._gather(layout, rows, indices, out, offset)
+            if done == len(indices):
+                return
+            indices, offset = indices[done:], offset + done
         if self.batch_capable and len(indices) > 1:
             try:
                 for start in range(0, len(indices), _BATCH_STEP):
