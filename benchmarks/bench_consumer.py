@@ -85,11 +85,13 @@ def consumer_candidates(x: np.ndarray, y: np.ndarray, workers: int, pools: list[
     dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
 
     def torch_loader():
+        # forkserver: forked from this process, which has run TensorFlow by now, its
+        # workers segfaulted now and then (fork after threads).
         loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
-                            persistent_workers=True)
+                            persistent_workers=True, multiprocessing_context="forkserver")
         return (lambda: loader), lambda: None  # its workers end with the DataLoader
 
-    found.append((f"PyTorch DataLoader, {workers} workers", torch_loader))
+    found.append((f"PyTorch DataLoader, {workers} workers (forkserver)", torch_loader))
     return found
 
 
