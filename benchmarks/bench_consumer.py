@@ -42,8 +42,9 @@ def data(samples: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class OneAtATime:
-    """The same samples without ``rows()``: a worker reads them one sample at a time, as
-    every source was read before batches became one gather per field (the "before")."""
+    """The same samples through a class of the user's (not one of stoker's array
+    sources): a worker reads them one sample at a time, as every source was read before
+    batches became one gather per field (the "before")."""
 
     def __init__(self, source: Any) -> None:
         self.source = source
