@@ -254,10 +254,9 @@ class Subset(_Splittable):
 class Rows:
     """A source whose samples are the rows of fixed-shape arrays, as they are: sample
     ``i`` is row ``indices[i]`` (``i`` itself without ``indices``) of each of ``arrays``,
-    in a structure of ``kind`` whose keys ``BatchLayout`` names ``keys``."""
+    in a structure of ``kind`` (its ``BatchLayout`` has one field per array, in order)."""
 
     kind: str
-    keys: tuple[str, ...]
     arrays: list[np.ndarray]
     indices: np.ndarray | None
 
@@ -293,10 +292,7 @@ def rows_of(source: Any) -> Rows | None:
     arrays = source._arrays
     if not arrays or not all(type(array) in (np.ndarray, np.memmap) for array in arrays):
         return None
-    kind = source._kind
-    keys = (tuple(source._names) if kind == "dict" else ("",) if kind == "array" else
-            tuple(str(i) for i in range(len(arrays))))
-    return Rows(kind, keys, list(arrays), indices)
+    return Rows(source._kind, list(arrays), indices)
 
 
 def as_source(obj: Any) -> Any:

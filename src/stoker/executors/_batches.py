@@ -36,9 +36,15 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     ``ALIGNMENT``-byte boundary; its ``base`` is the uint8 block that owns the memory."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
-    start = -raw.ctypes.data % ALIGNMENT
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    return _aligned_view(np.empty(nbytes + ALIGNMENT, np.uint8), shape, dtype)
+
+
+def _aligned_view(block: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An array of ``shape`` and ``dtype`` at the first ``ALIGNMENT``-byte boundary of
+    the uint8 ``block`` (which has room for it: ``aligned_empty``'s)."""
+    start = -block.ctypes.data % ALIGNMENT
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return block[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def _references(buffers: list[np.ndarray], index: int) -> int:
@@ -47,13 +53,6 @@ def _references(buffers: list[np.ndarray], index: int) -> int:
 
 # What _references() counts for a buffer that only the list holds (measured, not assumed).
 _IDLE = _references([np.empty(1)], 0)
-
-
-def _rows(block: np.ndarray, field, count: int) -> np.ndarray:
-    """The first ``count`` rows of ``field``'s batch in ``block`` (``aligned_empty``'s)."""
-    start = -block.ctypes.data % ALIGNMENT
-    nbytes = count * field.nbytes
-    return block[start:start + nbytes].view(field.dtype).reshape((count, *field.shape))
 
 
 class BatchArrays:
@@ -74,7 +73,7 @@ class BatchArrays:
             array = None
             for index in range(len(buffers)):
                 if _references(buffers, index) == _IDLE:
-                    array = _rows(buffers[index], field, count)
+                    array = _aligned_view(buffers[index], (count, *field.shape), field.dtype)
                     self.reused += 1
                     break
             if array is None:
@@ -82,7 +81,7 @@ class BatchArrays:
                     # The list holds the block that owns the memory: every array
                     # handed out, and every view of one, refers to it (numpy's base).
                     buffers.append(aligned_empty((self.rows, *field.shape), field.dtype).base)
-                    array = _rows(buffers[-1], field, count)
+                    array = _aligned_view(buffers[-1], (count, *field.shape), field.dtype)
                 else:
                     array = aligned_empty((count, *field.shape), field.dtype)
             arrays.append(array)

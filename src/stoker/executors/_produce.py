@@ -350,12 +350,13 @@ class Producer:
             _check_finite(layout, indices, out, offset)
 
     def _gatherable(self, layout: BatchLayout) -> Rows | None:
-        """The source as ``Rows`` when samples are its rows as they are: no transform,
-        and every field of ``layout`` one of its arrays, of its dtype and shape. Asked
-        for each batch (a few comparisons), so that nothing here keeps a source's
-        memory alive after the source let it go."""
+        """The source as ``Rows`` when samples are its rows as they are: no transform
+        (so ``layout`` was read off one of its samples: same structure, same field
+        order), and every field of ``layout`` one of its arrays, of its dtype and
+        shape. Asked for each batch (a few comparisons), so that nothing here keeps a
+        source's memory alive after the source let it go."""
         rows = rows_of(self.source) if self.transform.fn is None else None
-        if rows is None or rows.kind != layout.kind or rows.keys != layout.keys or len(
+        if rows is None or rows.kind != layout.kind or len(
                 rows.arrays) != len(layout.fields) or not all(
                 array.dtype == field.dtype and array.shape[1:] == field.shape
                 for array, field in zip(rows.arrays, layout.fields, strict=True)):
