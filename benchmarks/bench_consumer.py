@@ -63,21 +63,16 @@ def consumer_candidates(x: np.ndarray, y: np.ndarray, workers: int, pools: list[
                         ) -> list[tuple[str, Callable[[], tuple[Callable[[], Iterable], Any]]]]:
     source = stoker.from_arrays(x, y)
 
-    def stoker_loader(count: int):
+    def stoker_loader(count: int, data: Any = source):
         def make():
-            loader = stoker.Loader(source, batch_size=BATCH, workers=count, seed=0)
+            loader = stoker.Loader(data, batch_size=BATCH, workers=count, seed=0)
             return (lambda: loader), loader.close
         return make
 
     found = [(f"stoker, {count} worker{'s' if count != 1 else ''}", stoker_loader(count))
              for count in pools]
-
-    def one_at_a_time():
-        loader = stoker.Loader(OneAtATime(source), batch_size=BATCH, workers=workers, seed=0)
-        return (lambda: loader), loader.close
-
     found.append((f"stoker, {workers} workers, read one sample at a time (before)",
-                  one_at_a_time))
+                  stoker_loader(workers, OneAtATime(source))))
     try:
         import torch
         from torch.utils.data import DataLoader, TensorDataset
@@ -166,34 +161,23 @@ def fit_candidates(x: np.ndarray, y: np.ndarray, workers: int) -> list[tuple[str
     def py_dataset():
         return Slices(), {}, lambda: None
 
-    def stoker_keras():
-        loader = stoker.Loader(source, batch_size=BATCH, workers=workers, seed=0)
-        return loader.keras(), {}, loader.close
-
-    def stoker_tf():
-        loader = stoker.Loader(source, batch_size=BATCH, workers=workers, seed=0)
-        return loader.tf_dataset(), {"shuffle": False}, loader.close
-
-    def stoker_keras_before():
-        loader = stoker.Loader(OneAtATime(source), batch_size=BATCH, workers=workers, seed=0)
-        return loader.keras(), {}, loader.close
-
-    def stoker_keras_inline():
-        loader = stoker.Loader(source, batch_size=BATCH, workers=0, seed=0)
-        return loader.keras(), {}, loader.close
-
-    def stoker_tf_inline():
-        loader = stoker.Loader(source, batch_size=BATCH, workers=0, seed=0)
-        return loader.tf_dataset(), {"shuffle": False}, loader.close
+    def fed_by(data: Any, count: int, adapter: str) -> Callable:
+        """A stoker loader over ``data`` with ``count`` workers, through ``adapter``."""
+        def make():
+            loader = stoker.Loader(data, batch_size=BATCH, workers=count, seed=0)
+            if adapter == "keras":
+                return loader.keras(), {}, loader.close
+            return loader.tf_dataset(), {"shuffle": False}, loader.close
+        return make
 
     return [("tf.data from in-memory tensors", in_memory),
             ("Keras PyDataset, plain slices", py_dataset),
-            (f"stoker loader.keras(), {workers} workers", stoker_keras),
-            (f"stoker loader.tf_dataset(), {workers} workers", stoker_tf),
+            (f"stoker loader.keras(), {workers} workers", fed_by(source, workers, "keras")),
+            (f"stoker loader.tf_dataset(), {workers} workers", fed_by(source, workers, "tf")),
             (f"stoker loader.keras(), {workers} workers, read one sample at a time (before)",
-             stoker_keras_before),
-            ("stoker loader.keras(), inline (workers=0)", stoker_keras_inline),
-            ("stoker loader.tf_dataset(), inline (workers=0)", stoker_tf_inline)]
+             fed_by(OneAtATime(source), workers, "keras")),
+            ("stoker loader.keras(), inline (workers=0)", fed_by(source, 0, "keras")),
+            ("stoker loader.tf_dataset(), inline (workers=0)", fed_by(source, 0, "tf"))]
 
 
 def fit_steps_per_s(make: Callable, epochs: int) -> dict:
