@@ -36,3 +36,13 @@ def own_generator_noise(sample):
     """A legacy transform drawing from that generator."""
     image, label = sample
     return image + OWN_GENERATOR.state.random(image.shape, dtype=np.float32), label
+
+
+def spin_noise(sample, rng, seconds: float = 0.0):
+    """flip_noise after ``seconds`` of CPU work (a transform of a given cost)."""
+    import time
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return flip_noise(sample, rng)

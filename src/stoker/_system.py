@@ -6,7 +6,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["fsync_path", "usable_cpu_count"]
+__all__ = ["available_memory", "fsync_path", "private_memory", "usable_cpu_count"]
 
 
 def fsync_path(path: Path) -> None:
@@ -45,3 +45,30 @@ def usable_cpu_count() -> int:
         count = os.cpu_count() or 1
     limit = _cgroup_cpu_limit()
     return max(1, min(count, limit) if limit else count)
+
+
+def _kib_fields(path: Path, names: tuple[str, ...]) -> int | None:
+    """The sum of ``names`` (lines ``Name:  123 kB``) in a /proc file, in bytes; None
+    where the file is missing (not Linux) or lacks them."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    total, found = 0, False
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in names:
+            total += int(rest.split()[0]) * 1024
+            found = True
+    return total if found else None
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says could be allocated without swapping (MemAvailable)."""
+    return _kib_fields(Path("/proc/meminfo"), ("MemAvailable",))
+
+
+def private_memory(pid: int) -> int | None:
+    """Bytes only process ``pid`` holds (its private pages: what another one like it
+    would cost; shared memory and shared libraries excluded)."""
+    return _kib_fields(Path(f"/proc/{pid}/smaps_rollup"), ("Private_Clean", "Private_Dirty"))

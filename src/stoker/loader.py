@@ -28,7 +28,7 @@ from .errors import LoaderError
 from .executors._produce import BatchTransform, Transform
 from .executors._spawning import START_METHODS
 from .executors.inline import InlineExecutor
-from .executors.processes import ProcessExecutor
+from .executors.processes import ProcessExecutor, Tuning
 from .executors.protocol import Executor
 from .layout import BatchLayout
 from .plan import (
@@ -59,8 +59,8 @@ class LoaderOptions:
     batch_size: int
     shuffle: bool = True
     seed: int | None = 0
-    workers: int | None = None
-    prefetch: int | None = None
+    workers: int | str | None = None
+    prefetch: int | str | None = None
     drop_remainder: bool = False
     backend: str = "processes"
     max_worker_restarts: int = 0
@@ -104,10 +104,16 @@ class LoaderOptions:
             raise TypeError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.seed is not None:
             integer("seed", self.seed, 0)
-        if self.workers is not None:
-            integer("workers", self.workers, 0)
-        if self.prefetch is not None:
-            integer("prefetch", self.prefetch, 1)
+        for name, minimum in (("workers", 0), ("prefetch", 1)):
+            value = getattr(self, name)
+            if value is None or (isinstance(value, str) and value == "auto"):
+                continue
+            if isinstance(value, str):
+                raise ValueError(f"{name} must be an int, None or \"auto\", got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, None or \"auto\", got "
+                                f"{type(value).__name__}")
+            integer(name, value, minimum)
         integer("max_worker_restarts", self.max_worker_restarts, 0)
         if self.max_outputs is not None:
             integer("max_outputs", self.max_outputs, 1)
@@ -136,6 +142,13 @@ class LoaderOptions:
             )
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        for name in ("workers", "prefetch"):
+            if getattr(self, name) == "auto" and self.backend != "processes":
+                raise ValueError(
+                    f"{name}=\"auto\" sizes the pool of worker processes as it runs, so it "
+                    f"needs backend='processes', not {self.backend!r}; give {name} a number "
+                    f"(or None: {'every usable core' if name == 'workers' else 'the default'})"
+                    + (" with backend='ray'" if self.backend == "ray" else ""))
         if self.backend == "ray" and self.workers == 0:
             raise ValueError(
                 "backend='ray' runs the work on Ray actors, so workers must be >= 1 (or None "
@@ -162,7 +175,7 @@ class LoaderOptions:
         cluster with backend='ray', which connects to it)."""
         if self.backend == "inline":
             return 0
-        if self.workers is not None:
+        if self.workers is not None and self.workers != "auto":  # "auto": starts at all cores
             return int(self.workers)
         if self.backend == "ray":
             from .executors import ray as ray_executor
@@ -174,6 +187,14 @@ class LoaderOptions:
     def resolved_prefetch(self, workers: int) -> int:
         """Batches in flight on Ray (the processes executor sizes its ring in bytes)."""
         return int(self.prefetch) if self.prefetch is not None else max(2, 2 * workers)
+
+    def tuning(self, workers: int) -> Tuning | None:
+        """What the processes executor may size by itself (``tuning.py``), or None."""
+        auto_workers, auto_prefetch = self.workers == "auto", self.prefetch == "auto"
+        if not (auto_workers or auto_prefetch):
+            return None
+        return Tuning(workers=auto_workers, prefetch=auto_prefetch,
+                      max_workers=usable_cpu_count() if auto_workers else workers)
 
 
 # What users of other loaders type, and what it is here.
@@ -270,9 +291,13 @@ class Loader:
             one (recorded in ``state_dict``).
         workers: worker processes; None: every usable core (CPU affinity and cgroup
             quota respected; every CPU of the Ray cluster with ``backend="ray"``); 0:
-            in this process.
+            in this process; ``"auto"``: starts at every usable core, then grows and
+            shrinks the pool from its own statistics (``stats().tuning`` says what it
+            did and why; the batches are the same for any size).
         prefetch: batch slots ahead of the consumer; None: 2 per worker within 256 MiB
-            of shared memory, at least 2 (batches in flight, with Ray).
+            of shared memory, at least 2 (batches in flight, with Ray); ``"auto"``:
+            starts there and adds a slot whenever the consumer waited after the ring
+            had been full (a bursty consumer), within that memory.
         drop_remainder: drop the last, smaller batch of each epoch.
         backend: ``"processes"`` (worker processes and shared memory), ``"inline"`` (in
             this process) or ``"ray"`` (Ray actors on the cluster ``ray.init()``
@@ -305,8 +330,8 @@ class Loader:
         max_outputs: int | None = None,
         shuffle: bool = True,
         seed: int | None = 0,
-        workers: int | None = None,
-        prefetch: int | None = None,
+        workers: int | str | None = None,
+        prefetch: int | str | None = None,
         drop_remainder: bool = False,
         backend: str = "processes",
         max_worker_restarts: int = 0,
@@ -500,12 +525,14 @@ class Loader:
                     # the slots hold the largest batch the plan makes, not more
                     batch_size=min(self.options.batch_size, self.samples_per_epoch),
                     workers=self.workers,
-                    prefetch=self.options.prefetch,  # None: sized in bytes by the executor
+                    # None (and "auto", to start with): sized in bytes by the executor
+                    prefetch=None if self.options.prefetch == "auto" else self.options.prefetch,
                     start_method=self.options.start_method,
                     max_worker_restarts=self.options.max_worker_restarts,
                     timeout=self.options.timeout,
                     start_timeout=self.options.start_timeout,
                     stats=self._stats,
+                    tuning=self.options.tuning(self.workers),
                 )
             self._finalizer.detach()
             self._finalizer = weakref.finalize(self, _close_executor, [self._executor])

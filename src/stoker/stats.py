@@ -12,6 +12,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from .tuning import Decision
+
 __all__ = ["LoaderStats"]
 
 _INPUT_BOUND_WAIT = 0.10  # the consumer waiting more than this share of the time
@@ -37,7 +39,9 @@ class LoaderStats:
     spent blocked on the loader; ``worker_busy_s`` is the time workers spent making
     samples (for ``workers=0``, the consumer made them: equal to ``wait_s``);
     ``queue_depth`` is the mean number of finished batches waiting when the consumer
-    asked for the next one.
+    asked for the next one. With ``workers="auto"`` / ``prefetch="auto"``, ``workers`` is
+    the pool now, ``worker_capacity_s`` the worker-seconds it had (the utilisation's
+    denominator), and ``tuning`` the decisions made, oldest first (``tuning.py``).
     """
 
     batches: int
@@ -50,6 +54,8 @@ class LoaderStats:
     startup_s: float = 0.0
     judged_batches: int | None = None  # None: all of them (a snapshot made by hand)
     judged_samples: int | None = None
+    worker_capacity_s: float | None = None  # None: elapsed_s * workers
+    tuning: tuple[Decision, ...] = ()
 
     @property
     def _judged(self) -> tuple[int, int]:
@@ -69,7 +75,8 @@ class LoaderStats:
     @property
     def worker_utilisation(self) -> float:
         """Share of the workers' time spent working (1: always busy)."""
-        capacity = self.elapsed_s * max(self.workers, 1)
+        capacity = (self.worker_capacity_s if self.worker_capacity_s is not None
+                    else self.elapsed_s * max(self.workers, 1))
         return min(1.0, self.worker_busy_s / capacity) if capacity > 0 else 0.0
 
     @property
@@ -135,6 +142,9 @@ class StatsRecorder:
     first_delivery: float | None = None
     last_delivery: float | None = None
     at_first: tuple[int, float, float] = (0, 0.0, 0.0)  # samples, wait, busy then
+    capacity_s: float = 0.0  # worker-seconds before the pool's last resize
+    resized: float | None = None  # when the pool last changed size (after the first batch)
+    tuning: list[Decision] = field(default_factory=list)  # the tuner's, shared
     _request: float = field(default=0.0, repr=False)
 
     def requested(self) -> None:
@@ -149,8 +159,17 @@ class StatsRecorder:
         self.samples += samples
         self.last_delivery = now
         if self.first_delivery is None:
-            self.first_delivery = now
+            self.first_delivery = self.resized = now
             self.at_first = (self.samples, self.wait_s, self.worker_busy_s)
+
+    def set_workers(self, workers: int) -> None:
+        """The pool changed size (``workers="auto"``): the utilisation counts each size
+        for the time it lasted."""
+        now = time.perf_counter()
+        if self.resized is not None:
+            self.capacity_s += (now - self.resized) * self.workers
+            self.resized = now
+        self.workers = workers
 
     def worker_busy(self, seconds: float) -> None:
         self.worker_busy_s += seconds
@@ -161,17 +180,22 @@ class StatsRecorder:
 
     def snapshot(self) -> LoaderStats:
         if self.first_delivery is None or self.last_delivery is None:
-            return LoaderStats(0, 0, 0.0, 0.0, 0.0, self.workers, 0.0, 0.0, 0, 0)
+            return LoaderStats(0, 0, 0.0, 0.0, 0.0, self.workers, 0.0, 0.0, 0, 0,
+                               tuning=tuple(self.tuning))
         samples_then, wait_then, busy_then = self.at_first
         elapsed = self.last_delivery - self.first_delivery
         wait = self.wait_s - wait_then
         busy = self.worker_busy_s - busy_then if self.workers else wait
         depth = self.depth_total / self.depth_count if self.depth_count else 0.0
         startup = self.first_delivery - (self.first_request or self.first_delivery)
+        since = self.resized if self.resized is not None else self.first_delivery
+        capacity = self.capacity_s + max(0.0, self.last_delivery - since) * self.workers
         return LoaderStats(self.batches, self.samples, elapsed, wait, busy, self.workers,
-                           depth, startup, self.batches - 1, self.samples - samples_then)
+                           depth, startup, self.batches - 1, self.samples - samples_then,
+                           capacity if self.workers else None, tuple(self.tuning))
 
     def reset(self) -> None:
-        workers = self.workers
+        workers, tuning = self.workers, self.tuning
         self.__init__()
         self.workers = workers
+        self.tuning = tuning  # the decisions stay: what the tuner did is not a counter

@@ -62,11 +62,13 @@ from typing import Any
 
 import numpy as np
 
+from .._system import available_memory, private_memory
 from ..errors import LoaderError, WorkerCrashed, describe_exitcode
 from ..layout import BatchLayout
 from ..plan import split_into_chunks
 from ..shm import SharedBlock
 from ..stats import StatsRecorder
+from ..tuning import Reading, Tuner
 from . import _payload, _worker
 from ._batches import BatchArrays
 from ._produce import Transform
@@ -74,7 +76,7 @@ from ._spawning import WORKER_NAME_PREFIX, fork_safe_native_pools, worker_contex
 from .failures import rebuild_exception, transform_error
 from .protocol import Following
 
-__all__ = ["ProcessExecutor"]
+__all__ = ["ProcessExecutor", "Tuning"]
 
 _POLL_SECONDS = 0.5
 _STOP_GRACE_SECONDS = 2.0
@@ -88,6 +90,9 @@ MIN_CHUNK = 32
 # How long a run that does not adopt the work made ahead for another waits for it to
 # finish before the workers still on it are replaced (a sample of that epoch may hang).
 _AHEAD_GRACE_SECONDS = 1.0
+# workers="auto" grows the pool only while this much memory stays available beyond twice
+# a worker's private memory.
+_MEMORY_MARGIN = 256 * 2**20
 
 
 def ring_slots(prefetch: int | None, workers: int, slot_nbytes: int) -> int:
@@ -95,6 +100,24 @@ def ring_slots(prefetch: int | None, workers: int, slot_nbytes: int) -> int:
     if prefetch is not None:
         return prefetch
     return max(2, min(2 * workers, RING_BYTES // max(slot_nbytes, 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """What ``workers="auto"`` / ``prefetch="auto"`` let the executor change (``tuning.py``
+    decides how): the pool between 1 and ``max_workers``, the ring within ``RING_BYTES``."""
+
+    workers: bool
+    prefetch: bool
+    max_workers: int
+
+
+def max_slots(tuning: Tuning | None, slot_nbytes: int) -> int:
+    """The deepest ring ``prefetch="auto"`` may grow to: 4 slots per worker at most,
+    within the ring's byte budget, at least 2."""
+    if tuning is None or not tuning.prefetch:
+        return 0
+    return max(2, min(4 * tuning.max_workers, RING_BYTES // max(slot_nbytes, 1)))
 
 
 @dataclass(slots=True)
@@ -151,6 +174,8 @@ class _Worker:
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     samples_done: int = -1  # its progress counter when last looked at
+    retiring: bool = False  # workers="auto" shrinks the pool: no new work, stops when idle
+    joining: bool = False  # workers="auto" grew the pool by it: no work until it is ready
 
 
 class _Waiter:
@@ -196,10 +221,23 @@ class _Resources:
 
     workers: list[_Worker] = field(default_factory=list)
     slots: list[SharedBlock] = field(default_factory=list)
+    retired: list[_Worker] = field(default_factory=list)  # asked to stop, not yet joined
+
+    def reap(self) -> None:
+        """Close what retired workers that have exited leave (their pipes)."""
+        for worker in [w for w in self.retired if not w.process.is_alive()]:
+            self.retired.remove(worker)
+            worker.process.join(0)
+            worker.conn.close()
+            try:
+                worker.process.close()
+            except ValueError:
+                pass
 
     def shutdown(self) -> None:
         """Stop the workers (ask, then terminate, then kill), then free the slots."""
-        workers, self.workers = self.workers, []
+        workers, self.workers = self.workers + self.retired, []
+        self.retired = []
         for worker in workers:
             try:
                 worker.conn.send(_worker.Stop())
@@ -265,8 +303,13 @@ class ProcessExecutor:
         timeout: float | None = None,
         start_timeout: float = 120.0,
         stats: StatsRecorder | None = None,
+        tuning: Tuning | None = None,
     ) -> None:
-        self.workers = workers
+        self.workers = workers  # in the pool now, retiring ones not counted
+        self._tuning = tuning
+        self._tuner: Tuner | None = None
+        self._full_takes = 0  # deliveries from a ring whose every slot held a finished batch
+        self._slot_nbytes = 0
         self._stats = stats
         self._source = source
         self._transform = transform
@@ -330,9 +373,10 @@ class ProcessExecutor:
             # is seeded per sample once torch is imported: such workers import it before
             # their first sample (others do not pay its 2 s and 130 MiB).
             preload = ("torch",) if self._transform.draws_from_torch() else ()
-            progress = SharedBlock.create(8 * self.workers, purpose="progress counters")
+            ids = max(self.workers, self._tuning.max_workers if self._tuning else 0)
+            progress = SharedBlock.create(8 * ids, purpose="progress counters")
             self._resources.slots.append(progress)
-            self._progress = progress.ndarray((self.workers,), np.int64)  # zeros: fresh
+            self._progress = progress.ndarray((ids,), np.int64)  # zeros: fresh
             spec = _worker.WorkerSpec(self._source, self._transform, self._batch_size, preload,
                                       progress)
             self._payload, shared = _payload.dumps(spec)
@@ -344,23 +388,34 @@ class ProcessExecutor:
             assert self._sample_layout is not None
             rows = self._batch_size * (self._max_outputs or 1)  # a slot's, and a batch's most
             nbytes = self._layout.batch_nbytes(rows)
-            ring = ring_slots(self._prefetch, self.workers, nbytes)
+            ring = (self._tuner.slots if self._tuner is not None  # a pool started again
+                    else ring_slots(self._prefetch, self.workers, nbytes))
             slots = SharedBlock.create_many(
                 nbytes, ring, purpose="batch slots",
                 advice="Lower prefetch= (fewer slots) or batch_size= (smaller ones). ")
             self._resources.slots.extend(slots)
+            self._slot_nbytes = nbytes
             self._slot_views = [
                 self._layout.views(s.ndarray((s.size,), np.uint8), rows) for s in slots
             ]
-            index_block = SharedBlock.create(8 * ring * self._batch_size,
+            # Room for the indices of the deepest ring prefetch="auto" may grow to.
+            most = max(ring, max_slots(self._tuning, nbytes))
+            index_block = SharedBlock.create(8 * most * self._batch_size,
                                              purpose="batch indices")
             self._resources.slots.append(index_block)
-            self._index_rows = index_block.ndarray((ring, self._batch_size), np.int64)
+            self._index_rows = index_block.ndarray((most, self._batch_size), np.int64)
             self._attach = _worker.Attach(self._layout, tuple(slots), index_block,
                                           self._sample_layout, rows, self._max_outputs)
             self._arrays = BatchArrays(self._layout, rows)
             for worker in list(self._resources.workers):
                 self._send(worker, self._attach)
+            if self._tuning is not None and self._tuner is None:
+                self._tuner = Tuner(
+                    workers=self.workers, slots=ring, min_workers=1,
+                    max_workers=self._tuning.max_workers,
+                    max_slots=max_slots(self._tuning, nbytes),
+                    tune_workers=self._tuning.workers, tune_prefetch=self._tuning.prefetch,
+                    decisions=self._stats.tuning if self._stats is not None else [])
         except BaseException:
             self._attach = None
             self._resources.shutdown()
@@ -400,6 +455,96 @@ class ProcessExecutor:
         if self._attach is not None:  # a replacement: the slots first
             self._send(worker, self._attach)
         return worker
+
+    # -- workers="auto", prefetch="auto" -----------------------------------------------
+
+    def _tune(self, free_slots: deque[int]) -> None:
+        """Show the tuner the counters as of the last delivery; make what it asks for.
+        A new slot joins ``free_slots`` (the run's)."""
+        stats, tuner = self._stats, self._tuner
+        if tuner is None or stats is None or stats.last_delivery is None:
+            return
+        pool = self._resources.workers
+        reading = Reading(
+            time=stats.last_delivery, batches=stats.batches, samples=stats.samples,
+            wait_s=stats.wait_s, busy_s=stats.worker_busy_s, full_takes=self._full_takes,
+            workers=self.workers, slots=len(self._slot_views),
+            ready=all(w.ready for w in pool))
+        change = tuner.observe(reading)
+        if change is None:
+            return
+        if change.kind == "prefetch":
+            try:
+                free_slots.append(self._grow_ring())
+            except OSError as error:  # /dev/shm is full: the ring stays as it is
+                tuner.refused(change, f"no shared memory for another slot ({error})", reading)
+            return
+        if change.to > self.workers:
+            why = self._cannot_grow()
+            if why:
+                tuner.refused(change, why, reading)
+                return
+        self._resize(change.to)
+
+    def _cannot_grow(self) -> str:
+        """Why the pool may not grow by a worker now ("" if it may): the memory budget, a
+        worker's private memory twice over plus 256 MiB left available."""
+        available = available_memory()
+        pool = [w for w in self._resources.workers if w.ready]
+        private = private_memory(pool[0].process.pid) if pool else None
+        if available is None or private is None:
+            return ""
+        if available < 2 * private + _MEMORY_MARGIN:
+            return (f"{available / 2**20:.0f} MiB available, a worker takes "
+                    f"{private / 2**20:.0f} MiB of its own")
+        return ""
+
+    def _resize(self, workers: int) -> None:
+        """Grow the pool (a retiring worker stays, else a new one starts and gets work
+        once ready) or shrink it (the worker with the highest id gets no new work and
+        stops when it has finished its chunks)."""
+        pool = self._resources.workers
+        while self.workers < workers:
+            leaving = [w for w in pool if w.retiring]
+            if leaving:
+                leaving[0].retiring = False
+            else:
+                taken = {w.worker_id for w in pool}
+                worker_id = min(i for i in range(len(self._progress)) if i not in taken)
+                worker = self._spawn(worker_id)
+                worker.joining = True
+                pool.append(worker)
+            self.workers += 1
+        while self.workers > max(workers, 1):
+            active = [w for w in pool if not w.retiring]
+            max(active, key=lambda w: w.worker_id).retiring = True
+            self.workers -= 1
+        self._retire_idle()
+        if self._stats is not None:
+            self._stats.set_workers(self.workers)
+
+    def _retire_idle(self) -> None:
+        """Stop the retiring workers that have no chunk left (joined at shutdown)."""
+        for worker in [w for w in self._resources.workers if w.retiring and not w.tasks]:
+            self._send(worker, _worker.Stop())
+            self._resources.workers.remove(worker)
+            self._resources.retired.append(worker)
+        self._resources.reap()
+
+    def _grow_ring(self) -> int:
+        """One batch slot more; every worker maps it (a new Attach, before any task for
+        it, in pipe order). Returns its number."""
+        assert self._attach is not None and self._layout is not None
+        (block,) = SharedBlock.create_many(
+            self._slot_nbytes, 1, purpose="batch slots",
+            advice="Lower prefetch= (fewer slots) or batch_size= (smaller ones). ")
+        self._resources.slots.append(block)
+        self._slot_views.append(
+            self._layout.views(block.ndarray((block.size,), np.uint8), self._attach.rows))
+        self._attach = self._attach._replace(slots=(*self._attach.slots, block))
+        for worker in self._resources.workers:
+            self._send(worker, self._attach)
+        return len(self._slot_views) - 1
 
     def _send(self, worker: _Worker, message: tuple) -> bool:  # one of _worker's messages
         try:
@@ -497,8 +642,11 @@ class ProcessExecutor:
                 if free_slots and following is not None:  # draining: start the next run
                     ahead = self._dispatch_ahead(ahead, following, free_slots, generation)
                 if remaining.get(next_batch) == 0:
+                    finished = sum(1 for left in remaining.values() if left == 0)
                     if self._stats is not None:
-                        self._stats.queue(sum(1 for left in remaining.values() if left == 0))
+                        self._stats.queue(finished)
+                    if finished >= len(self._slot_views):  # the workers stood still
+                        self._full_takes += 1
                     slot = slot_of.pop(next_batch)
                     del remaining[next_batch]
                     count = rows_of.pop(next_batch, -1)
@@ -506,6 +654,7 @@ class ProcessExecutor:
                         count = len(batches[next_batch])
                     out = self._arrays.copy(self._slot_views[slot], count)
                     free_slots.append(slot)
+                    self._tune(free_slots)
                     next_batch += 1
                     if next_batch == len(batches):
                         self._dirty = False
@@ -571,14 +720,18 @@ class ProcessExecutor:
         # transform needs the whole batch, and so do samples that may become several or
         # none (where a sample's rows start depends on every sample before it): one
         # chunk, one worker.
+        active = [w for w in self._resources.workers if not w.retiring]
         parts = (1 if self._transform.batch is not None or self._max_outputs is not None else
-                 min(len(self._resources.workers), max(1, len(indices) // MIN_CHUNK)))
+                 min(len(active), max(1, len(indices) // MIN_CHUNK)))
+        # A worker the pool just grew by gets work once it has started (the others would
+        # otherwise wait for its start-up); at the pool's start, every worker does.
+        ready = [w for w in active if not w.joining] or active
         chunks = split_into_chunks(len(indices), parts)
         for start, stop in chunks:
             task = _Task(self._next_task_id, batch, slot, start, indices[start:stop], epoch, key,
                          generation, number=number)
             self._next_task_id += 1
-            worker = min(self._resources.workers, key=lambda w: (w.queued, w.worker_id))
+            worker = min(ready, key=lambda w: (w.queued, w.worker_id))
             self._assign(worker, task)
         return len(chunks)
 
@@ -619,6 +772,9 @@ class ProcessExecutor:
         for worker in dict.fromkeys(dead):
             if worker in self._resources.workers:
                 self._handle_death(worker, done=done, failed=failed)
+            elif worker in self._resources.retired:
+                self._resources.reap()
+        self._retire_idle()
         self._check_started()
         if self._timeout is not None:
             now = time.monotonic()
@@ -654,6 +810,7 @@ class ProcessExecutor:
     def _receive(self, worker: _Worker, message: Any, done: list, failed: list) -> None:
         if isinstance(message, _worker.Ready):
             worker.ready = True
+            worker.joining = False
             worker.last_progress = time.monotonic()  # timeout= counts from here
             return
         if isinstance(message, _worker.InitFailed):
@@ -710,12 +867,16 @@ class ProcessExecutor:
         lost = [task for task in lost if not _made_ahead(task)]
         if ahead and not lost:  # died on work made ahead only: not this run's crash
             index = self._resources.workers.index(worker)
-            self._resources.workers[index] = self._spawn(worker.worker_id)
+            if worker.retiring:  # it was leaving the pool anyway
+                del self._resources.workers[index]
+            else:
+                self._resources.workers[index] = self._spawn(worker.worker_id)
             return
         self.crashes.append((worker.worker_id, exitcode))
         if self._restarts_used < self._max_restarts:
             self._restarts_used += 1
             replacement = self._spawn(worker.worker_id)
+            replacement.retiring = worker.retiring  # it finishes the chunks, then stops
             index = self._resources.workers.index(worker)
             self._resources.workers[index] = replacement
             for task in lost:
