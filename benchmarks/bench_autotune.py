@@ -82,6 +82,17 @@ def one_round(source: Any, transform: Any, workers: Any, epochs: int, settle: in
             "decisions": [str(d) for d in stats.tuning]}
 
 
+def rounds(source: Any, transform: Any, candidates: list[Any], args: argparse.Namespace,
+           step: ModelStep | None) -> dict[Any, list[dict]]:
+    """``args.rounds`` rounds of every candidate, in alternating order."""
+    runs: dict[Any, list[dict]] = {c: [] for c in candidates}
+    for round_ in range(args.rounds):
+        for candidate in candidates if round_ % 2 == 0 else candidates[::-1]:
+            runs[candidate].append(one_round(source, transform, candidate, args.epochs,
+                                             args.settle, step))
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=8192)
@@ -119,21 +130,11 @@ def main() -> None:
     results: dict[str, Any] = {}
     for name, source, transform in workloads:
         one_round(source, transform, cores, 2, 1, None)  # warm-up: forkserver, imports
-        plain = {c: [] for c in candidates}
-        for round_ in range(args.rounds):
-            order = candidates if round_ % 2 == 0 else candidates[::-1]
-            for candidate in order:
-                plain[candidate].append(one_round(source, transform, candidate,
-                                                  args.epochs, args.settle, None))
+        plain = rounds(source, transform, candidates, args, None)
         # the model step: as long as a batch takes with the best fixed setting, alone
         best_rate = max(median([r["rate"] for r in plain[n]]) for n in fixed)
         step = ModelStep(calibrate(BATCH / best_rate))
-        model = {c: [] for c in candidates}
-        for round_ in range(args.rounds):
-            order = candidates if round_ % 2 == 0 else candidates[::-1]
-            for candidate in order:
-                model[candidate].append(one_round(source, transform, candidate,
-                                                  args.epochs, args.settle, step))
+        model = rounds(source, transform, candidates, args, step)
         results[name] = {}
         for consumer, runs in (("plain loop", plain),
                                (f"model step ({step.products} products)", model)):

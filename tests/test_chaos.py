@@ -16,14 +16,11 @@ import pytest
 
 import stoker
 from conftest import gone, noisy, own_segments, wait_until
+from epochs import epochs_of
 from light_transforms import flip_noise
 from test_failures import run_script
 
 pytestmark = pytest.mark.slow
-
-
-def epochs_of(loader, count):
-    return [[tuple(np.copy(a) for a in batch) for batch in loader] for _ in range(count)]
 
 
 def slowish(sample, rng):

@@ -7,6 +7,7 @@ import pytest
 
 import stoker
 from conftest import gone, noisy, wait_until
+from epochs import assert_same, epochs_of
 
 RUNNERS = [
     pytest.param({"workers": 0}, id="inline"),
@@ -16,19 +17,6 @@ RUNNERS = [
     pytest.param({"workers": 2, "start_method": "spawn"}, id="spawn-2"),
     pytest.param({"workers": 2, "start_method": "fork"}, id="fork-2"),
 ]
-
-
-def epochs_of(loader, count):
-    return [[tuple(np.copy(a) for a in batch) for batch in loader] for _ in range(count)]
-
-
-def assert_same(a, b):
-    assert len(a) == len(b)
-    for epoch_a, epoch_b in zip(a, b, strict=True):
-        assert len(epoch_a) == len(epoch_b)
-        for batch_a, batch_b in zip(epoch_a, epoch_b, strict=True):
-            for x, y in zip(batch_a, batch_b, strict=True):
-                assert x.dtype == y.dtype and np.array_equal(x, y)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pytest
 import stoker
 import stoker._system
 from conftest import gone
+from epochs import assert_same, epochs_of
 from light_transforms import flip_noise, spin_noise
 from stoker.stats import StatsRecorder
 from stoker.tuning import Change, Reading, Tuner
@@ -190,32 +191,10 @@ def data():
     source.release()
 
 
-def epochs_of(loader, count: int, during=None) -> list[list[tuple[np.ndarray, ...]]]:
-    """``count`` epochs, each batch copied; ``during(epoch, batch)`` runs after each."""
-    out = []
-    for epoch in range(count):
-        batches = []
-        for number, batch in enumerate(loader):
-            batches.append(tuple(np.copy(a) for a in batch))
-            if during is not None:
-                during(epoch, number)
-        out.append(batches)
-    return out
-
-
 def reference(data, epochs: int, **options):
     with stoker.Loader(data, batch_size=32, transform=flip_noise, seed=9, workers=0,
                        **options) as loader:
         return epochs_of(loader, epochs)
-
-
-def assert_same(got, expected) -> None:
-    assert len(got) == len(expected)
-    for batches, wanted in zip(got, expected, strict=True):
-        assert len(batches) == len(wanted)
-        for batch, want in zip(batches, wanted, strict=True):
-            for a, b in zip(batch, want, strict=True):
-                np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("start_method", ["forkserver", "fork", "spawn"])
@@ -226,12 +205,10 @@ def test_resizing_the_pool_and_ring_at_any_moment_changes_no_batch(data, start_m
     with stoker.Loader(data, batch_size=32, transform=flip_noise, seed=9, workers="auto",
                        prefetch="auto", start_method=start_method) as loader:
         executor = loader._get_executor()  # white box: resize it by hand
-        cores = len(executor._progress) if executor.started else None
+        cores = executor._tuning.max_workers
         sizes = []
 
         def resize(epoch, number):
-            nonlocal cores
-            cores = len(executor._progress)
             if choices.random() < 0.5:
                 executor._resize(int(choices.integers(1, cores + 1)))
             if choices.random() < 0.1 and len(executor._slot_views) < 12:

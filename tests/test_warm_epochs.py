@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import stoker
+from epochs import assert_same, epochs_of
 from stoker.plan import Purpose, SampleRng, epoch_key
 
 X = np.arange(200 * 6, dtype=np.float32).reshape(200, 6)
@@ -30,24 +31,11 @@ def data():
     source.release()
 
 
-def epochs_of(loader, count: int) -> list[list[tuple[np.ndarray, ...]]]:
-    return [[tuple(np.copy(a) for a in batch) for batch in loader] for _ in range(count)]
-
-
 def reference(data, epochs: int, *, seed: int = 3, first: int = 0, **options):
     with stoker.Loader(data, batch_size=16, transform=noisy, seed=seed, workers=0,
                        **options) as loader:
         loader.set_epoch(first)
         return epochs_of(loader, epochs)
-
-
-def assert_same(got, expected):
-    assert len(got) == len(expected)
-    for batches, wanted in zip(got, expected, strict=True):
-        assert len(batches) == len(wanted)
-        for batch, want in zip(batches, wanted, strict=True):
-            for a, b in zip(batch, want, strict=True):
-                np.testing.assert_array_equal(a, b)
 
 
 def test_the_next_epoch_is_started_while_this_one_drains(data):

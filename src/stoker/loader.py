@@ -72,9 +72,12 @@ class LoaderOptions:
     max_outputs: int | None = None
 
     def __post_init__(self) -> None:
-        def integer(name: str, value: Any, minimum: int) -> None:
+        def integer(name: str, value: Any, minimum: int, *, also: str = "") -> None:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+                # a string is a valid type where "auto" is allowed, only not that one
+                kind = ValueError if also and isinstance(value, str) else TypeError
+                raise kind(f"{name} must be an int{also}, got {value!r} "
+                           f"({type(value).__name__})")
             if value < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
@@ -106,14 +109,8 @@ class LoaderOptions:
             integer("seed", self.seed, 0)
         for name, minimum in (("workers", 0), ("prefetch", 1)):
             value = getattr(self, name)
-            if value is None or (isinstance(value, str) and value == "auto"):
-                continue
-            if isinstance(value, str):
-                raise ValueError(f"{name} must be an int, None or \"auto\", got {value!r}")
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"{name} must be an int, None or \"auto\", got "
-                                f"{type(value).__name__}")
-            integer(name, value, minimum)
+            if value is not None and not (isinstance(value, str) and value == "auto"):
+                integer(name, value, minimum, also=', None or "auto"')
         integer("max_worker_restarts", self.max_worker_restarts, 0)
         if self.max_outputs is not None:
             integer("max_outputs", self.max_outputs, 1)
