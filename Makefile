@@ -48,6 +48,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/bench_epochs.py
 	$(BIN)/python benchmarks/bench_batch.py
 	$(BIN)/python benchmarks/bench_photo.py
+	$(BIN)/python benchmarks/bench_autotune.py
 	tests/in-private-network $(BIN)/python benchmarks/bench_ray.py
 
 clean:
