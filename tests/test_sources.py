@@ -274,20 +274,67 @@ def test_a_gather_reports_progress_in_steps(images, monkeypatch):
     np.testing.assert_array_equal(out[1], y[:10])
 
 
+def _assert_same_batches(source, name, **kwargs):
+    """Two epochs of ``source`` are those of the same samples read one at a time."""
+    with stoker.Loader(_OneAtATime(source), **kwargs) as reference:
+        expected = [[batch for batch in reference] for _ in range(2)]
+    with stoker.Loader(source, **kwargs) as loader:
+        got = [[batch for batch in loader] for _ in range(2)]
+    assert len(got[0]) == len(expected[0]) and len(got[1]) == len(expected[1]), name
+    for mine, theirs in zip(itertools.chain(*got), itertools.chain(*expected), strict=True):
+        mine = mine if isinstance(mine, (tuple, dict)) else (mine,)
+        theirs = theirs if isinstance(theirs, (tuple, dict)) else (theirs,)
+        if isinstance(mine, dict):
+            assert list(mine) == list(theirs), name
+        values = (list(mine.values()), list(theirs.values())) if isinstance(mine, dict) \
+            else (list(mine), list(theirs))
+        for a, b in zip(*values, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b), name
+
+
 @pytest.mark.parametrize("options", EXECUTORS)
 def test_gathered_batches_are_those_read_one_sample_at_a_time(images, tmp_path, options):
     x, y = images
     for name, source in _array_sources(x, y, tmp_path).items():
-        kwargs = dict(batch_size=16, shuffle=True, seed=9, **options)
-        with stoker.Loader(_OneAtATime(source), **kwargs) as reference:
-            expected = [[batch for batch in reference] for _ in range(2)]
-        with stoker.Loader(source, **kwargs) as loader:
-            got = [[batch for batch in loader] for _ in range(2)]
-        assert len(got[0]) == len(expected[0]) and len(got[1]) == len(expected[1]), name
-        for mine, theirs in zip(itertools.chain(*got), itertools.chain(*expected), strict=True):
-            mine = mine if isinstance(mine, (tuple, dict)) else (mine,)
-            theirs = theirs if isinstance(theirs, (tuple, dict)) else (theirs,)
-            values = (list(mine.values()), list(theirs.values())) if isinstance(mine, dict) \
-                else (list(mine), list(theirs))
-            for a, b in zip(*values, strict=True):
-                assert a.dtype == b.dtype and np.array_equal(a, b), name
+        _assert_same_batches(source, name, batch_size=16, shuffle=True, seed=9, **options)
+
+
+class _LabelledToo(stoker.augment.Sharpen):
+    """A transform of the user's that writes the label as well as the image: its
+    samples are not the rows with one field replaced."""
+
+    def with_image(self, sample, image):
+        return (image, sample[1] + 1000)
+
+
+@pytest.mark.parametrize("options", EXECUTORS)
+def test_rows_gathered_around_a_batch_transform_are_those_read_one_at_a_time(
+        images, tmp_path, options):
+    """With a batch-capable transform the fields are gathered straight into the batch
+    and the transform runs over the image rows in place: the same batches as reading
+    each sample and stacking its image."""
+    x, y = images
+    sources = _array_sources(x, y, tmp_path)
+    sources["dict, label first"] = stoker.from_arrays(label=y, image=x)
+    sources["dict, no image key"] = stoker.from_arrays(picture=x, label=y)
+    transforms = {"kanji_distort": stoker.augment.kanji_distort(),
+                  "Compose": stoker.augment.Compose([stoker.augment.Rotate(),
+                                                     stoker.augment.Smooth()])}
+    for name, source in sources.items():
+        layout = BatchLayout.of(source[0])
+        for label, transform in transforms.items():
+            around = Producer(source, Transform.wrap(transform))._gatherable_around_image(
+                layout)
+            if name == "dict, no image key":
+                assert around is None  # the transform's own error names the key
+                continue
+            assert around is not None and around[1] == (1 if name == "dict, label first"
+                                                         else 0), name
+            _assert_same_batches(source, f"{name}, {label}", batch_size=16, shuffle=True,
+                                 seed=9, transform=transform, **options)
+    own = _LabelledToo()
+    source = sources["tuple"]
+    assert Producer(source, Transform.wrap(own))._gatherable_around_image(
+        BatchLayout.of(source[0])) is None
+    _assert_same_batches(source, "with_image of the user's", batch_size=16, seed=9,
+                         transform=own, **options)

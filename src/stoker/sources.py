@@ -254,9 +254,11 @@ class Subset(_Splittable):
 class Rows:
     """A source whose samples are the rows of fixed-shape arrays, as they are: sample
     ``i`` is row ``indices[i]`` (``i`` itself without ``indices``) of each of ``arrays``,
-    in a structure of ``kind`` (its ``BatchLayout`` has one field per array, in order)."""
+    in a structure of ``kind`` with field ``names`` (its ``BatchLayout`` has one field
+    per array, in order)."""
 
     kind: str
+    names: tuple[Any, ...]
     arrays: list[np.ndarray]
     indices: np.ndarray | None
 
@@ -292,7 +294,7 @@ def rows_of(source: Any) -> Rows | None:
     arrays = source._arrays
     if not arrays or not all(type(array) in (np.ndarray, np.memmap) for array in arrays):
         return None
-    return Rows(source._kind, list(arrays), indices)
+    return Rows(source._kind, tuple(source._names), list(arrays), indices)
 
 
 def as_source(obj: Any) -> Any:

@@ -144,6 +144,21 @@ class ImageTransform:
         out[self.image_key] = image
         return out
 
+    def image_field(self, kind: str, keys: Sequence[Any]) -> int | None:
+        """Which field of samples of this structure (``kind`` "array", "tuple" or
+        "dict", fields ``keys``) :meth:`with_image` replaces, passing the rest through
+        as they are; a loader then gathers the other fields straight into the batch.
+        None for a subclass that reads or writes samples its own way."""
+        cls = type(self)
+        if cls.image_of is not ImageTransform.image_of or (
+                cls.with_image is not ImageTransform.with_image):
+            return None
+        if kind in ("array", "tuple"):
+            return 0
+        if kind == "dict" and self.image_key in keys:
+            return list(keys).index(self.image_key)
+        return None
+
     def __call__(self, sample: Any, rng: np.random.Generator) -> Any:
         return self.with_image(sample, self.transform_image(self.image_of(sample), rng))
 

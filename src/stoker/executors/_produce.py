@@ -349,19 +349,36 @@ class Producer:
         if self.transform.check_finite:
             _check_finite(layout, indices, out, offset)
 
-    def _gatherable(self, layout: BatchLayout) -> Rows | None:
-        """The source as ``Rows`` when samples are its rows as they are: no transform
-        (so ``layout`` was read off one of its samples: same structure, same field
-        order), and every field of ``layout`` one of its arrays, of its dtype and
-        shape. Asked for each batch (a few comparisons), so that nothing here keeps a
-        source's memory alive after the source let it go."""
-        rows = rows_of(self.source) if self.transform.fn is None else None
+    def _rows_like(self, layout: BatchLayout) -> Rows | None:
+        """The source as ``Rows`` whose arrays are the fields of ``layout``: same
+        structure, same field names in order, each array of its field's dtype and shape.
+        Asked for each batch (a few comparisons), so that nothing here keeps a source's
+        memory alive after the source let it go."""
+        rows = rows_of(self.source)
         if rows is None or rows.kind != layout.kind or len(
-                rows.arrays) != len(layout.fields) or not all(
+                rows.arrays) != len(layout.fields) or (
+                layout.kind == "dict" and rows.names != tuple(layout.keys)) or not all(
                 array.dtype == field.dtype and array.shape[1:] == field.shape
                 for array, field in zip(rows.arrays, layout.fields, strict=True)):
             return None
         return rows
+
+    def _gatherable(self, layout: BatchLayout) -> Rows | None:
+        """The source as ``Rows`` when samples are its rows as they are: no transform,
+        and the rows are the batch's fields."""
+        return self._rows_like(layout) if self.transform.fn is None else None
+
+    def _gatherable_around_image(self, layout: BatchLayout) -> tuple[Rows, int] | None:
+        """(the source as ``Rows``, the image field's index) when a batch-capable
+        transform replaces one field of rows that are otherwise the batch's fields as
+        they are (its ``image_field``): those rows are gathered straight into the batch,
+        and the transform runs on the image rows in place."""
+        image_field = getattr(self.transform.fn, "image_field", None)
+        rows = self._rows_like(layout) if callable(image_field) else None
+        if rows is None:
+            return None
+        image = image_field(layout.kind, tuple(layout.keys))
+        return None if image is None else (rows, image)
 
     def _gather(self, layout: BatchLayout, rows: Rows, indices: Sequence[int],
                 out: list[np.ndarray], offset: int) -> int:
@@ -402,10 +419,13 @@ class Producer:
                 return
             indices, offset = indices[done:], offset + done
         if self.batch_capable and len(indices) > 1:
+            around = self._gatherable_around_image(layout)
             try:
                 for start in range(0, len(indices), _BATCH_STEP):
                     part = indices[start:start + _BATCH_STEP]
-                    self._fill_batch(layout, key, part, out, offset + start)
+                    if around is None or not self._fill_batch_gathered(
+                            *around, key, part, out, offset + start):
+                        self._fill_batch(layout, key, part, out, offset + start)
                     if self.progress is not None:  # after each step, for timeout=
                         self.progress[0][self.progress[1]] += len(part)
                 return
@@ -425,6 +445,21 @@ class Producer:
             if self.progress is not None:
                 self.progress[0][self.progress[1]] += 1
 
+
+    def _fill_batch_gathered(self, rows: Rows, image: int, key: np.ndarray,
+                             indices: Sequence[int], out: list[np.ndarray],
+                             offset: int) -> bool:
+        """Rows ``indices`` gathered into rows ``offset...`` of ``out``, then field
+        ``image`` of them transformed as one stack, in place: what :meth:`_fill_batch`
+        makes, without a Python call per sample. False, with nothing transformed, for
+        an index out of range (the caller reads those one at a time)."""
+        targets = [t[offset:offset + len(indices)] for t in out]
+        if not rows.gather(np.asarray(indices, dtype=np.int64), targets):
+            return False
+        stack = targets[image]
+        stack[...] = self.transform.fn.transform_batch(
+            stack, (self.rng.for_sample(key, int(i)) for i in indices))
+        return True
 
     def _fill_batch(
         self,
