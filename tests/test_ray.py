@@ -25,8 +25,9 @@ import pytest
 import stoker
 import stoker.store
 from conftest import gone, noisy, wait_until
+from epochs import assert_same, epochs_of
 from test_cursor import SCENARIOS
-from test_loader import assert_same, epochs_of, legacy_distort
+from test_loader import legacy_distort
 
 ray = pytest.importorskip("ray")
 
@@ -185,6 +186,78 @@ def test_the_data_is_put_in_the_object_store_once_and_read_zero_copy(images):
     with stoker.Loader(train, batch_size=16, transform=writes, backend="ray") as loader:
         with pytest.raises(stoker.TransformError, match="read-only"):
             next(iter(loader))
+
+
+def test_actors_on_this_node_write_batches_into_shared_memory(images, reference):
+    """Same node, same cost as processes: every batch lands in the executor's slots, none
+    goes through the object store, and the landing block is gone after close()."""
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=32, transform=noisy, seed=11, backend="ray",
+                       workers=2) as loader:
+        got = epochs_of(loader, 2)
+        executor = loader._get_executor()
+        name = executor._landing.block.name
+        assert os.path.exists(f"/dev/shm/{name}")
+        assert executor.landed == sum(len(epoch) for epoch in got) and executor.shipped == 0
+    assert_same(got, reference)
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_an_abandoned_epoch_lands_later_batches_in_a_fresh_block(images, reference):
+    """A cancelled actor task that is running goes on and may still write into its slot:
+    after an abandoned epoch with batches in flight, no slot of that block is lent again."""
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=32, transform=slow_noisy, seed=11, backend="ray",
+                       prefetch=4) as loader:
+        epoch = iter(loader)
+        first = tuple(np.copy(a) for a in next(epoch))
+        executor = loader._get_executor()
+        old = executor._landing.block.name
+        assert executor._in_flight  # tasks running or queued with slots of it
+        epoch.close()
+        rest = epochs_of(loader, 1)[0]
+        assert executor._landing.block.name != old
+        assert not os.path.exists(f"/dev/shm/{old}")
+    with stoker.Loader(data, batch_size=32, transform=slow_noisy, seed=11,
+                       workers=0) as loader:
+        assert_same([[first, *rest]], epochs_of(loader, 1))
+
+
+def test_an_actor_that_cannot_write_into_the_slot_ships_its_batch(images):
+    """Another node, a block it cannot map, a slot too small: the batch comes back through
+    the object store, the same bytes (the actor's own code, called here)."""
+    from stoker.executors._produce import Transform
+    from stoker.executors.ray import BatchActor, Landing, _LandingSlots, portable
+
+    actor = BatchActor()
+    source = stoker.from_arrays(*images)
+    arguments = [ray.put(portable(source)), ray.put(Transform.wrap(noisy))]
+    indices = np.arange(5, 13)
+    _, ok, layouts = actor.probe(arguments, 1, 2, tuple(int(i) for i in indices))
+    assert ok
+    node = ray.get_runtime_context().get_node_id()
+    slots = _LandingSlots(layouts[0], 8, 2, node)
+    try:
+        here = slots.lend()
+        cases = {"none": None, "here": here,
+                 "another node": Landing(here.name, "elsewhere", here.offset, 8),
+                 "no such block": Landing("stoker_nowhere", node, 0, 8),
+                 "too small": Landing(here.name, node, here.offset, 4)}
+        expected = None
+        for name, landing in cases.items():
+            _, ok, (_, arrays, rows) = actor.produce(
+                arguments, 1, 2, indices, layouts, 0, landing)
+            assert ok and rows == 8, name
+            if name == "here":
+                assert arrays is None
+                arrays = [a[:rows].copy() for a in slots.views(landing)]
+            else:
+                assert arrays is not None, name
+            expected = arrays if expected is None else expected
+            for got, want in zip(arrays, expected, strict=True):
+                np.testing.assert_array_equal(got, want, err_msg=name)
+    finally:
+        slots.release()
 
 
 def test_a_store_is_memory_mapped_by_each_actor(images, tmp_path):

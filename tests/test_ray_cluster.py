@@ -9,7 +9,7 @@ import pytest
 
 import stoker
 from conftest import noisy
-from test_loader import assert_same, epochs_of
+from epochs import assert_same, epochs_of
 from test_ray import TESTS, only_loopback, slow_noisy
 
 ray = pytest.importorskip("ray")
@@ -46,6 +46,10 @@ def test_actors_on_both_nodes_give_the_inline_batches(cluster, images):
         assert loader.workers == 4  # every CPU of the cluster
         assert_same(epochs_of(loader, 2), expected)
         assert len(actor_nodes(loader)) == 2
+        # The head node's actors write into the consumer's slots; the other node's
+        # batches come through the object store (one machine, but told apart by node).
+        executor = loader._get_executor()
+        assert executor.landed > 0 and executor.shipped > 0
 
 
 def test_a_lost_node_is_replaced_and_the_epoch_is_unchanged(cluster, images):

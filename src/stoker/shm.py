@@ -15,6 +15,11 @@ Ownership rules:
   unmap while one is alive: it closes the file descriptor and unlinks (the owner) at
   once, and the mapping goes with the last view. An array stoker hands out can never
   point into unmapped memory (a segfault), whoever dropped the block first.
+* A Ray actor on the consumer's node writes batches into a landing block of the
+  executor's through ``map_shared``: mapped by name, never registered with the actor's
+  own resource tracker (which would unlink the block when the actor exits) and never
+  unlinked there; the mapping outlives the name, so an owner that lets go first leaves
+  the actor writing into memory nobody reads, never into freed memory.
 * Space is reserved when a block is created (``posix_fallocate``), so a full /dev/shm
   raises a clear ``OSError`` here instead of a SIGBUS in a worker later.
 """
@@ -31,7 +36,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-__all__ = ["NAME_PREFIX", "SharedBlock", "map_private"]
+__all__ = ["NAME_PREFIX", "SharedBlock", "map_private", "map_shared"]
 
 NAME_PREFIX = "stoker_"
 _ALIGN = 64
@@ -167,6 +172,26 @@ def map_private(name: str) -> np.ndarray:
     try:
         size = os.fstat(fd).st_size
         mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+    finally:
+        os.close(fd)
+    return np.frombuffer(mapping, np.uint8)
+
+
+def map_shared(name: str) -> np.ndarray:
+    """All of block ``name`` as writable bytes shared with its owner (``MAP_SHARED``),
+    without registering it anywhere: for a process that writes into a block another
+    process owns and must never unlink (see the ownership rules). FileNotFoundError
+    where no such block exists (another machine, or already unlinked)."""
+    from multiprocessing import shared_memory as stdlib
+
+    opener = getattr(stdlib, "_posixshmem", None)
+    if opener is None:  # no POSIX shared memory (Windows): attached as usual
+        block = SharedBlock.attach(name)
+        return block.ndarray((block.size,), np.uint8)
+    fd = opener.shm_open("/" + name, os.O_RDWR, mode=0o600)
+    try:
+        size = os.fstat(fd).st_size
+        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_WRITE)
     finally:
         os.close(fd)
     return np.frombuffer(mapping, np.uint8)

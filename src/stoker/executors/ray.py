@@ -8,8 +8,16 @@ cluster that ``ray.init()`` connected to (a local one is started if none is).
   be on storage every node sees. Any other source is pickled into the object store once.
 * **Work.** One Ray task per batch, ``produce(key, indices)``, sent to the actor with
   the fewest batches queued; at most ``prefetch`` batches are in flight (backpressure)
-  and results are taken in plan order, copied out of the object store so that it is
-  freed at once and the consumer may keep or modify them.
+  and results are taken in plan order.
+* **Batches, by the shortest way.** An actor on the consumer's node writes its batch
+  into a slot of the executor's landing block in shared memory (``Landing``) and
+  replies with a few bytes, as a process worker does; an actor on another node (or one
+  that cannot map the block) returns the arrays through the object store. Either way
+  the consumer copies the batch out at once, so the slot or the object is free again
+  and the consumer may keep or modify what it got. A slot serves one task at a time;
+  when tasks are cancelled (an abandoned epoch), their slots are never used again: a
+  running actor task is not interrupted, and may still write. The executor moves to a
+  fresh landing block instead, and the old one goes when nothing maps it.
 * **Failures.** Ray restarts a dead actor (``max_restarts``) and retries its tasks
   (``max_task_retries``); a batch depends only on (seed, epoch, indices), so a retried
   batch is the same bytes, and each batch is taken once. Every reply names the process
@@ -35,6 +43,7 @@ import numpy as np
 from ..errors import LoaderError, WorkerCrashed
 from ..layout import BatchLayout
 from ..mixing import Combined
+from ..shm import SharedBlock, map_shared
 from ..sources import ArraySource, Subset, _ArrayFields
 from ..stats import StatsRecorder
 from ._batches import BatchArrays
@@ -52,7 +61,8 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
         name="ray",
     ) from error
 
-__all__ = ["ObjectStoreArrays", "RayExecutor", "cluster_cpus", "connect", "portable"]
+__all__ = ["Landing", "ObjectStoreArrays", "RayExecutor", "cluster_cpus", "connect",
+           "portable"]
 
 _POLL_SECONDS = 0.5
 
@@ -139,6 +149,56 @@ def portable(source: Any) -> Any:
     return source
 
 
+# -- where a batch lands ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Landing:
+    """Where an actor on node ``node_id`` writes its batch: ``offset`` bytes into the
+    shared-memory block ``name``, room for ``rows`` samples of the batch layout."""
+
+    name: str
+    node_id: str
+    offset: int
+    rows: int
+
+
+class _LandingSlots:
+    """The executor's landing block on the consumer's node: ``count`` slots of ``rows``
+    samples of ``layout``, each lent to one task at a time."""
+
+    def __init__(self, layout: BatchLayout, rows: int, count: int, node_id: str) -> None:
+        self.layout = layout
+        self.rows = rows
+        self.node_id = node_id
+        self.slot_nbytes = layout.batch_nbytes(rows)
+        self.block = SharedBlock.create(self.slot_nbytes * count,
+                                        purpose="batch slots of the Ray actors on this node")
+        self._bytes = self.block.ndarray((self.block.size,), np.uint8)
+        self._free = list(range(count - 1, -1, -1))
+
+    def lend(self) -> Landing | None:
+        """A free slot, or None (the batch then comes through the object store)."""
+        if not self._free:
+            return None
+        return Landing(self.block.name, self.node_id, self._free.pop() * self.slot_nbytes,
+                       self.rows)
+
+    def views(self, landing: Landing) -> list[np.ndarray]:
+        """The batch arrays over ``landing``'s slot."""
+        start = landing.offset
+        return self.layout.views(self._bytes[start:start + self.slot_nbytes], self.rows)
+
+    def give_back(self, landing: Landing) -> None:
+        """``landing``'s batch is copied out: its slot may be lent again."""
+        if landing.name == self.block.name:
+            self._free.append(landing.offset // self.slot_nbytes)
+
+    def release(self) -> None:
+        self._bytes = None  # type: ignore[assignment]
+        self.block.release()
+
+
 # -- the actor ------------------------------------------------------------------------
 
 
@@ -151,6 +211,7 @@ class BatchActor:
         quiet_native_threads()
         self._producer: Producer | None = None
         self._keys: dict[tuple[int, int], np.ndarray] = {}
+        self._mapped: dict[str, np.ndarray] = {}  # the landing block, mapped here
         self._where = (os.getpid(), ray.get_runtime_context().get_node_id(),
                        _started_at(os.getpid()))
 
@@ -184,11 +245,33 @@ class BatchActor:
         except SampleFailure as failure:
             return (self._where, False, failure_record(failure))
 
+    def _landing_views(self, landing: Landing | None, layout: BatchLayout,
+                       rows: int) -> list[np.ndarray] | None:
+        """The batch arrays over ``landing``'s slot, or None where this actor cannot
+        write there: no landing, another node, too few rows, or a block it cannot map
+        (a container with its own /dev/shm)."""
+        if landing is None or landing.node_id != self._where[1] or rows > landing.rows:
+            return None
+        buffer = self._mapped.get(landing.name)
+        if buffer is None:
+            try:
+                buffer = map_shared(landing.name)
+            except OSError:
+                return None
+            # Only the newest block: the executor moves to a new one and lets the old go.
+            self._mapped = {landing.name: buffer}
+        nbytes = layout.batch_nbytes(landing.rows)
+        if landing.offset + nbytes > len(buffer):
+            return None
+        return layout.views(buffer[landing.offset:landing.offset + nbytes], landing.rows)
+
     def produce(self, arguments: list[Any], key0: int, key1: int, indices: np.ndarray,
-                layouts: tuple[BatchLayout, BatchLayout, int | None], number: int) -> tuple:
-        """``(where, True, (busy_seconds, arrays))``, or ``(where, False, failure)`` when
-        a sample failed: the transform's errors are the consumer's to raise, not Ray's to
-        retry. ``where`` (pid, node) tells the consumer when Ray restarted the actor."""
+                layouts: tuple[BatchLayout, BatchLayout, int | None], number: int,
+                landing: Landing | None = None) -> tuple:
+        """``(where, True, (busy_seconds, arrays, rows))``, or ``(where, False, failure)``
+        when a sample failed: the transform's errors are the consumer's to raise, not
+        Ray's to retry. ``arrays`` is None when the batch was written into ``landing``'s
+        slot. ``where`` (pid, node) tells the consumer when Ray restarted the actor."""
         key = self._keys.get((key0, key1))
         if key is None:
             self._keys.clear()
@@ -200,13 +283,17 @@ class BatchActor:
             producer = self._load(arguments)
             producer.sample_layout = sample_layout
             producer.max_outputs = max_outputs
-            out = layout.empty(producer.capacity(len(indices)))
+            capacity = producer.capacity(len(indices))
+            landed = self._landing_views(landing, layout, capacity)
+            out = layout.empty(capacity) if landed is None else landed
             rows = producer.make_batch(layout, key, number, indices, out)
         except SampleFailure as failure:
             return (self._where, False, failure_record(failure))
+        if landed is not None:
+            return (self._where, True, (time.perf_counter() - started, None, rows))
         if rows != len(out[0]):
             out = [array[:rows] for array in out]
-        return (self._where, True, (time.perf_counter() - started, out))
+        return (self._where, True, (time.perf_counter() - started, out, rows))
 
 
 _RemoteBatchActor = ray.remote(BatchActor)
@@ -258,6 +345,7 @@ class _Actor:
 class _InFlight:
     ref: Any
     actor: _Actor
+    landing: Landing | None = None
     since: float = field(default_factory=time.monotonic)
 
 
@@ -300,6 +388,10 @@ class RayExecutor:
         self._generation = 0
         self._restarts_used = 0
         self.crashes: list[tuple[int, int | None]] = []
+        self._node_id: str | None = None  # the consumer's Ray node
+        self._landing: _LandingSlots | None = None
+        self.landed = 0  # batches that came through the landing block
+        self.shipped = 0  # batches that came through the object store
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -312,6 +404,7 @@ class RayExecutor:
         if self._actors:
             return
         connect()
+        self._node_id = ray.get_runtime_context().get_node_id()
         available = cluster_cpus()
         if self.workers > available:
             warnings.warn(
@@ -428,16 +521,42 @@ class RayExecutor:
                     ray.kill(actor.handle)
                 except Exception:  # the actor or the whole cluster is gone already
                     pass
+            if self._landing is not None:  # the actors' own mappings outlive the name
+                self._landing.release()
+                self._landing = None
             self._closed = True  # again: a run that reset it meanwhile must still end
 
     def _cancel_in_flight(self) -> None:
+        """Cancel the tasks in flight. A running one goes on, and may still write into
+        its landing slot: if any had one, the next batches land in a fresh block."""
+        landed = False
         for flight in self._in_flight.values():
             flight.actor.queued -= 1
+            landed = landed or flight.landing is not None
             try:
                 ray.cancel(flight.ref)
             except Exception:  # finished, or its actor is gone: nothing to cancel
                 pass
         self._in_flight.clear()
+        if landed and self._landing is not None:
+            self._landing.release()
+            self._landing = None
+
+    def _lend(self, actor: _Actor, layouts: tuple[BatchLayout, BatchLayout, int | None]
+              ) -> Landing | None:
+        """A landing slot for a batch of ``actor``'s, if it runs on the consumer's node."""
+        if actor.node_id is None or actor.node_id != self._node_id or not self._batch_rows:
+            return None
+        if self._landing is None or self._landing.rows < self._batch_rows:
+            if self._landing is not None:
+                self._landing.release()
+            try:
+                self._landing = _LandingSlots(layouts[0], self._batch_rows, self._prefetch,
+                                              self._node_id)
+            except OSError:  # no room in /dev/shm: the object store, as for other nodes
+                self._landing = None
+                return None
+        return self._landing.lend()
 
     # -- one epoch ----------------------------------------------------------------
 
@@ -479,10 +598,11 @@ class RayExecutor:
                         )
                     while next_submit < len(batches) and next_submit - next_batch < self._prefetch:
                         actor = min(self._actors, key=lambda a: (a.queued, a.worker_id))
+                        landing = self._lend(actor, layouts)
                         ref = actor.handle.produce.remote(
                             self._arguments, key0, key1, batches[next_submit], layouts,
-                            first_batch + next_submit)
-                        self._in_flight[next_submit] = _InFlight(ref, actor)
+                            first_batch + next_submit, landing)
+                        self._in_flight[next_submit] = _InFlight(ref, actor, landing)
                         actor.queued += 1
                         next_submit += 1
                     flight = self._in_flight[next_batch]
@@ -507,6 +627,16 @@ class RayExecutor:
             done, _ = ray.wait(pending, num_returns=len(pending), timeout=0, fetch_local=False)
             self._stats.queue(len(done))
         try:
+            return self._receive(flight, batch, epoch)
+        finally:  # its task has ended, whatever it replied: the slot may be lent again
+            if flight.landing is not None and self._landing is not None:
+                self._landing.give_back(flight.landing)
+
+    def _receive(self, flight: _InFlight, batch: int, epoch: int) -> list[np.ndarray]:
+        """The reply to ``flight``: its batch, copied out of the landing slot or the
+        object store (either is free again at once, and the consumer may write to what
+        it got), or the error it ended in."""
+        try:
             where, ok, payload = ray.get(flight.ref)
         except ray.exceptions.RayActorError as error:
             self._record_crash(flight.actor, f"died while producing batch {batch} of epoch "
@@ -522,14 +652,21 @@ class RayExecutor:
             index, stage, data, summary, traceback_text = payload
             error = rebuild_exception(data, summary, traceback_text)
             raise transform_error(index, stage, error, traceback_text, epoch) from error
-        busy, arrays = payload
+        busy, arrays, count = payload
         if self._stats is not None:
             self._stats.worker_busy(busy)
-        # Copies: the object store is freed at once, and the consumer may write to them.
-        count = len(arrays[0])
         if self._arrays is None or self._arrays.rows < count:
             self._arrays = BatchArrays(self._layout, max(count, self._batch_rows))
-        return self._arrays.copy(list(arrays), count)
+        if arrays is not None:
+            self.shipped += 1
+            return self._arrays.copy(list(arrays), count)
+        landing = self._landing
+        if flight.landing is None or landing is None or (
+                flight.landing.name != landing.block.name):
+            raise LoaderError(f"batch {batch} of epoch {epoch} was written into a landing "
+                              "slot this executor no longer has (a bug in stoker)")
+        self.landed += 1
+        return self._arrays.copy(landing.views(flight.landing), count)
 
     # -- failures -------------------------------------------------------------------
 
