@@ -37,7 +37,8 @@ WORKERS = 2
 def run(data, transform, samples: int, epochs: int, ship: bool = False, **options) -> dict:
     """One fresh loader: time to its first batch, then samples/s over ``epochs``
     measured epochs after a warm-up one. ``ship``: Ray actors return every batch
-    through the object store, as before the landing slots (the "before" row)."""
+    through the object store, as before the landing slots (the "before" row, with
+    ``prefetch=2 * WORKERS``: a task per batch, as before tasks of several)."""
     if ship:
         from stoker.executors.ray import RayExecutor
 
@@ -93,8 +94,11 @@ def main() -> None:
     backends = {"inline": {"workers": 0},
                 f"processes, {WORKERS} workers": {"workers": WORKERS},
                 f"ray, {WORKERS} actors": {"workers": WORKERS, "backend": "ray"},
-                f"ray, {WORKERS} actors, batches through the object store (before)": {
-                    "workers": WORKERS, "backend": "ray", "ship": True}}
+                f"ray, {WORKERS} actors, a task per batch": {
+                    "workers": WORKERS, "backend": "ray", "prefetch": 2 * WORKERS},
+                f"ray, {WORKERS} actors, a task per batch through the object store (before)": {
+                    "workers": WORKERS, "backend": "ray", "ship": True,
+                    "prefetch": 2 * WORKERS}}
     results: dict[str, dict[str, dict]] = {}
     for workload, (data, transform) in workloads.items():
         runs: dict[str, list[dict]] = {name: [] for name in backends}
@@ -113,14 +117,19 @@ def main() -> None:
     ray.shutdown()
 
     processes, on_ray = f"processes, {WORKERS} workers", f"ray, {WORKERS} actors"
-    shipped = f"{on_ray}, batches through the object store (before)"
+    single = f"{on_ray}, a task per batch"
+    shipped = f"{on_ray}, a task per batch through the object store (before)"
     moving = results["none (moving batches only)"]
 
     def overhead(backend: str) -> float:
         return 1000 * BATCH * (1 / moving[backend]["samples_per_s"]
                                - 1 / moving[processes]["samples_per_s"])
 
-    overhead_ms, shipped_ms = overhead(on_ray), overhead(shipped)
+    overhead_ms, single_ms, shipped_ms = overhead(on_ray), overhead(single), overhead(shipped)
+    from stoker.executors.ray import ray_prefetch
+
+    in_flight = ray_prefetch(WORKERS, BATCH * 64 * 64 + BATCH * 8)
+    per_task = in_flight // (2 * WORKERS)
     batch_mib = BATCH * 64 * 64 / 2**20
     lines = [
         "## Ray against processes on one machine (`benchmarks/bench_ray.py`)",
@@ -147,11 +156,13 @@ def main() -> None:
     lines += [
         "",
         f"Ray's cost over processes, from the first workload: **{overhead_ms:.2f} ms per "
-        f"batch** of {batch_mib:.2f} MiB ({shipped_ms:.2f} ms with every batch through the "
-        "object store, the 'before' row). An actor on the consumer's node writes its batch "
-        "into a slot of the consumer's shared memory and replies with a few bytes, as a "
-        "process worker does; what is left is Ray's task per batch (submitting it, the "
-        "reply, the actor's scheduling). "
+        f"batch** of {batch_mib:.2f} MiB; {single_ms:.2f} ms with a Ray task per batch, and "
+        f"{shipped_ms:.2f} ms with a task per batch and every batch through the object store "
+        "(the 'before' row). An actor on the consumer's node writes its batches into slots "
+        "of the consumer's shared memory and replies with a few bytes, as a process worker "
+        f"does, and each task makes {per_task} consecutive batches (the default prefetch, "
+        f"{in_flight} batches in flight); what is left is Ray's task (submitting it, the "
+        "reply, the actor's scheduling), shared by those batches. "
         f"A batch takes about {per_batch_ms['recipe']:.0f} ms of one core with "
         f"`kanji_distort` and {per_batch_ms['question']:.0f} ms with the question's "
         "transform, so the overhead is "
@@ -159,19 +170,21 @@ def main() -> None:
         f"{100 * overhead_ms / per_batch_ms['question'] * WORKERS:.1f} % of the time "
         f"between batches at {WORKERS} workers.",
         "",
-        "When Ray pays off: not on one machine, where processes do the same work for less. "
-        "It pays off when the augmentation needs more cores than the training host has: "
-        "Ray adds the cores of other nodes, and a batch that costs tens of milliseconds of "
-        "CPU hides a millisecond or two of overhead. The consumer then receives "
-        f"at most about {moving[on_ray]['samples_per_s']:.0f} samples/s of this size from "
-        "Ray here (the first row, where the actors do nothing but move batches); below "
-        "that, throughput grows with the cluster's CPUs.",
+        "When Ray pays off: on one machine processes do the same work for a little less "
+        "(and start in a tenth of the time); Ray adds the cores of other nodes when the "
+        "augmentation needs more than the training host has. Their batches come through "
+        "the object store, about the 'before' row's cost per batch, which a batch that "
+        "costs tens of milliseconds of CPU hides. The consumer receives at most about "
+        f"{moving[on_ray]['samples_per_s']:.0f} samples/s of this size from Ray's actors on "
+        "its own node here (the first row, where they do nothing but move batches).",
     ]
     text = "\n".join(lines)
     print(text)
     if args.no_write:
         return
     write_results("ray", {"ray_start_s": ray_start_s, "overhead_ms_per_batch": overhead_ms,
+                          "batches_per_task": per_task,
+                          "overhead_ms_per_batch_a_task_per_batch": single_ms,
                           "overhead_ms_per_batch_through_object_store": shipped_ms,
                           "results": results})
     write_section("ray", text)

@@ -245,8 +245,8 @@ def test_an_actor_that_cannot_write_into_the_slot_ships_its_batch(images):
                  "too small": Landing(here.name, node, here.offset, 4)}
         expected = None
         for name, landing in cases.items():
-            _, ok, (_, arrays, rows) = actor.produce(
-                arguments, 1, 2, indices, layouts, 0, landing)
+            _, [(ok, (_, arrays, rows))] = actor.produce(
+                arguments, 1, 2, indices, (8,), layouts, 0, (landing,))
             assert ok and rows == 8, name
             if name == "here":
                 assert arrays is None
@@ -258,6 +258,40 @@ def test_an_actor_that_cannot_write_into_the_slot_ships_its_batch(images):
                 np.testing.assert_array_equal(got, want, err_msg=name)
     finally:
         slots.release()
+
+
+def fails_on(label):
+    def transform(sample, rng):
+        if sample[1] == label:
+            raise ValueError(f"bad sample {label}")
+        return noisy(sample, rng)
+    return transform
+
+
+@pytest.mark.parametrize("workers, prefetch, per_task", [(2, 8, 2), (1, 5, 2), (2, None, 4),
+                                                         (2, 3, 1)])
+def test_tasks_of_several_batches_match_inline_and_fail_at_the_right_batch(
+        images, reference, workers, prefetch, per_task):
+    """A Ray task makes prefetch // (2 * workers) consecutive batches (the epoch's last
+    task fewer): the same bytes as inline, each batch once; a failing sample inside a
+    task ends the epoch at its own batch, after every batch before it."""
+    data = stoker.from_arrays(*images)
+    options = dict(batch_size=32, seed=11, backend="ray", workers=workers, prefetch=prefetch)
+    with stoker.Loader(data, transform=noisy, **options) as loader:
+        epoch, got, counts = iter(loader), [], set()
+        for batch in epoch:  # 7 batches: 203 samples
+            got.append(tuple(np.copy(a) for a in batch))
+            counts |= {flight.count for flight in loader._get_executor()._in_flight.values()}
+        assert max(counts) == per_task and (per_task == 1 or 7 % per_task in counts)
+        assert_same([got, *epochs_of(loader, 1)], reference)
+    order = [int(label) for _, labels in reference[0] for label in labels]
+    victim = order[32 * (per_task + 1) + 5]  # in the second batch of the second task
+    with stoker.Loader(data, transform=fails_on(victim), **options) as loader:
+        epoch, got = iter(loader), []
+        with pytest.raises(stoker.TransformError, match=f"sample {victim}"):
+            for batch in epoch:
+                got.append(tuple(np.copy(a) for a in batch))
+        assert_same([got], [reference[0][:per_task + 1]])
 
 
 def test_a_store_is_memory_mapped_by_each_actor(images, tmp_path):

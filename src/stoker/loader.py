@@ -181,10 +181,6 @@ class LoaderOptions:
             return ray_executor.cluster_cpus()
         return usable_cpu_count()
 
-    def resolved_prefetch(self, workers: int) -> int:
-        """Batches in flight on Ray (the processes executor sizes its ring in bytes)."""
-        return int(self.prefetch) if self.prefetch is not None else max(2, 2 * workers)
-
     def tuning(self, workers: int) -> Tuning | None:
         """What the processes executor may size by itself (``tuning.py``), or None."""
         auto_workers, auto_prefetch = self.workers == "auto", self.prefetch == "auto"
@@ -292,7 +288,8 @@ class Loader:
             shrinks the pool from its own statistics (``stats().tuning`` says what it
             did and why; the batches are the same for any size).
         prefetch: batch slots ahead of the consumer; None: 2 per worker within 256 MiB
-            of shared memory, at least 2 (batches in flight, with Ray); ``"auto"``:
+            of shared memory, at least 2 (with Ray, batches in flight: 8 per worker
+            within 256 MiB, made several to a Ray task); ``"auto"``:
             starts there and adds a slot whenever the consumer waited after the ring
             had been full (a bursty consumer), within that memory.
         drop_remainder: drop the last, smaller batch of each epoch.
@@ -508,7 +505,8 @@ class Loader:
                     transform=self._transform,
                     probe=self._probe(),
                     workers=self.workers,
-                    prefetch=self.options.resolved_prefetch(self.workers),
+                    # None: sized in bytes by the executor, deeper than processes'
+                    prefetch=None if self.options.prefetch is None else int(self.options.prefetch),
                     max_worker_restarts=self.options.max_worker_restarts,
                     timeout=self.options.timeout,
                     start_timeout=self.options.start_timeout,

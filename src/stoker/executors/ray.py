@@ -6,9 +6,11 @@ cluster that ``ray.init()`` connected to (a local one is started if none is).
   validation split, say) reuse it; each actor maps it zero-copy, read-only. A store
   (``stoker.store``) travels as its path and is memory-mapped on each node, so it must
   be on storage every node sees. Any other source is pickled into the object store once.
-* **Work.** One Ray task per batch, ``produce(key, indices)``, sent to the actor with
-  the fewest batches queued; at most ``prefetch`` batches are in flight (backpressure)
-  and results are taken in plan order.
+* **Work.** A Ray task makes several consecutive batches of the plan
+  (``produce(key, indices, sizes)``; ``prefetch // (2 * workers)`` of them, as a task
+  costs about a millisecond whatever it does) and goes to the actor with the fewest
+  tasks queued; at most ``prefetch`` batches are in flight (backpressure; by default 8
+  per actor within 256 MiB) and batches are taken in plan order.
 * **Batches, by the shortest way.** An actor on the consumer's node writes its batch
   into a slot of the executor's landing block in shared memory (``Landing``) and
   replies with a few bytes, as a process worker does; an actor on another node (or one
@@ -49,6 +51,7 @@ from ..stats import StatsRecorder
 from ._batches import BatchArrays
 from ._produce import Producer, SampleFailure, Transform
 from .failures import failure_record, rebuild_exception, transform_error
+from .processes import RING_BYTES
 from .protocol import Following
 
 try:
@@ -62,9 +65,17 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
     ) from error
 
 __all__ = ["Landing", "ObjectStoreArrays", "RayExecutor", "cluster_cpus", "connect",
-           "portable"]
+           "portable", "ray_prefetch"]
 
 _POLL_SECONDS = 0.5
+
+
+def ray_prefetch(workers: int, batch_nbytes: int) -> int:
+    """The batches in flight when ``prefetch`` is None: 8 per actor within
+    ``RING_BYTES``, so that each task can make several (``prefetch // (2 * workers)``)
+    and still leave each actor one task queued behind the running one. A Ray task costs
+    about a millisecond; four batches per task make that a quarter."""
+    return max(2, 2 * workers, min(8 * workers, RING_BYTES // max(batch_nbytes, 1)))
 
 
 # -- the cluster --------------------------------------------------------------------
@@ -171,6 +182,7 @@ class _LandingSlots:
         self.layout = layout
         self.rows = rows
         self.node_id = node_id
+        self.count = count
         self.slot_nbytes = layout.batch_nbytes(rows)
         self.block = SharedBlock.create(self.slot_nbytes * count,
                                         purpose="batch slots of the Ray actors on this node")
@@ -266,34 +278,44 @@ class BatchActor:
         return layout.views(buffer[landing.offset:landing.offset + nbytes], landing.rows)
 
     def produce(self, arguments: list[Any], key0: int, key1: int, indices: np.ndarray,
-                layouts: tuple[BatchLayout, BatchLayout, int | None], number: int,
-                landing: Landing | None = None) -> tuple:
-        """``(where, True, (busy_seconds, arrays, rows))``, or ``(where, False, failure)``
-        when a sample failed: the transform's errors are the consumer's to raise, not
-        Ray's to retry. ``arrays`` is None when the batch was written into ``landing``'s
-        slot. ``where`` (pid, node) tells the consumer when Ray restarted the actor."""
+                sizes: tuple[int, ...], layouts: tuple[BatchLayout, BatchLayout, int | None],
+                number: int, landings: tuple[Landing | None, ...]) -> tuple:
+        """Make the consecutive batches ``number``, ``number + 1``, ... whose indices are
+        ``indices`` cut into ``sizes``; batch ``j`` goes into ``landings[j]``'s slot where
+        this actor can write there. Replies ``(where, results)``: per batch ``(True,
+        (busy_seconds, arrays, rows))`` (``arrays`` None when written into the slot), up
+        to the first sample that failed, ``(False, failure)``: the transform's errors are
+        the consumer's to raise, not Ray's to retry. ``where`` (pid, node) tells the
+        consumer when Ray restarted the actor."""
         key = self._keys.get((key0, key1))
         if key is None:
             self._keys.clear()
             key = self._keys[(key0, key1)] = np.array([key0, key1], dtype=np.uint64)
         # the batch's layout, the samples' (batch_transform=), the most samples one makes
         layout, sample_layout, max_outputs = layouts
-        started = time.perf_counter()
-        try:
-            producer = self._load(arguments)
-            producer.sample_layout = sample_layout
-            producer.max_outputs = max_outputs
-            capacity = producer.capacity(len(indices))
-            landed = self._landing_views(landing, layout, capacity)
-            out = layout.empty(capacity) if landed is None else landed
-            rows = producer.make_batch(layout, key, number, indices, out)
-        except SampleFailure as failure:
-            return (self._where, False, failure_record(failure))
-        if landed is not None:
-            return (self._where, True, (time.perf_counter() - started, None, rows))
-        if rows != len(out[0]):
-            out = [array[:rows] for array in out]
-        return (self._where, True, (time.perf_counter() - started, out, rows))
+        results: list[tuple] = []
+        start = 0
+        for j, size in enumerate(sizes):
+            started = time.perf_counter()
+            batch_indices = indices[start:start + size]
+            start += size
+            try:
+                producer = self._load(arguments)
+                producer.sample_layout = sample_layout
+                producer.max_outputs = max_outputs
+                capacity = producer.capacity(size)
+                landed = self._landing_views(landings[j], layout, capacity)
+                out = layout.empty(capacity) if landed is None else landed
+                rows = producer.make_batch(layout, key, number + j, batch_indices, out)
+            except SampleFailure as failure:
+                results.append((False, failure_record(failure)))
+                break
+            if landed is not None:
+                out = None
+            elif rows != len(out[0]):
+                out = [array[:rows] for array in out]
+            results.append((True, (time.perf_counter() - started, out, rows)))
+        return (self._where, results)
 
 
 _RemoteBatchActor = ray.remote(BatchActor)
@@ -341,12 +363,18 @@ class _Actor:
     last_progress: float = field(default_factory=time.monotonic)  # its last batch taken
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _InFlight:
+    """One task: ``count`` consecutive batches of the run from ``first`` on."""
+
     ref: Any
     actor: _Actor
-    landing: Landing | None = None
+    first: int = 0
+    count: int = 1
+    landings: tuple[Landing | None, ...] = ()
     since: float = field(default_factory=time.monotonic)
+    results: list[tuple] | None = None  # its reply, once fetched
+    taken: int = 0  # of its batches
 
 
 class RayExecutor:
@@ -359,7 +387,7 @@ class RayExecutor:
         transform: Transform,
         probe: tuple[tuple[int, ...], np.ndarray],
         workers: int,
-        prefetch: int,
+        prefetch: int | None,
         max_worker_restarts: int = 0,
         timeout: float | None = None,
         start_timeout: float = 120.0,
@@ -374,7 +402,8 @@ class RayExecutor:
         self._layouts: tuple[BatchLayout, BatchLayout, int | None] | None = None
         self._arrays: BatchArrays | None = None  # the memory of delivered batches
         self._batch_rows = 0
-        self._prefetch = prefetch
+        self._prefetch_option = prefetch  # None: sized once the batch's bytes are known
+        self._prefetch = max(2, 2 * workers) if prefetch is None else prefetch
         self._max_restarts = max_worker_restarts
         self._timeout = timeout
         self._start_timeout = start_timeout
@@ -384,7 +413,7 @@ class RayExecutor:
         self._stopped = False  # close() was called by the loader: nothing runs again
         self._actors: list[_Actor] = []
         self._arguments: list[Any] = []
-        self._in_flight: dict[int, _InFlight] = {}
+        self._in_flight: dict[int, _InFlight] = {}  # each batch of the run: its task
         self._generation = 0
         self._restarts_used = 0
         self.crashes: list[tuple[int, int | None]] = []
@@ -530,9 +559,9 @@ class RayExecutor:
         """Cancel the tasks in flight. A running one goes on, and may still write into
         its landing slot: if any had one, the next batches land in a fresh block."""
         landed = False
-        for flight in self._in_flight.values():
+        for flight in {id(f): f for f in self._in_flight.values()}.values():
             flight.actor.queued -= 1
-            landed = landed or flight.landing is not None
+            landed = landed or any(landing is not None for landing in flight.landings)
             try:
                 ray.cancel(flight.ref)
             except Exception:  # finished, or its actor is gone: nothing to cancel
@@ -547,6 +576,9 @@ class RayExecutor:
         """A landing slot for a batch of ``actor``'s, if it runs on the consumer's node."""
         if actor.node_id is None or actor.node_id != self._node_id or not self._batch_rows:
             return None
+        if self._landing is not None and self._landing.count < self._prefetch:
+            self._landing.release()  # a deeper run (prefetch sized by bytes): a new block
+            self._landing = None
         if self._landing is None or self._landing.rows < self._batch_rows:
             if self._landing is not None:
                 self._landing.release()
@@ -567,8 +599,8 @@ class RayExecutor:
         """Yield the batches of ``batches`` (index arrays; the first is batch
         ``first_batch`` of the epoch) in order, as fresh arrays.
         Starting a run ends the one before it: its batches in flight are cancelled, and
-        it raises LoaderError if resumed. (``following`` is not used: every batch is a
-        task of its own, and the next epoch's start on time at ``prefetch`` in flight.)"""
+        it raises LoaderError if resumed. (``following`` is not used: the next epoch's
+        first tasks start on time with ``prefetch`` batches in flight.)"""
         with self._lock:
             self._generation += 1
             generation = self._generation
@@ -583,6 +615,10 @@ class RayExecutor:
         key0, key1 = int(key[0]), int(key[1])
         if batches:  # the first batch of a run is a full one (only the last is short)
             self._batch_rows = max(self._batch_rows, len(batches[0]) * (layouts[2] or 1))
+        workers = max(1, len(self._actors))
+        if self._prefetch_option is None and self._batch_rows:
+            self._prefetch = ray_prefetch(workers, layouts[0].batch_nbytes(self._batch_rows))
+        per_task = max(1, self._prefetch // (2 * workers))
         next_submit = next_batch = 0
         try:
             while next_batch < len(batches):
@@ -596,17 +632,16 @@ class RayExecutor:
                         raise LoaderError(
                             "a newer iteration of this loader started, which ended this one"
                         )
-                    while next_submit < len(batches) and next_submit - next_batch < self._prefetch:
-                        actor = min(self._actors, key=lambda a: (a.queued, a.worker_id))
-                        landing = self._lend(actor, layouts)
-                        ref = actor.handle.produce.remote(
-                            self._arguments, key0, key1, batches[next_submit], layouts,
-                            first_batch + next_submit, landing)
-                        self._in_flight[next_submit] = _InFlight(ref, actor, landing)
-                        actor.queued += 1
-                        next_submit += 1
+                    while next_submit < len(batches):
+                        count = min(per_task, len(batches) - next_submit)
+                        if next_submit - next_batch + count > self._prefetch:
+                            break
+                        self._submit(batches[next_submit:next_submit + count], next_submit,
+                                     first_batch, key0, key1, layouts)
+                        next_submit += count
                     flight = self._in_flight[next_batch]
-                    ready, _ = ray.wait([flight.ref], timeout=_POLL_SECONDS, fetch_local=True)
+                    ready = flight.results is not None or ray.wait(
+                        [flight.ref], timeout=_POLL_SECONDS, fetch_local=True)[0]
                     if ready:
                         out = self._take(next_batch, epoch)
                         next_batch += 1
@@ -619,25 +654,56 @@ class RayExecutor:
                 if self._generation == generation:  # never a newer run's batches
                     self._cancel_in_flight()
 
-    def _take(self, batch: int, epoch: int) -> list[np.ndarray]:
-        flight = self._in_flight.pop(batch)
-        flight.actor.queued -= 1
-        if self._stats is not None:
-            pending = [f.ref for f in self._in_flight.values()]
-            done, _ = ray.wait(pending, num_returns=len(pending), timeout=0, fetch_local=False)
-            self._stats.queue(len(done))
-        try:
-            return self._receive(flight, batch, epoch)
-        finally:  # its task has ended, whatever it replied: the slot may be lent again
-            if flight.landing is not None and self._landing is not None:
-                self._landing.give_back(flight.landing)
+    def _submit(self, batches: Sequence[np.ndarray], first: int, first_batch: int,
+                key0: int, key1: int,
+                layouts: tuple[BatchLayout, BatchLayout, int | None]) -> None:
+        """One task: the consecutive ``batches`` of the run from ``first`` on, to the
+        actor with the fewest tasks queued."""
+        actor = min(self._actors, key=lambda a: (a.queued, a.worker_id))
+        landings = tuple(self._lend(actor, layouts) for _ in batches)
+        indices = batches[0] if len(batches) == 1 else np.concatenate(batches)
+        ref = actor.handle.produce.remote(
+            self._arguments, key0, key1, indices, tuple(len(b) for b in batches), layouts,
+            first_batch + first, landings)
+        flight = _InFlight(ref, actor, first, len(batches), landings)
+        for batch in range(first, first + len(batches)):
+            self._in_flight[batch] = flight
+        actor.queued += 1
 
-    def _receive(self, flight: _InFlight, batch: int, epoch: int) -> list[np.ndarray]:
-        """The reply to ``flight``: its batch, copied out of the landing slot or the
-        object store (either is free again at once, and the consumer may write to what
-        it got), or the error it ended in."""
+    def _take(self, batch: int, epoch: int) -> list[np.ndarray]:
+        """Batch ``batch`` of the run, its task's reply fetched the first time."""
+        flight = self._in_flight.pop(batch)
+        position = batch - flight.first
+        if position == flight.count - 1:  # the task's last batch: its actor is free of it
+            flight.actor.queued -= 1
         try:
-            where, ok, payload = ray.get(flight.ref)
+            if flight.results is None:
+                if self._stats is not None:
+                    self._stats.queue(self._batches_ready(flight))
+                flight.results = self._fetch(flight, batch, epoch)
+            return self._receive(flight, position, batch, epoch)
+        finally:  # its task has ended, whatever it replied: the slot may be lent again
+            landing = flight.landings[position]
+            if landing is not None and self._landing is not None:
+                self._landing.give_back(landing)
+
+    def _batches_ready(self, head: _InFlight) -> int:
+        """The batches in flight whose tasks have replied (``head``'s included)."""
+        remaining: dict[int, list] = {}
+        for flight in self._in_flight.values():
+            remaining.setdefault(id(flight), [flight, 0])[1] += 1
+        pending = [flight.ref for flight, _ in remaining.values()
+                   if flight.results is None and flight is not head]
+        done, _ = ray.wait(pending, num_returns=len(pending), timeout=0, fetch_local=False)
+        done_refs = set(done)
+        return head.count + sum(count for flight, count in remaining.values()
+                                if flight is not head and (flight.results is not None
+                                                           or flight.ref in done_refs))
+
+    def _fetch(self, flight: _InFlight, batch: int, epoch: int) -> list[tuple]:
+        """The reply to ``flight``'s task: a result per batch, up to a failure."""
+        try:
+            where, results = ray.get(flight.ref)
         except ray.exceptions.RayActorError as error:
             self._record_crash(flight.actor, f"died while producing batch {batch} of epoch "
                                              f"{epoch}: {_first_line(error)}",
@@ -648,6 +714,18 @@ class RayExecutor:
                               f"{error}") from error
         self._note_where(flight.actor, where)
         flight.actor.last_progress = time.monotonic()
+        return results
+
+    def _receive(self, flight: _InFlight, position: int, batch: int, epoch: int
+                 ) -> list[np.ndarray]:
+        """Batch ``position`` of ``flight``'s reply, copied out of the landing slot or
+        the object store (either is free again at once, and the consumer may write to
+        what it got), or the error it ended in."""
+        if position >= len(flight.results):
+            raise LoaderError(f"the task of batch {batch} of epoch {epoch} replied "
+                              f"{len(flight.results)} of {flight.count} batches (a bug in "
+                              "stoker)")
+        ok, payload = flight.results[position]
         if not ok:
             index, stage, data, summary, traceback_text = payload
             error = rebuild_exception(data, summary, traceback_text)
@@ -660,13 +738,12 @@ class RayExecutor:
         if arrays is not None:
             self.shipped += 1
             return self._arrays.copy(list(arrays), count)
-        landing = self._landing
-        if flight.landing is None or landing is None or (
-                flight.landing.name != landing.block.name):
+        landing, slots = flight.landings[position], self._landing
+        if landing is None or slots is None or landing.name != slots.block.name:
             raise LoaderError(f"batch {batch} of epoch {epoch} was written into a landing "
                               "slot this executor no longer has (a bug in stoker)")
         self.landed += 1
-        return self._arrays.copy(landing.views(flight.landing), count)
+        return self._arrays.copy(slots.views(landing), count)
 
     # -- failures -------------------------------------------------------------------
 
@@ -693,13 +770,13 @@ class RayExecutor:
             ) from cause
 
     def _check_progress(self, flight: _InFlight, batch: int, epoch: int) -> None:
-        """The batch at the head of the plan is the oldest task of its actor: if it has
-        not come back ``timeout`` seconds after it was sent or after the actor's last
-        batch, whichever is later, the actor hangs; kill it, and Ray restarts it and
-        retries its batches (or the crash is final)."""
+        """The batch at the head of the plan is in the oldest task of its actor: if the
+        task has not come back ``timeout`` seconds per batch in it after it was sent or
+        after the actor's last reply, whichever is later, the actor hangs; kill it, and
+        Ray restarts it and retries its tasks (or the crash is final)."""
         actor = flight.actor
         waiting = time.monotonic() - max(flight.since, actor.last_progress)
-        if self._timeout is None or waiting <= self._timeout:
+        if self._timeout is None or waiting <= self._timeout * flight.count:
             return
         what = "the first sample" if batch == -1 else f"batch {batch} of epoch {epoch}"
         self._record_crash(actor, f"made no progress on {what} for {self._timeout} s")
