@@ -374,7 +374,7 @@ class _InFlight:
     landings: tuple[Landing | None, ...] = ()
     since: float = field(default_factory=time.monotonic)
     results: list[tuple] | None = None  # its reply, once fetched
-    taken: int = 0  # of its batches
+    ready_behind: int = 0  # batches of later tasks ready when its reply was fetched
 
 
 class RayExecutor:
@@ -678,9 +678,11 @@ class RayExecutor:
             flight.actor.queued -= 1
         try:
             if flight.results is None:
-                if self._stats is not None:
-                    self._stats.queue(self._batches_ready(flight))
+                if self._stats is not None:  # one look at the others per task: ~50 µs
+                    flight.ready_behind = self._batches_ready(flight) - flight.count
                 flight.results = self._fetch(flight, batch, epoch)
+            if self._stats is not None:  # this batch and its task's later ones are ready
+                self._stats.queue(flight.count - position + flight.ready_behind)
             return self._receive(flight, position, batch, epoch)
         finally:  # its task has ended, whatever it replied: the slot may be lent again
             landing = flight.landings[position]
