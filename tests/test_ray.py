@@ -268,30 +268,43 @@ def fails_on(label):
     return transform
 
 
-@pytest.mark.parametrize("workers, prefetch, per_task", [(2, 8, 2), (1, 5, 2), (2, None, 4),
-                                                         (2, 3, 1)])
+@pytest.mark.parametrize("workers, prefetch, sizes", [
+    (2, 8, [1, 2, 2, 2]), (1, 5, [1, 2, 2, 2]), (2, None, [1, 2, 4]), (1, 32, [1, 2, 4]),
+    (2, 3, [1] * 7)])
 def test_tasks_of_several_batches_match_inline_and_fail_at_the_right_batch(
-        images, reference, workers, prefetch, per_task):
-    """A Ray task makes prefetch // (2 * workers) consecutive batches (the epoch's last
-    task fewer): the same bytes as inline, each batch once; a failing sample inside a
-    task ends the epoch at its own batch, after every batch before it."""
+        images, reference, workers, prefetch, sizes, monkeypatch):
+    """A Ray task makes prefetch // (2 * workers) consecutive batches, at most 4, a run's
+    first tasks 1 and 2 (its first batch waits for one) and the epoch's last fewer: the
+    same bytes as inline, each batch once, also after an epoch abandoned mid-task; a
+    failing sample inside a task ends the epoch at its own batch, after every batch
+    before it."""
+    from stoker.executors.ray import RayExecutor
+
+    made: list[int] = []
+    submit = RayExecutor._submit
+    monkeypatch.setattr(RayExecutor, "_submit", lambda self, batches, *rest: (
+        made.append(len(batches)), submit(self, batches, *rest))[1])
     data = stoker.from_arrays(*images)
     options = dict(batch_size=32, seed=11, backend="ray", workers=workers, prefetch=prefetch)
     with stoker.Loader(data, transform=noisy, **options) as loader:
-        epoch, got, counts = iter(loader), [], set()
-        for batch in epoch:  # 7 batches: 203 samples
-            got.append(tuple(np.copy(a) for a in batch))
-            counts |= {flight.count for flight in loader._get_executor()._in_flight.values()}
-        assert max(counts) == per_task and (per_task == 1 or 7 % per_task in counts)
-        assert_same([got, *epochs_of(loader, 1)], reference)
+        got = epochs_of(loader, 2)  # 7 batches each: 203 samples
+        assert made == sizes * 2
+        assert_same(got, reference)
+        loader.set_epoch(0)
+        epoch = iter(loader)
+        next(epoch), next(epoch)  # the second task partly taken, later ones in flight
+        epoch.close()  # the next iteration goes on from there
+        assert_same(epochs_of(loader, 1), [reference[0][2:]])
+    # the second batch of the first task of two or more (the third batch if none is)
+    victim_batch = next((sum(sizes[:t]) + 1 for t, n in enumerate(sizes) if n > 1), 2)
     order = [int(label) for _, labels in reference[0] for label in labels]
-    victim = order[32 * (per_task + 1) + 5]  # in the second batch of the second task
+    victim = order[32 * victim_batch + 5]
     with stoker.Loader(data, transform=fails_on(victim), **options) as loader:
         epoch, got = iter(loader), []
         with pytest.raises(stoker.TransformError, match=f"sample {victim}"):
             for batch in epoch:
                 got.append(tuple(np.copy(a) for a in batch))
-        assert_same([got], [reference[0][:per_task + 1]])
+        assert_same([got], [reference[0][:victim_batch]])
 
 
 def test_a_store_is_memory_mapped_by_each_actor(images, tmp_path):

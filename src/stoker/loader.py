@@ -300,7 +300,8 @@ class Loader:
             raises ``WorkerCrashed``; their samples are recomputed, bit-identically.
         timeout: seconds without a finished sample after which a busy worker counts
             as hung (killed, then replaced or ``WorkerCrashed``); None: no limit. A
-            batch transform must finish within it after the batch's last sample.
+            batch transform must finish within it after the batch's last sample. With
+            Ray, a task of several batches replies once: it gets ``timeout`` per batch.
         start_method: ``"forkserver"`` (default on Linux and macOS), ``"spawn"`` or
             ``"fork"``; None: the default.
         start_timeout: seconds a worker may take to load the source and transform.

@@ -10,7 +10,9 @@ cluster that ``ray.init()`` connected to (a local one is started if none is).
   (``produce(key, indices, sizes)``; ``prefetch // (2 * workers)`` of them, as a task
   costs about a millisecond whatever it does) and goes to the actor with the fewest
   tasks queued; at most ``prefetch`` batches are in flight (backpressure; by default 8
-  per actor within 256 MiB) and batches are taken in plan order.
+  per actor within 256 MiB, at least 2 per actor) and batches are taken in plan order.
+  A run's first tasks make 1, then 2 batches, so its first batch waits for one only;
+  a task makes at most ``MAX_PER_TASK``.
 * **Batches, by the shortest way.** An actor on the consumer's node writes its batch
   into a slot of the executor's landing block in shared memory (``Landing``) and
   replies with a few bytes, as a process worker does; an actor on another node (or one
@@ -25,7 +27,8 @@ cluster that ``ray.init()`` connected to (a local one is started if none is).
   batch is the same bytes, and each batch is taken once. Every reply names the process
   that made it, so restarts are seen, recorded in ``crashes`` and counted against
   ``max_worker_restarts`` (a total, as with processes). A batch that makes no progress
-  for ``timeout`` seconds has its actor killed, and restarted, the same way.
+  for ``timeout`` seconds per batch of its task has its actor killed, and restarted,
+  the same way (a task replies once, with all its batches).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ __all__ = ["Landing", "ObjectStoreArrays", "RayExecutor", "cluster_cpus", "conne
            "portable", "ray_prefetch"]
 
 _POLL_SECONDS = 0.5
+MAX_PER_TASK = 4  # batches: a quarter of a task's cost each; more delays the first and timeouts
 
 
 def ray_prefetch(workers: int, batch_nbytes: int) -> int:
@@ -559,13 +563,22 @@ class RayExecutor:
         """Cancel the tasks in flight. A running one goes on, and may still write into
         its landing slot: if any had one, the next batches land in a fresh block."""
         landed = False
-        for flight in {id(f): f for f in self._in_flight.values()}.values():
-            flight.actor.queued -= 1
-            landed = landed or any(landing is not None for landing in flight.landings)
-            try:
-                ray.cancel(flight.ref)
-            except Exception:  # finished, or its actor is gone: nothing to cancel
-                pass
+        for batch, flight in self._in_flight.items():
+            landing = flight.landings[batch - flight.first]
+            if flight.results is not None:  # replied, so it writes no more: the slot is free
+                if landing is not None and self._landing is not None:
+                    self._landing.give_back(landing)
+                continue
+            landed = landed or landing is not None
+            if batch == flight.first:  # once per task (none of its batches was taken)
+                flight.actor.queued -= 1
+                try:
+                    ray.cancel(flight.ref)
+                except Exception:  # finished, or its actor is gone: nothing to cancel
+                    pass
+        for flight in {id(f): f for f in self._in_flight.values()
+                       if f.results is not None}.values():
+            flight.actor.queued -= 1  # a task partly taken: its actor is free of it
         self._in_flight.clear()
         if landed and self._landing is not None:
             self._landing.release()
@@ -618,8 +631,8 @@ class RayExecutor:
         workers = max(1, len(self._actors))
         if self._prefetch_option is None and self._batch_rows:
             self._prefetch = ray_prefetch(workers, layouts[0].batch_nbytes(self._batch_rows))
-        per_task = max(1, self._prefetch // (2 * workers))
-        next_submit = next_batch = 0
+        per_task = min(MAX_PER_TASK, max(1, self._prefetch // (2 * workers)))
+        next_submit = next_batch = tasks = 0
         try:
             while next_batch < len(batches):
                 out = None
@@ -633,12 +646,14 @@ class RayExecutor:
                             "a newer iteration of this loader started, which ended this one"
                         )
                     while next_submit < len(batches):
-                        count = min(per_task, len(batches) - next_submit)
+                        # 1, 2, 4 ...: the run's first batch waits for one batch only
+                        count = min(per_task, 2 ** min(tasks, 2), len(batches) - next_submit)
                         if next_submit - next_batch + count > self._prefetch:
                             break
                         self._submit(batches[next_submit:next_submit + count], next_submit,
                                      first_batch, key0, key1, layouts)
                         next_submit += count
+                        tasks += 1
                     flight = self._in_flight[next_batch]
                     ready = flight.results is not None or ray.wait(
                         [flight.ref], timeout=_POLL_SECONDS, fetch_local=True)[0]
@@ -778,10 +793,13 @@ class RayExecutor:
         Ray restarts it and retries its tasks (or the crash is final)."""
         actor = flight.actor
         waiting = time.monotonic() - max(flight.since, actor.last_progress)
-        if self._timeout is None or waiting <= self._timeout * flight.count:
+        limit = None if self._timeout is None else self._timeout * flight.count
+        if limit is None or waiting <= limit:
             return
         what = "the first sample" if batch == -1 else f"batch {batch} of epoch {epoch}"
-        self._record_crash(actor, f"made no progress on {what} for {self._timeout} s")
+        per_batch = "" if flight.count == 1 else (
+            f" (timeout={self._timeout:g} s for each of the {flight.count} batches of its task)")
+        self._record_crash(actor, f"made no progress on {what} for {limit:g} s{per_batch}")
         if actor.pid is not None and actor.node_id is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
