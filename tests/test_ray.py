@@ -233,7 +233,7 @@ def test_an_actor_that_cannot_write_into_the_slot_ships_its_batch(images):
     source = stoker.from_arrays(*images)
     arguments = [ray.put(portable(source)), ray.put(Transform.wrap(noisy))]
     indices = np.arange(5, 13)
-    _, ok, layouts = actor.probe(arguments, 1, 2, tuple(int(i) for i in indices))
+    _, ok, layouts = actor.probe(arguments, 1, 2, tuple(int(i) for i in indices), None)
     assert ok
     node = ray.get_runtime_context().get_node_id()
     slots = _LandingSlots(layouts[0], 8, 2, node)
@@ -246,7 +246,7 @@ def test_an_actor_that_cannot_write_into_the_slot_ships_its_batch(images):
         expected = None
         for name, landing in cases.items():
             _, [(ok, (_, arrays, rows))] = actor.produce(
-                arguments, 1, 2, indices, (8,), layouts, 0, (landing,))
+                arguments, 1, 2, indices, (8,), layouts, 0, (landing,), None, 0)
             assert ok and rows == 8, name
             if name == "here":
                 assert arrays is None
@@ -258,6 +258,38 @@ def test_an_actor_that_cannot_write_into_the_slot_ships_its_batch(images):
                 np.testing.assert_array_equal(got, want, err_msg=name)
     finally:
         slots.release()
+
+
+def test_an_actor_counts_its_samples_on_the_board_and_skips_an_abandoned_task(images):
+    """The actor's own code, called here: each sample it finishes is counted in its word
+    of the board; a task whose issue is past makes none of its batches."""
+    from stoker.executors._produce import Transform
+    from stoker.executors.ray import BatchActor, Board, _Board, portable
+
+    actor = BatchActor()
+    arguments = [ray.put(portable(stoker.from_arrays(*images))),
+                 ray.put(Transform.wrap(noisy))]
+    node = ray.get_runtime_context().get_node_id()
+    board = _Board(3, node)
+    try:
+        mine = Board(board.block.name, node, 2)
+        assert actor.ready(arguments, mine)[1] and not actor.ready(
+            arguments, Board(board.block.name, "elsewhere", 2))[1]
+        _, ok, layouts = actor.probe(arguments, 1, 2, (0,), mine)
+        assert ok
+        counted = board.samples(2)
+        indices = np.arange(16)
+        _, results = actor.produce(arguments, 1, 2, indices, (8, 8), layouts, 0,
+                                   (None, None), mine, board.issue)
+        assert [ok for ok, _ in results] == [True, True]
+        assert board.samples(2) == counted + 16 and board.samples(1) == 0
+        issue = board.issue
+        board.abandon()
+        _, results = actor.produce(arguments, 1, 2, indices, (8, 8), layouts, 0,
+                                   (None, None), mine, issue)
+        assert results == [] and board.samples(2) == counted + 16
+    finally:
+        board.release()
 
 
 def fails_on(label):
@@ -368,6 +400,67 @@ def test_a_stopped_actor_is_killed_after_the_timeout_and_its_batches_redone(imag
                 os.kill(stopped, signal.SIGCONT)
         assert_same([got], expected)
         assert loader.crashes == [(1, None)]  # killed once, then given time to restart
+
+
+def ten_ms(sample, rng):
+    time.sleep(0.01)
+    return sample
+
+
+def test_timeout_is_about_progress_not_the_size_of_a_batch():
+    """A batch of 300 samples at 10 ms each takes 3 s on its actor, more than timeout=2,
+    yet every sample finishes well within it: nothing is killed (the actors count their
+    samples on the board in shared memory, as process workers do)."""
+    data = stoker.from_arrays(np.zeros((600, 2), np.float32), np.arange(600))
+    with stoker.Loader(data, batch_size=300, transform=ten_ms, backend="ray", workers=2,
+                       timeout=2) as loader:
+        labels = np.concatenate([labels for _, labels in loader])
+        assert sorted(labels.tolist()) == list(range(600)) and loader.crashes == []
+
+
+def hangs_on_33(sample, rng):
+    if sample[1] == 33:
+        time.sleep(7)
+    return sample
+
+
+def test_a_sample_that_hangs_past_the_timeout_is_caught_in_a_task_of_several_batches():
+    """Sample 33 is in batch 8, the second of a task of 4 batches (one actor, prefetch
+    8). It hangs 7 s: more than timeout=2, less than the task's 4 x 2 s, so judging the
+    task as a whole would let it through. It is killed for the 2 s without a sample."""
+    data = stoker.from_arrays(np.zeros((64, 2), np.float32), np.arange(64))
+    with stoker.Loader(data, batch_size=4, transform=hangs_on_33, backend="ray", workers=1,
+                       prefetch=8, shuffle=False, timeout=2) as loader:
+        with pytest.raises(stoker.WorkerCrashed,
+                           match=r"made no progress for 2 s and was killed while making "
+                                 r"batches 7-10 of epoch 0; pass max_worker_restarts"):
+            for _ in loader:
+                pass
+
+
+def fails_on_1900(sample, rng):
+    if sample[1] == 1900:
+        raise ValueError("bad sample")
+    return sample
+
+
+def test_an_abandoned_pass_never_stalls_the_next_one():
+    """Each pass ends in the transform's error with batches in flight. Those tasks are
+    abandoned, not cancelled in Ray: a cancelled actor task leaves a gap in the actor's
+    ordered queue, and Ray then held the next pass's tasks for 30 s."""
+    data = stoker.from_arrays(np.zeros((2048, 8, 8), np.uint8), np.arange(2048))
+    with stoker.Loader(data, batch_size=16, transform=fails_on_1900, backend="ray",
+                       workers=2, shuffle=False) as loader:
+        started = time.monotonic()
+        for _ in range(30):  # the first pass fails at batch 118, the others at once
+            with pytest.raises(stoker.TransformError, match="sample 1900"):
+                for _ in loader:
+                    pass
+            time.sleep(0.05)  # the cancelled tasks' RPCs settle (how the stall was met)
+        for epoch in (1, 2):  # and passes broken off early
+            loader.set_epoch(epoch)
+            assert len([batch for _, batch in zip(range(3), loader, strict=False)]) == 3
+        assert time.monotonic() - started < 25  # one stall is 30 s
 
 
 def fails_on_17(sample, rng):

@@ -19,16 +19,22 @@ cluster that ``ray.init()`` connected to (a local one is started if none is).
   that cannot map the block) returns the arrays through the object store. Either way
   the consumer copies the batch out at once, so the slot or the object is free again
   and the consumer may keep or modify what it got. A slot serves one task at a time;
-  when tasks are cancelled (an abandoned epoch), their slots are never used again: a
+  when tasks are abandoned (an epoch left early), their slots are never used again: a
   running actor task is not interrupted, and may still write. The executor moves to a
   fresh landing block instead, and the old one goes when nothing maps it.
 * **Failures.** Ray restarts a dead actor (``max_restarts``) and retries its tasks
   (``max_task_retries``); a batch depends only on (seed, epoch, indices), so a retried
   batch is the same bytes, and each batch is taken once. Every reply names the process
   that made it, so restarts are seen, recorded in ``crashes`` and counted against
-  ``max_worker_restarts`` (a total, as with processes). A batch that makes no progress
-  for ``timeout`` seconds per batch of its task has its actor killed, and restarted,
-  the same way (a task replies once, with all its batches).
+  ``max_worker_restarts`` (a total, as with processes). An actor on the consumer's node
+  counts its finished samples on the progress board (``Board``, shared memory, as
+  process workers do): one that finishes none for ``timeout`` seconds is killed, and
+  restarted, the same way. One on another node is judged by its replies, ``timeout``
+  per batch of its tasks (a task replies once, with all its batches).
+* **Abandoned work.** Tasks of an epoch left early are never cancelled in Ray (a
+  cancelled actor task leaves a gap in the actor's ordered queue, and Ray held the next
+  tasks 30 s for it): the board's issue moves on, and an actor skips the batches of an
+  abandoned task it has not begun; one on another node makes them for nobody.
 """
 
 from __future__ import annotations
@@ -178,6 +184,44 @@ class Landing:
     rows: int
 
 
+@dataclass(frozen=True, slots=True)
+class Board:
+    """The executor's progress board on node ``node_id``: shared memory of int64s, the
+    first the current *issue* (bumped when tasks in flight are abandoned), then one
+    count of finished samples per actor; ``index`` is this actor's. An actor that maps
+    it counts its samples there (``timeout=`` is then about progress, as with
+    processes) and skips the batches of a task whose issue is past."""
+
+    name: str
+    node_id: str
+    index: int
+
+
+class _Board:
+    """The consumer's side of the board: ``workers`` sample counters and the issue."""
+
+    def __init__(self, workers: int, node_id: str) -> None:
+        self.node_id = node_id
+        self.block = SharedBlock.create(8 * (1 + workers),
+                                        purpose="progress of the Ray actors on this node")
+        self.words = self.block.ndarray((1 + workers,), np.int64)  # zeros: fresh
+
+    @property
+    def issue(self) -> int:
+        return int(self.words[0])
+
+    def abandon(self) -> None:
+        """The tasks in flight are abandoned: actors skip their batches not yet begun."""
+        self.words[0] += 1
+
+    def samples(self, worker_id: int) -> int:
+        return int(self.words[1 + worker_id])
+
+    def release(self) -> None:
+        self.words = None  # type: ignore[assignment]
+        self.block.release()
+
+
 class _LandingSlots:
     """The executor's landing block on the consumer's node: ``count`` slots of ``rows``
     samples of ``layout``, each lent to one task at a time."""
@@ -228,6 +272,7 @@ class BatchActor:
         self._producer: Producer | None = None
         self._keys: dict[tuple[int, int], np.ndarray] = {}
         self._mapped: dict[str, np.ndarray] = {}  # the landing block, mapped here
+        self._board: tuple[str, np.ndarray | None] | None = None  # (name, its int64s)
         self._where = (os.getpid(), ray.get_runtime_context().get_node_id(),
                        _started_at(os.getpid()))
 
@@ -242,20 +287,38 @@ class BatchActor:
             self._producer = Producer(source, transform, in_worker=True)
         return self._producer
 
-    def ready(self, arguments: list[Any]) -> tuple[int, str, str | None]:
+    def ready(self, arguments: list[Any], board: Board | None
+              ) -> tuple[tuple[int, str, str | None], bool]:
         """Load the source and transform; where this actor runs: (pid, Ray node id, the
-        process's start time)."""
-        self._load(arguments)
-        return self._where
+        process's start time), and whether it counts its progress on ``board``."""
+        producer = self._load(arguments)
+        return self._where, self._count_on(board, producer) is not None
+
+    def _count_on(self, board: Board | None, producer: Producer) -> np.ndarray | None:
+        """The board's int64s, with ``producer`` counting its samples there, or None where
+        this actor cannot map it (another node, a container with its own /dev/shm)."""
+        if board is None or board.node_id != self._where[1]:
+            producer.progress = None
+            return None
+        if self._board is None or self._board[0] != board.name:
+            try:
+                words = map_shared(board.name).view(np.int64)
+            except OSError:
+                words = None
+            self._board = (board.name, words)
+        words = self._board[1]
+        producer.progress = None if words is None else (words, 1 + board.index)
+        return words
 
     def probe(self, arguments: list[Any], key0: int, key1: int,
-              indices: tuple[int, ...]) -> tuple:
+              indices: tuple[int, ...], board: Board | None) -> tuple:
         """``(where, True, (batch layout, sample layout, max_outputs))`` of the first of
         samples ``indices`` that the transform keeps, or ``(where, False, failure)``: the
         batch layout is learnt here, never in the consumer."""
         key = np.array([key0, key1], dtype=np.uint64)
         try:
             producer = self._load(arguments)
+            self._count_on(board, producer)
             layout = producer.layout_of(key, indices)
             return (self._where, True, (layout, producer.sample_layout, producer.max_outputs))
         except SampleFailure as failure:
@@ -283,14 +346,17 @@ class BatchActor:
 
     def produce(self, arguments: list[Any], key0: int, key1: int, indices: np.ndarray,
                 sizes: tuple[int, ...], layouts: tuple[BatchLayout, BatchLayout, int | None],
-                number: int, landings: tuple[Landing | None, ...]) -> tuple:
+                number: int, landings: tuple[Landing | None, ...], board: Board | None,
+                issue: int) -> tuple:
         """Make the consecutive batches ``number``, ``number + 1``, ... whose indices are
         ``indices`` cut into ``sizes``; batch ``j`` goes into ``landings[j]``'s slot where
         this actor can write there. Replies ``(where, results)``: per batch ``(True,
         (busy_seconds, arrays, rows))`` (``arrays`` None when written into the slot), up
         to the first sample that failed, ``(False, failure)``: the transform's errors are
-        the consumer's to raise, not Ray's to retry. ``where`` (pid, node) tells the
-        consumer when Ray restarted the actor."""
+        the consumer's to raise, not Ray's to retry, or up to the first batch begun after
+        the board's issue moved past ``issue`` (the consumer abandoned the task: it is
+        never cancelled, as Ray's ordered actor queue then waits 30 s for the gap).
+        ``where`` (pid, node) tells the consumer when Ray restarted the actor."""
         key = self._keys.get((key0, key1))
         if key is None:
             self._keys.clear()
@@ -299,12 +365,17 @@ class BatchActor:
         layout, sample_layout, max_outputs = layouts
         results: list[tuple] = []
         start = 0
+        words = None
         for j, size in enumerate(sizes):
             started = time.perf_counter()
             batch_indices = indices[start:start + size]
             start += size
             try:
                 producer = self._load(arguments)
+                if j == 0:
+                    words = self._count_on(board, producer)
+                if words is not None and words[0] != issue:
+                    break  # abandoned: nobody takes this batch
                 producer.sample_layout = sample_layout
                 producer.max_outputs = max_outputs
                 capacity = producer.capacity(size)
@@ -363,8 +434,11 @@ class _Actor:
     pid: int | None = None
     node_id: str | None = None
     started_at: str | None = None  # tells this pid's process from a later one
-    queued: int = 0
-    last_progress: float = field(default_factory=time.monotonic)  # its last batch taken
+    queued: int = 0  # its tasks not yet replied, abandoned ones included
+    last_progress: float = field(default_factory=time.monotonic)  # its last sign of life
+    on_board: bool = False  # it counts its samples on the board (timeout= per sample)
+    samples: int = 0  # its count on the board when last looked at
+    abandoned: list[_InFlight] = field(default_factory=list)  # tasks nobody takes
 
 
 @dataclass(slots=True, eq=False)
@@ -423,6 +497,7 @@ class RayExecutor:
         self.crashes: list[tuple[int, int | None]] = []
         self._node_id: str | None = None  # the consumer's Ray node
         self._landing: _LandingSlots | None = None
+        self._board: _Board | None = None
         self.landed = 0  # batches that came through the landing block
         self.shipped = 0  # batches that came through the object store
 
@@ -438,6 +513,11 @@ class RayExecutor:
             return
         connect()
         self._node_id = ray.get_runtime_context().get_node_id()
+        if self._board is None:
+            try:
+                self._board = _Board(self.workers, self._node_id)
+            except OSError:  # no room in /dev/shm: progress is judged per task
+                self._board = None
         available = cluster_cpus()
         if self.workers > available:
             warnings.warn(
@@ -459,7 +539,8 @@ class RayExecutor:
             _Actor(worker_id, _RemoteBatchActor.options(**options).remote())
             for worker_id in range(self.workers)
         ]
-        ready = {actor.handle.ready.remote(self._arguments): actor for actor in self._actors}
+        ready = {actor.handle.ready.remote(self._arguments, self._board_for(actor)): actor
+                 for actor in self._actors}
         waiting = list(ready)
         deadline = time.monotonic() + self._start_timeout
         while waiting and time.monotonic() < deadline:
@@ -471,7 +552,8 @@ class RayExecutor:
                 timeout=max(0.0, min(_POLL_SECONDS, deadline - time.monotonic())))
             for ref in done:
                 try:
-                    self._note_where(ready[ref], ray.get(ref))
+                    where, ready[ref].on_board = ray.get(ref)
+                    self._note_where(ready[ref], where)
                 except ray.exceptions.RayError as error:
                     self._shutdown()
                     raise LoaderError(
@@ -489,6 +571,11 @@ class RayExecutor:
                 f"{self._start_timeout:g} s (start_timeout); the cluster has {available} CPUs "
                 "and each worker takes one. Lower workers=, add nodes, or raise start_timeout."
             )
+
+    def _board_for(self, actor: _Actor) -> Board | None:
+        if self._board is None or self._node_id is None:
+            return None
+        return Board(self._board.block.name, self._node_id, actor.worker_id)
 
     @property
     def layout(self) -> BatchLayout:
@@ -509,8 +596,8 @@ class RayExecutor:
     def _learn_layout(self) -> tuple[BatchLayout, BatchLayout, int | None]:
         indices, key = self._probe
         actor = self._actors[0]
-        flight = _InFlight(actor.handle.probe.remote(self._arguments, int(key[0]),
-                                                     int(key[1]), indices), actor)
+        flight = _InFlight(actor.handle.probe.remote(
+            self._arguments, int(key[0]), int(key[1]), indices, self._board_for(actor)), actor)
         while True:
             if self._closed:
                 raise LoaderError("the loader was closed while its workers were starting")
@@ -557,32 +644,55 @@ class RayExecutor:
             if self._landing is not None:  # the actors' own mappings outlive the name
                 self._landing.release()
                 self._landing = None
+            if self._board is not None:
+                self._board.release()
+                self._board = None
             self._closed = True  # again: a run that reset it meanwhile must still end
 
     def _cancel_in_flight(self) -> None:
-        """Cancel the tasks in flight. A running one goes on, and may still write into
-        its landing slot: if any had one, the next batches land in a fresh block."""
+        """Abandon the tasks in flight. None is cancelled in Ray (a cancelled actor task
+        leaves a gap in the actor's ordered queue, which then stalls the next tasks for
+        30 s): an actor on the board skips the batches of an abandoned task it has not
+        begun, one on another node makes them for nobody. A task still running may
+        write into its landing slot: if any had one, the next batches land in a fresh
+        block."""
         landed = False
+        tasks = {id(flight): flight for flight in self._in_flight.values()}
         for batch, flight in self._in_flight.items():
             landing = flight.landings[batch - flight.first]
             if flight.results is not None:  # replied, so it writes no more: the slot is free
                 if landing is not None and self._landing is not None:
                     self._landing.give_back(landing)
-                continue
-            landed = landed or landing is not None
-            if batch == flight.first:  # once per task (none of its batches was taken)
-                flight.actor.queued -= 1
-                try:
-                    ray.cancel(flight.ref)
-                except Exception:  # finished, or its actor is gone: nothing to cancel
-                    pass
-        for flight in {id(f): f for f in self._in_flight.values()
-                       if f.results is not None}.values():
-            flight.actor.queued -= 1  # a task partly taken: its actor is free of it
+            else:
+                landed = landed or landing is not None
+        for flight in tasks.values():
+            if flight.results is None:
+                flight.actor.abandoned.append(flight)  # still queued until it replies
+            else:
+                flight.actor.queued -= 1  # a task partly taken: its actor is free of it
         self._in_flight.clear()
+        if tasks and self._board is not None:
+            self._board.abandon()
         if landed and self._landing is not None:
             self._landing.release()
             self._landing = None
+
+    def _look_at(self, actor: _Actor, now: float) -> None:
+        """Signs of life of ``actor`` since the last look: samples counted on the board,
+        abandoned tasks that replied."""
+        if actor.on_board and self._board is not None:
+            samples = self._board.samples(actor.worker_id)
+            if samples != actor.samples:
+                actor.samples = samples
+                actor.last_progress = max(actor.last_progress, now)
+        if actor.abandoned:
+            refs = [flight.ref for flight in actor.abandoned]
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+            if done:
+                done_refs = set(done)
+                actor.queued -= len(done)
+                actor.abandoned = [f for f in actor.abandoned if f.ref not in done_refs]
+                actor.last_progress = max(actor.last_progress, now)
 
     def _lend(self, actor: _Actor, layouts: tuple[BatchLayout, BatchLayout, int | None]
               ) -> Landing | None:
@@ -661,7 +771,8 @@ class RayExecutor:
                         out = self._take(next_batch, epoch)
                         next_batch += 1
                     else:
-                        self._check_progress(flight, next_batch, epoch)
+                        self._check_progress(flight, first_batch + next_batch, epoch,
+                                             flight.first + flight.count - next_batch)
                 if out is not None:
                     yield out
         finally:
@@ -674,12 +785,17 @@ class RayExecutor:
                 layouts: tuple[BatchLayout, BatchLayout, int | None]) -> None:
         """One task: the consecutive ``batches`` of the run from ``first`` on, to the
         actor with the fewest tasks queued."""
+        now = time.monotonic()
+        for each in self._actors:
+            if each.abandoned:
+                self._look_at(each, now)
         actor = min(self._actors, key=lambda a: (a.queued, a.worker_id))
         landings = tuple(self._lend(actor, layouts) for _ in batches)
         indices = batches[0] if len(batches) == 1 else np.concatenate(batches)
         ref = actor.handle.produce.remote(
             self._arguments, key0, key1, indices, tuple(len(b) for b in batches), layouts,
-            first_batch + first, landings)
+            first_batch + first, landings, self._board_for(actor),
+            0 if self._board is None else self._board.issue)
         flight = _InFlight(ref, actor, first, len(batches), landings)
         for batch in range(first, first + len(batches)):
             self._in_flight[batch] = flight
@@ -786,20 +902,33 @@ class RayExecutor:
                 exitcode=None, worker_id=actor.worker_id, crashes=tuple(self.crashes),
             ) from cause
 
-    def _check_progress(self, flight: _InFlight, batch: int, epoch: int) -> None:
-        """The batch at the head of the plan is in the oldest task of its actor: if the
-        task has not come back ``timeout`` seconds per batch in it after it was sent or
-        after the actor's last reply, whichever is later, the actor hangs; kill it, and
-        Ray restarts it and retries its tasks (or the crash is final)."""
-        actor = flight.actor
-        waiting = time.monotonic() - max(flight.since, actor.last_progress)
-        limit = None if self._timeout is None else self._timeout * flight.count
-        if limit is None or waiting <= limit:
+    def _check_progress(self, flight: _InFlight, batch: int, epoch: int,
+                        left: int = 1) -> None:
+        """The batch at the head of the plan is in the oldest task taken of its actor.
+        An actor on the board hangs when it has finished no sample for ``timeout``
+        seconds since the task was sent or its last sign of life, as a process worker;
+        one on another node when its tasks have not replied within ``timeout`` per batch
+        of them (its abandoned ones ahead of ``flight`` included). Kill it, and Ray
+        restarts it and retries its tasks (or the crash is final). ``batch`` is the
+        head's number in the epoch, ``left`` the batches of its task from it on."""
+        if self._timeout is None:
             return
-        what = "the first sample" if batch == -1 else f"batch {batch} of epoch {epoch}"
-        per_batch = "" if flight.count == 1 else (
-            f" (timeout={self._timeout:g} s for each of the {flight.count} batches of its task)")
-        self._record_crash(actor, f"made no progress on {what} for {limit:g} s{per_batch}")
+        actor = flight.actor
+        now = time.monotonic()
+        self._look_at(actor, now)
+        waiting = now - max(flight.since, actor.last_progress)
+        batches = 1 if actor.on_board else flight.count + sum(
+            f.count for f in actor.abandoned)
+        limit = self._timeout * batches
+        if waiting <= limit:
+            return
+        what = ("the first sample" if batch == -1 else f"batch {batch} of epoch {epoch}"
+                if left == 1 else f"batches {batch}-{batch + left - 1} of epoch {epoch}")
+        detail = "" if batches == 1 else (
+            f" (timeout={self._timeout:g} s for each of the {batches} batches of its tasks:"
+            " on another node than the consumer, an actor's progress is seen by its replies)")
+        self._record_crash(actor, f"made no progress for {limit:g} s and was killed while "
+                                  f"making {what}{detail}")
         if actor.pid is not None and actor.node_id is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
