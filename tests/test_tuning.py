@@ -284,13 +284,20 @@ def test_the_tuner_hands_back_workers_a_slow_model_does_not_need_and_takes_them_
             if stats.workers == 1 and phase["consumer"]:
                 phase["consumer"] = 0.0  # shrunk: now the workers are the bottleneck
 
-        got = epochs_of(loader, 12, during=consume)
-        tuning = loader.stats().tuning
-    kinds = [(d.before, d.after, d.reason.split(":")[0]) for d in tuning]
-    assert (2, 1, "trying") in kinds, kinds
-    assert (1, 2, "trying") in kinds, kinds
+        def kinds():
+            return [(d.before, d.after, d.reason.split(":")[0]) for d in loader.stats().tuning]
+
+        # Epochs until the tuner has tried growing again: each step takes a window of
+        # 1 s or more, so a fixed epoch count would race the clock (12 epochs once ended
+        # on the very batch the growth was tried at). 60 epochs is over 10 s of windows.
+        got = []
+        while (1, 2, "trying") not in kinds() and len(got) < 60:
+            got += epochs_of(loader, 1, during=consume)
+        tuning = kinds()
+    assert (2, 1, "trying") in tuning, tuning
+    assert (1, 2, "trying") in tuning, tuning
     with stoker.Loader(data, batch_size=32, transform=slow, seed=9, workers=0) as loader:
-        assert_same(got, epochs_of(loader, 12))
+        assert_same(got, epochs_of(loader, len(got)))
 
 
 def test_the_utilisation_counts_each_pool_size_for_the_time_it_lasted() -> None:
