@@ -188,6 +188,8 @@ def test_tf_tensors_held_while_the_iteration_goes_on_are_never_overwritten(image
     with stoker.Loader(data, batch_size=16, workers=2, seed=1,
                        start_method=start_method) as loader:
         held = [batch for _ in range(2) for batch in loader.tf_dataset()]
+        lent = loader._executor._lent  # white box: tensors made over slots, no copy
+        assert lent.lent == lent.limit > 0 and lent.copied == len(held) - lent.limit
         for (a, b), (c, d) in zip(held, expected[0] + expected[1], strict=True):
             np.testing.assert_array_equal(a.numpy(), c)
             np.testing.assert_array_equal(b.numpy(), d)

@@ -112,3 +112,89 @@ def test_every_delivered_batch_is_64_byte_aligned(workers):
                     held.append(images)  # held: the next batches are fresh arrays
     finally:
         source.release()
+
+
+def _slot_of(loader, array):
+    """The batch slot of the processes executor whose memory ``array`` is in, or None."""
+    for slot, views in enumerate(loader._executor._slot_views):
+        if any(np.shares_memory(array, view) for view in views):
+            return slot
+    return None
+
+
+def test_a_batch_is_a_view_of_its_slot_which_waits_until_nothing_refers_to_it():
+    source = stoker.from_arrays(X, Y)
+    try:
+        with stoker.Loader(source, batch_size=10, seed=4, workers=0) as ref:
+            expected = [(b[0].copy(), b[1].copy()) for _ in range(2) for b in ref]
+        with stoker.Loader(source, batch_size=10, seed=4, workers=2, prefetch=2) as loader:
+            batches = (batch for _ in range(2) for batch in loader)
+            kept = next(batches)
+            slot = _slot_of(loader, kept[0])
+            assert slot is not None and _slot_of(loader, kept[1]) == slot  # no copy
+            seen: list = [None]  # the kept one's, once dropped
+            for _ in range(10):  # the kept one's slot is never filled again meanwhile
+                batch = next(batches)
+                assert _slot_of(loader, batch[0]) != slot
+                seen.append((batch[0].copy(), batch[1].copy()))
+                batch[0][:] = 255  # the consumer writes into its batch: allowed
+                del batch
+            copy = (kept[0].copy(), kept[1].copy())
+            del kept
+            again = []
+            for batch in batches:
+                again.append(_slot_of(loader, batch[0]))
+                seen.append((batch[0].copy(), batch[1].copy()))
+            assert slot in again  # dropped: its slot is in the ring again
+            seen[0] = copy
+        for (a, b), (c, d) in zip(seen, expected, strict=True):
+            np.testing.assert_array_equal(a, c)
+            np.testing.assert_array_equal(b, d)
+    finally:
+        source.release()
+
+
+def test_a_consumer_that_keeps_its_batches_gets_copies_once_the_spare_slots_are_lent():
+    source = stoker.from_arrays(X, Y)
+    try:
+        with stoker.Loader(source, batch_size=10, seed=4, workers=0) as ref:
+            expected = list(ref)
+        with stoker.Loader(source, batch_size=10, seed=4, workers=2, prefetch=2) as loader:
+            kept = list(loader)  # never waits on a slot the consumer holds
+            lent = loader._executor._lent
+            assert 0 < lent.limit < len(kept)
+            assert (lent.lent, lent.copied) == (lent.limit, len(kept) - lent.limit)
+            assert len({_slot_of(loader, b[0]) for b in kept[:lent.limit]}) == lent.limit
+            assert all(_slot_of(loader, b[0]) is None for b in kept[lent.limit:])
+            assert_batches_equal(kept, expected)
+            more = list(loader)  # the slots stay lent to the first epoch's batches
+            assert all(_slot_of(loader, b[0]) is None for b in more)
+            del kept
+            gc.collect()
+            third = list(loader)
+            assert _slot_of(loader, third[0][0]) is not None  # lent again
+    finally:
+        source.release()
+
+
+def assert_batches_equal(got, expected):
+    assert len(got) == len(expected)
+    for (a, b), (c, d) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+
+
+def test_lent_slots_outlive_close_and_hold_their_values():
+    """A batch kept after the loader closed still reads its values (the mapping goes
+    with the last view: shm.py), and /dev/shm has nothing left (the conftest checks)."""
+    source = stoker.from_arrays(X, Y)
+    try:
+        with stoker.Loader(source, batch_size=10, seed=4, workers=0) as ref:
+            first = next(iter(ref))
+        with stoker.Loader(source, batch_size=10, seed=4, workers=2) as loader:
+            kept = next(iter(loader))
+            assert _slot_of(loader, kept[0]) is not None
+        np.testing.assert_array_equal(kept[0], first[0])
+        np.testing.assert_array_equal(kept[1], first[1])
+    finally:
+        source.release()

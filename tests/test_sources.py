@@ -104,7 +104,9 @@ with stoker.Loader(stoker.from_arrays(np.ones((64, 4), np.float32), np.arange(64
     batches = list(loader)
 gc.collect()  # close() dropped the source: the sample kept from it still reads
 assert kept[0].sum() == 4 and int(kept[1]) == 5 and len(batches) == 8
-del x, y, row, kept
+# Batches handed over as views of their slots (no copy) read after close() too.
+assert sum(int(b[1].sum()) for b in batches) == 2016 and all(b[0].sum() == 32 for b in batches)
+del x, y, row, kept, batches  # each view holds its mapping (and mmap's descriptor)
 gc.collect()
 assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"stoker_{os.getpid()}_")]
 assert len(os.listdir("/proc/self/fd")) <= fds + 2, "descriptors leaked"

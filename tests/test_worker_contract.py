@@ -196,7 +196,10 @@ def test_timeout_is_about_progress_not_the_size_of_a_chunk():
 def test_huge_batches_and_a_stopped_worker_never_block_a_send():
     """16384 indices a batch would fill the pipe to a stopped worker (64 KiB); the
     indices travel in shared memory instead, so the consumer keeps noticing the hang
-    (timeout=), replaces the worker and finishes the epoch exactly."""
+    (timeout=), replaces the worker and finishes the epoch exactly. (A transform of a few
+    µs a sample: every batch is then shared by both workers, so the stopped one holds
+    work.)"""
+    import functools
     import os
     import signal
     import time
@@ -204,7 +207,7 @@ def test_huge_batches_and_a_stopped_worker_never_block_a_send():
     n = 4 * 16384
     data = stoker.from_arrays(np.zeros((n, 1), np.uint8), np.arange(n))
     with stoker.Loader(data, batch_size=16384, workers=2, timeout=3, max_worker_restarts=1,
-                       prefetch=2) as loader:
+                       prefetch=2, transform=functools.partial(scaled, factor=1)) as loader:
         epoch = iter(loader)
         labels = [next(epoch)[1]]
         os.kill(loader.worker_pids[0], signal.SIGSTOP)
@@ -245,3 +248,22 @@ def test_workers_import_torch_only_for_transforms_that_use_it():
     assert uses_torch(torch_noise) and uses_torch(functools.partial(torch_noise))
     assert not uses_torch(per_sample) and not uses_torch(ROTATE) and not uses_torch(None)
     assert not uses_torch(ten_ms)
+
+
+def test_a_cheap_batch_goes_to_one_worker_whole_and_a_costly_one_is_shared():
+    """Chunks are sized by the time per sample measured so far (TASK_SECONDS): without a
+    transform a batch is one task; at 10 ms a sample it is cut into one chunk per
+    worker. Either way the epoch is the inline reference's."""
+    from stoker.executors.processes import MIN_CHUNK
+
+    n = 128
+    data = stoker.from_arrays(np.arange(n, dtype=np.uint8).reshape(n, 1), np.arange(n))
+    for transform, whole in [(None, True), (ten_ms, False)]:
+        with stoker.Loader(data, batch_size=64, workers=2, seed=2, transform=transform,
+                           shuffle=False) as loader:
+            got = [b[1] for b in loader]
+            executor = loader._executor
+            assert (executor._chunk() >= 64) == whole
+            if not whole:
+                assert executor._chunk() == MIN_CHUNK
+        assert np.concatenate(got).tolist() == list(range(n))

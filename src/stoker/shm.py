@@ -13,8 +13,10 @@ Ownership rules:
 * **Unlinking may be eager; unmapping never happens under a live view.** Every numpy
   view ``ndarray`` hands out holds a buffer export on the mapping, so ``release`` cannot
   unmap while one is alive: it closes the file descriptor and unlinks (the owner) at
-  once, and the mapping goes with the last view. An array stoker hands out can never
-  point into unmapped memory (a segfault), whoever dropped the block first.
+  once, and the mapping (and the descriptor Python's ``mmap`` keeps of its own) goes
+  with the last view. An array stoker hands out can never point into unmapped memory
+  (a segfault), whoever dropped the block first. A batch the processes executor lent
+  (a view of its slot, ``_batches.py``) is such a view too.
 * A Ray actor on the consumer's node writes batches into a landing block of the
   executor's through ``map_shared``: mapped by name, never registered with the actor's
   own resource tracker (which would unlink the block when the actor exits) and never

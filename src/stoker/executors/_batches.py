@@ -12,6 +12,14 @@ points every view at the buffer that owns the memory), else a new array is made.
 Every array handed out starts on a 64-byte boundary: TensorFlow turns such a numpy
 array into a tensor without copying it (its kernels need that alignment, and it copies
 anything less aligned; numpy's own allocations are only 16-byte aligned).
+
+The processes executor hands a finished batch over without any copy when it can
+(``LentSlots``): the arrays are views of the shared-memory slot the workers wrote it
+into, and the slot stays out of the ring, by the same rule, until nothing refers to it
+(the consumer dropped the batch; TensorFlow, which keeps the array alive for as long as
+the tensor made from it lives, is done with it). Only a few slots are lent at once, in
+slots of their own beyond the ring: a consumer that keeps its batches gets copies from
+then on, as above, and the workers always have the whole ring.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import numpy as np
 
 from ..layout import BatchLayout
 
-__all__ = ["BatchArrays"]
+__all__ = ["BatchArrays", "LentSlots", "lend_limit"]
 
 # Buffers kept per field: batches a consumer and its framework hold at once (Keras and
 # tf.data hold two or three), within a budget of memory.
@@ -93,3 +101,63 @@ class BatchArrays:
         for array, view in zip(arrays, views, strict=True):
             np.copyto(array, view[:count])
         return arrays
+
+
+def lend_limit(batch_nbytes: int) -> int:
+    """How many batch slots may be lent to the consumer at once: as many batches as
+    ``BatchArrays`` keeps buffers for (Keras and tf.data hold two to four)."""
+    return min(_KEEP, _KEEP_BYTES // max(1, batch_nbytes))
+
+
+class LentSlots:
+    """The batch slots whose views the consumer holds (see the module docstring).
+
+    A slot's fields are views of one array (``np.frombuffer`` over the block), which
+    numpy makes the ``base`` of every view taken of them: its reference count tells
+    whether anything outside the executor still refers to the slot's memory.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._owners: dict[int, np.ndarray] = {}  # slot -> the array its views point at
+        self._idle: dict[int, int] = {}  # slot -> its owner's references when not lent
+        self.lent = 0  # batches handed over without a copy
+        self.copied = 0  # batches that could not be, and were copied
+
+    @property
+    def held(self) -> frozenset[int]:
+        return frozenset(self._owners)
+
+    def lend(self, slot: int, views: list[np.ndarray], count: int) -> list[np.ndarray] | None:
+        """Views of the first ``count`` rows of ``slot`` (its field ``views``), the slot
+        now lent; None (nothing lent) when ``limit`` slots already are or the fields
+        do not share one owner."""
+        owner = views[0].base if views else None
+        if (len(self._owners) >= self.limit or not isinstance(owner, np.ndarray)
+                or any(view.base is not owner for view in views)):
+            self.copied += 1
+            return None
+        self._owners[slot] = owner
+        del owner
+        self._idle[slot] = _references_of(self._owners, slot)
+        self.lent += 1
+        return [view[:count] for view in views]
+
+    def reclaim(self) -> list[int]:
+        """The lent slots nothing outside the executor refers to any more, no longer
+        lent (in the order they were lent)."""
+        free = [slot for slot in self._owners
+                if _references_of(self._owners, slot) <= self._idle[slot]]
+        for slot in free:
+            del self._owners[slot], self._idle[slot]
+        return free
+
+    def clear(self) -> None:
+        """The slots are gone (the pool shut down): views still held keep their mapping
+        alive (``shm.py``), and no slot of a new ring is lent."""
+        self._owners.clear()
+        self._idle.clear()
+
+
+def _references_of(owners: dict[int, np.ndarray], slot: int) -> int:
+    return sys.getrefcount(owners[slot])

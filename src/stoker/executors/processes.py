@@ -18,10 +18,15 @@ Scheduling, all of it in the consumer's thread (no background threads):
 * The consumer waits on the workers' pipes and process sentinels together (one
   ``poll`` object, ``_Waiter``, with a timeout), so a dead worker is noticed as soon as
   it dies, and a hung one (no progress for ``timeout`` seconds) is killed.
-* A finished batch is copied out of its slot (the caller may keep it; ``_batches.py``
-  says where that memory comes from), the slot goes back to the ring and is refilled
-  with new work before the batch is handed over, so the workers keep going while the
-  consumer trains.
+* A finished batch is handed over as views of its slot, with no copy, and a slot of
+  the spare ones (``lend_limit``) takes its place in the ring until nothing refers to
+  the batch any more; when every spare slot is lent (a consumer that keeps its
+  batches), the batch is copied out instead (the caller may keep it; ``_batches.py``
+  says where that memory comes from). Either way the ring is refilled with new work
+  before the batch is handed over, so the workers keep going while the consumer trains.
+* A chunk carries at least ``MIN_CHUNK`` samples, and at least as many as keep a
+  worker busy for ``TASK_SECONDS`` at the time per sample measured so far: a cheap
+  transform's batch goes to one worker whole (a task costs the consumer two messages).
 * Every run (one call of ``run``) has a generation. A new run first lets the work of
   the one before finish (its slots may still be written to) and ignores its results;
   the older run, if resumed, raises LoaderError: two runs never share the ring.
@@ -49,6 +54,7 @@ Scheduling, all of it in the consumer's thread (no background threads):
 
 from __future__ import annotations
 
+import math
 import select
 import threading
 import time
@@ -70,7 +76,7 @@ from ..shm import SharedBlock
 from ..stats import StatsRecorder
 from ..tuning import Reading, Tuner
 from . import _payload, _worker
-from ._batches import BatchArrays
+from ._batches import BatchArrays, LentSlots, lend_limit
 from ._produce import Transform
 from ._spawning import WORKER_NAME_PREFIX, fork_safe_native_pools, worker_context
 from .failures import rebuild_exception, transform_error
@@ -87,6 +93,9 @@ RING_BYTES = 256 * 2**20
 # The fewest samples a task carries (unless the batch is smaller): each task costs the
 # consumer a message out and one back, about 20 µs.
 MIN_CHUNK = 32
+# The least work a task carries, once the time per sample is known: at about 40 µs of the
+# consumer's per task, a consumer core then keeps up with 50 workers.
+TASK_SECONDS = 0.002
 # How long a run that does not adopt the work made ahead for another waits for it to
 # finish before the workers still on it are replaced (a sample of that epoch may hang).
 _AHEAD_GRACE_SECONDS = 1.0
@@ -289,6 +298,11 @@ def _join_all(workers: list[_Worker], seconds: float) -> None:
 class ProcessExecutor:
     """Runs the plan on ``workers`` processes; see the module docstring for how."""
 
+    # Set on an executor before it starts, these give the hand-over before batches were
+    # lent and chunks sized by time (the "before" rows of benchmarks/bench_consumer.py).
+    lend_batches = True
+    task_seconds = TASK_SECONDS
+
     def __init__(
         self,
         *,
@@ -343,6 +357,9 @@ class ProcessExecutor:
         self._ahead: _Ahead | None = None
         self._waiter = _Waiter()
         self._arrays: BatchArrays | None = None  # the memory of delivered batches
+        self._lent = LentSlots(0)  # slots whose batch the consumer holds (no copy)
+        self._busy_s = 0.0  # workers' time on the samples of finished tasks
+        self._busy_samples = 0
         self.adopted_batches = 0  # batches made ahead that their run delivered
         self._dropped: set[int] = set()  # tags of work made ahead and lost with a worker
 
@@ -390,16 +407,27 @@ class ProcessExecutor:
             nbytes = self._layout.batch_nbytes(rows)
             ring = (self._tuner.slots if self._tuner is not None  # a pool started again
                     else ring_slots(self._prefetch, self.workers, nbytes))
-            slots = SharedBlock.create_many(
-                nbytes, ring, purpose="batch slots",
-                advice="Lower prefetch= (fewer slots) or batch_size= (smaller ones). ")
+            spare = lend_limit(nbytes) if self.lend_batches else 0
+            try:
+                slots = SharedBlock.create_many(
+                    nbytes, ring + spare, purpose="batch slots",
+                    advice="Lower prefetch= (fewer slots) or batch_size= (smaller ones). ")
+            except OSError:
+                if not spare:
+                    raise
+                spare = 0  # no room for spare slots: every batch is copied out
+                slots = SharedBlock.create_many(
+                    nbytes, ring, purpose="batch slots",
+                    advice="Lower prefetch= (fewer slots) or batch_size= (smaller ones). ")
             self._resources.slots.extend(slots)
+            self._lent = LentSlots(spare)
             self._slot_nbytes = nbytes
             self._slot_views = [
                 self._layout.views(s.ndarray((s.size,), np.uint8), rows) for s in slots
             ]
-            # Room for the indices of the deepest ring prefetch="auto" may grow to.
-            most = max(ring, max_slots(self._tuning, nbytes))
+            # Room for the indices of the deepest ring prefetch="auto" may grow to, and the
+            # spare slots.
+            most = max(ring, max_slots(self._tuning, nbytes)) + spare
             index_block = SharedBlock.create(8 * most * self._batch_size,
                                              purpose="batch indices")
             self._resources.slots.append(index_block)
@@ -468,7 +496,7 @@ class ProcessExecutor:
         reading = Reading(
             time=stats.last_delivery, batches=stats.batches, samples=stats.samples,
             wait_s=stats.wait_s, busy_s=stats.worker_busy_s, full_takes=self._full_takes,
-            workers=self.workers, slots=len(self._slot_views),
+            workers=self.workers, slots=len(self._slot_views) - self._lent.limit,
             ready=all(w.ready for w in pool))
         change = tuner.observe(reading)
         if change is None:
@@ -568,6 +596,7 @@ class ProcessExecutor:
             self._resources.shutdown()
             self._tasks.clear()
             self._slot_views = []
+            self._lent.clear()
             self._index_rows = np.zeros((0, 0), np.int64)
             self._progress = np.zeros(0, np.int64)
             self._attach = None
@@ -607,7 +636,8 @@ class ProcessExecutor:
             self.start()
             self._dirty = True
         pending = deque(range(len(batches)))
-        free_slots = deque(range(len(self._slot_views)))
+        free_slots = deque(slot for slot in range(len(self._slot_views))
+                           if slot not in self._lent.held)
         remaining: dict[int, int] = {}
         slot_of: dict[int, int] = {}
         rows_of: dict[int, int] = {}  # whole batches' rows, as their workers made them
@@ -632,28 +662,31 @@ class ProcessExecutor:
                     raise LoaderError(
                         "a newer iteration of this loader started, which ended this one"
                     )
-                while free_slots and pending:
+                free_slots.extend(self._lent.reclaim())
+                while pending and self._room(free_slots):
                     batch = pending.popleft()
                     slot = free_slots.popleft()
                     slot_of[batch] = slot
                     remaining[batch] = self._dispatch(batch, batches[batch], slot, epoch,
                                                       key_words, generation,
                                                       first_batch + batch)
-                if free_slots and following is not None:  # draining: start the next run
+                if following is not None and self._room(free_slots):  # draining: the next run
                     ahead = self._dispatch_ahead(ahead, following, free_slots, generation)
                 if remaining.get(next_batch) == 0:
                     finished = sum(1 for left in remaining.values() if left == 0)
                     if self._stats is not None:
                         self._stats.queue(finished)
-                    if finished >= len(self._slot_views):  # the workers stood still
+                    if finished >= len(self._slot_views) - self._lent.limit:  # stood still
                         self._full_takes += 1
                     slot = slot_of.pop(next_batch)
                     del remaining[next_batch]
                     count = rows_of.pop(next_batch, -1)
                     if count < 0:
                         count = len(batches[next_batch])
-                    out = self._arrays.copy(self._slot_views[slot], count)
-                    free_slots.append(slot)
+                    out = self._lent.lend(slot, self._slot_views[slot], count)
+                    if out is None:
+                        out = self._arrays.copy(self._slot_views[slot], count)
+                        free_slots.append(slot)
                     self._tune(free_slots)
                     next_batch += 1
                     if next_batch == len(batches):
@@ -699,13 +732,18 @@ class ProcessExecutor:
         if ahead is None:
             epoch, key, plan = following()
             ahead = _Ahead(epoch, (int(key[0]), int(key[1])), -1 - generation, plan)
-        while free_slots and ahead.dispatched < len(ahead.plan):
+        while ahead.dispatched < len(ahead.plan) and self._room(free_slots):
             batch = ahead.dispatched
             slot = free_slots.popleft()
             ahead.slot_of[batch] = slot
             ahead.remaining[batch] = self._dispatch(batch, ahead.plan[batch], slot, ahead.epoch,
                                                     ahead.key, ahead.tag, batch)
         return ahead
+
+    def _room(self, free_slots: deque[int]) -> bool:
+        """Whether the ring takes another batch: of the free slots, as many as the spare
+        slots not lent stay out of it (the ring is ``prefetch`` slots of work)."""
+        return len(free_slots) > self._lent.limit - len(self._lent.held)
 
     def _dispatch(
         self, batch: int, indices: np.ndarray, slot: int, epoch: int, key: tuple[int, int],
@@ -722,7 +760,7 @@ class ProcessExecutor:
         # chunk, one worker.
         active = [w for w in self._resources.workers if not w.retiring]
         parts = (1 if self._transform.batch is not None or self._max_outputs is not None else
-                 min(len(active), max(1, len(indices) // MIN_CHUNK)))
+                 min(len(active), max(1, len(indices) // self._chunk())))
         # A worker the pool just grew by gets work once it has started (the others would
         # otherwise wait for its start-up); at the pool's start, every worker does.
         ready = [w for w in active if not w.joining] or active
@@ -734,6 +772,13 @@ class ProcessExecutor:
             worker = min(ready, key=lambda w: (w.queued, w.worker_id))
             self._assign(worker, task)
         return len(chunks)
+
+    def _chunk(self) -> int:
+        """The fewest samples a task carries (module docstring)."""
+        if self._busy_samples == 0 or self._busy_s <= 0:
+            return MIN_CHUNK
+        per_sample = self._busy_s / self._busy_samples
+        return max(MIN_CHUNK, math.ceil(self.task_seconds / per_sample))
 
     def _assign(self, worker: _Worker, task: _Task) -> None:
         if not worker.tasks:
@@ -832,6 +877,8 @@ class ProcessExecutor:
         elif isinstance(message, _worker.Done):
             task.rows = message.rows
             done.append(task)
+            self._busy_s += message.busy_seconds
+            self._busy_samples += len(task.indices)
             if self._stats is not None:
                 self._stats.worker_busy(message.busy_seconds)
         else:
