@@ -41,21 +41,6 @@ def data(samples: int) -> tuple[np.ndarray, np.ndarray]:
             rng.integers(0, 10, samples).astype(np.int32))
 
 
-class OneAtATime:
-    """The same samples through a class of the user's (not one of stoker's array
-    sources): a worker reads them one sample at a time, as every source was read before
-    batches became one gather per field (the "before")."""
-
-    def __init__(self, source: Any) -> None:
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.source[index]
-
-
 # -- 1. consumer CPU per batch, plain loop -------------------------------------------------
 
 
@@ -63,16 +48,18 @@ def consumer_candidates(x: np.ndarray, y: np.ndarray, workers: int, pools: list[
                         ) -> list[tuple[str, Callable[[], tuple[Callable[[], Iterable], Any]]]]:
     source = stoker.from_arrays(x, y)
 
-    def stoker_loader(count: int, data: Any = source):
+    def stoker_loader(count: int, data: Any = source, before: bool = False):
         def make():
             loader = stoker.Loader(data, batch_size=BATCH, workers=count, seed=0)
+            if before:
+                copied_in_chunks(loader)
             return (lambda: loader), loader.close
         return make
 
     found = [(f"stoker, {count} worker{'s' if count != 1 else ''}", stoker_loader(count))
              for count in pools]
-    found.append((f"stoker, {workers} workers, read one sample at a time (before)",
-                  stoker_loader(workers, OneAtATime(source))))
+    found.append((f"stoker, {workers} workers, {BEFORE}",
+                  stoker_loader(workers, before=True)))
     try:
         import torch
         from torch.utils.data import DataLoader, TensorDataset
@@ -89,6 +76,17 @@ def consumer_candidates(x: np.ndarray, y: np.ndarray, workers: int, pools: list[
 
     found.append((f"PyTorch DataLoader, {workers} workers (forkserver)", torch_loader))
     return found
+
+
+BEFORE = "copied out of its slot, one chunk per worker (before)"
+
+
+def copied_in_chunks(loader: stoker.Loader) -> None:
+    """The hand-over before batches were lent (a copy out of the slot into the
+    consumer's memory) and before chunks were sized by time (one per worker)."""
+    executor = loader._get_executor()
+    executor.lend_batches = False
+    executor.task_seconds = 0.0
 
 
 def consumer_cpu(make: Callable, epochs: int) -> dict:
@@ -161,10 +159,12 @@ def fit_candidates(x: np.ndarray, y: np.ndarray, workers: int) -> list[tuple[str
     def py_dataset():
         return Slices(), {}, lambda: None
 
-    def fed_by(data: Any, count: int, adapter: str) -> Callable:
+    def fed_by(data: Any, count: int, adapter: str, before: bool = False) -> Callable:
         """A stoker loader over ``data`` with ``count`` workers, through ``adapter``."""
         def make():
             loader = stoker.Loader(data, batch_size=BATCH, workers=count, seed=0)
+            if before:
+                copied_in_chunks(loader)
             if adapter == "keras":
                 return loader.keras(), {}, loader.close
             return loader.tf_dataset(), {"shuffle": False}, loader.close
@@ -174,8 +174,10 @@ def fit_candidates(x: np.ndarray, y: np.ndarray, workers: int) -> list[tuple[str
             ("Keras PyDataset, plain slices", py_dataset),
             (f"stoker loader.keras(), {workers} workers", fed_by(source, workers, "keras")),
             (f"stoker loader.tf_dataset(), {workers} workers", fed_by(source, workers, "tf")),
-            (f"stoker loader.keras(), {workers} workers, read one sample at a time (before)",
-             fed_by(OneAtATime(source), workers, "keras")),
+            (f"stoker loader.keras(), {workers} workers, {BEFORE}",
+             fed_by(source, workers, "keras", before=True)),
+            (f"stoker loader.tf_dataset(), {workers} workers, {BEFORE}",
+             fed_by(source, workers, "tf", before=True)),
             ("stoker loader.keras(), inline (workers=0)", fed_by(source, 0, "keras")),
             ("stoker loader.tf_dataset(), inline (workers=0)", fed_by(source, 0, "tf"))]
 
