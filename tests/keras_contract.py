@@ -1,5 +1,5 @@
 """The Keras consumer contract, as a script: run by test_keras_cursor.py once per Keras
-backend (KERAS_BACKEND) and executor (argv[1]: the worker count), in a fresh process
+backend (KERAS_BACKEND) and executor (argv[1]: the worker count, or "auto"), in a fresh process
 each, since a process has one Keras backend. Prints OK when every check passed.
 
 Labels are the samples' own indices, so every batch says which samples it holds."""
@@ -19,7 +19,10 @@ from stoker.adapters.keras import KerasDataset, LoaderCursor, is_peek
 from stoker.cursor import Position
 
 assert keras.backend.backend() == os.environ.get("KERAS_BACKEND", "tensorflow")
-WORKERS = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+_ARG = sys.argv[1] if len(sys.argv) > 1 else "2"
+WORKERS: int | str = "auto" if _ARG == "auto" else int(_ARG)
+# "auto" sizes the ring too: the tuner may grow the pool and the ring under fit()
+RING = {"prefetch": "auto"} if WORKERS == "auto" else {}
 N, BATCH = 100, 20  # 5 batches an epoch
 rng = np.random.default_rng(0)
 X = rng.random((N, 4, 4, 1)).astype(np.float32)
@@ -42,7 +45,7 @@ class Recording(KerasDataset):
 
 def loader(**options):
     return stoker.Loader(stoker.from_arrays(X, Y), batch_size=BATCH, workers=WORKERS, seed=3,
-                         **options)
+                         **RING, **options)
 
 
 def model():
@@ -289,7 +292,7 @@ def an_empty_batch_is_stepped_over_or_refused_clearly():
 
     def filtered(transform):
         return stoker.Loader(stoker.from_arrays(X, Y), batch_size=BATCH, shuffle=False,
-                             workers=WORKERS, transform=transform, max_outputs=1)
+                             workers=WORKERS, transform=transform, max_outputs=1, **RING)
 
     if keras.backend.backend() != "tensorflow":  # the last batch of an epoch, named right
         with filtered(drop_last_batch) as train:

@@ -21,6 +21,7 @@ RUNNERS = [
     pytest.param({"workers": 2, "start_method": "fork"}, id="fork-2"),
     pytest.param({"workers": 2, "start_method": "forkserver"}, id="forkserver-2"),
     pytest.param({"workers": 2, "start_method": "spawn"}, id="spawn-2"),
+    pytest.param({"workers": "auto", "prefetch": "auto"}, id="auto"),
 ]
 
 BATCH = 32  # 203 samples: 7 batches, the last one short

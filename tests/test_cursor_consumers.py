@@ -29,7 +29,8 @@ def via_tf(loader):
 
 CONSUMERS = [pytest.param(via_torch, id="torch"), pytest.param(via_tf, id="tf_dataset")]
 RUNNERS = [pytest.param({"workers": 0}, id="inline"), pytest.param({"workers": 2}, id="processes"),
-           pytest.param({"workers": 2, "start_method": "spawn"}, id="spawn")]
+           pytest.param({"workers": 2, "start_method": "spawn"}, id="spawn"),
+           pytest.param({"workers": "auto", "prefetch": "auto"}, id="auto")]
 
 
 @pytest.mark.parametrize("runner", RUNNERS)

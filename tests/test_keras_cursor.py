@@ -28,6 +28,7 @@ def run(script: str, *args: str, backend: str = "tensorflow", timeout: float = 4
 
 @pytest.mark.parametrize(("backend", "workers"), [
     ("tensorflow", "0"), ("tensorflow", "2"), ("torch", "2"), ("jax", "2"),
+    ("tensorflow", "auto"),
 ])
 def test_keras_is_exact_under_every_call_pattern(backend, workers):
     done = run("keras_contract.py", workers, backend=backend)
