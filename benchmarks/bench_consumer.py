@@ -171,6 +171,8 @@ def fit_candidates(x: np.ndarray, y: np.ndarray, workers: int) -> list[tuple[str
         return make
 
     return [("tf.data from in-memory tensors", in_memory),
+            (PREMADE_SCAN, premade(x, y, per_call=1)),
+            (PREMADE_STACKS, premade(x, y, per_call=4)),
             ("Keras PyDataset, plain slices", py_dataset),
             (f"stoker loader.keras(), {workers} workers", fed_by(source, workers, "keras")),
             (f"stoker loader.tf_dataset(), {workers} workers", fed_by(source, workers, "tf")),
@@ -180,6 +182,69 @@ def fit_candidates(x: np.ndarray, y: np.ndarray, workers: int) -> list[tuple[str
              fed_by(source, workers, "tf", before=True)),
             ("stoker loader.keras(), inline (workers=0)", fed_by(source, 0, "keras")),
             ("stoker loader.tf_dataset(), inline (workers=0)", fed_by(source, 0, "tf"))]
+
+
+PREMADE_SCAN = ("no loader: batches made beforehand, one tf.numpy_function call per batch in "
+                "tf_dataset()'s scan (the ceiling of its design)")
+PREMADE_STACKS = ("no loader: stacks of 4 batches made beforehand, one call per stack, "
+                  "re-split by unbatch(), prefetch(2), the batches taken counted by a "
+                  "tf.Variable in the graph (the ceiling of that design)")
+
+
+def premade(x: np.ndarray, y: np.ndarray, per_call: int) -> Callable:
+    """A dataset of ``x, y``'s batches whose Python call returns arrays made beforehand,
+    so what it costs is the pipeline's structure alone, with no loader behind it:
+    ``per_call=1`` is ``tf_dataset()``'s (a scan whose state is a token, a numpy_function
+    per batch); more is the design of several batches per call, split again in tf.data,
+    with the cursor kept by a counter in the graph (no Python call per batch)."""
+    import tensorflow as tf
+
+    steps = len(x) // BATCH // per_call * per_call
+    stacks = [(np.ascontiguousarray(x[i * BATCH:(i + per_call) * BATCH].reshape(
+                   per_call, BATCH, *SHAPE)),
+               np.ascontiguousarray(y[i * BATCH:(i + per_call) * BATCH].reshape(per_call, BATCH)))
+              for i in range(0, steps, per_call)]
+    label = tf.as_dtype(y.dtype)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_optimization.inject_prefetch = False
+    options.experimental_optimization.map_parallelization = False
+
+    def one_per_call() -> Any:
+        def take(token, index):
+            images, labels = stacks[int(index)]
+            return [np.int64(1), images[0], labels[0]]
+
+        def element(token, index):
+            token, images, labels = tf.numpy_function(take, [token, index],
+                                                      [tf.int64, tf.uint8, label], stateful=True)
+            return tf.ensure_shape(token, ()), (tf.ensure_shape(images, (None, *SHAPE)),
+                                                tf.ensure_shape(labels, (None,)))
+
+        return tf.data.Dataset.range(steps).scan(np.int64(0), element)
+
+    def stacked() -> Any:
+        taken = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+        def element(index):
+            images, labels = tf.numpy_function(lambda i: list(stacks[int(i)]), [index],
+                                               [tf.uint8, label], stateful=True)
+            return (tf.ensure_shape(images, (None, None, *SHAPE)),
+                    tf.ensure_shape(labels, (None, None)))
+
+        def count(images, labels):
+            with tf.control_dependencies([taken.assign_add(1)]):
+                return tf.identity(images), tf.identity(labels)
+
+        return (tf.data.Dataset.range(len(stacks)).map(element).unbatch().prefetch(2)
+                .map(count))
+
+    def make():
+        dataset = one_per_call() if per_call == 1 else stacked()
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
+        return dataset.with_options(options), {"shuffle": False}, lambda: None
+
+    return make
 
 
 def fit_steps_per_s(make: Callable, epochs: int) -> dict:
