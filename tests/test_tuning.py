@@ -214,7 +214,11 @@ def test_resizing_the_pool_and_ring_at_any_moment_changes_no_batch(data, start_m
             if choices.random() < 0.1 and len(executor._slot_views) < 12:
                 executor._grow_ring()
             sizes.append(executor.workers)
+            # What the user sees follows the pool, not the count it started with.
+            assert loader.workers == executor.workers
+            assert f"workers={executor.workers} (auto)" in repr(loader)
 
+        assert loader.workers == cores  # "auto" starts with every usable core
         got = epochs_of(loader, 3, during=resize)
         assert executor.workers == len([w for w in executor._resources.workers
                                         if not w.retiring])
@@ -281,6 +285,7 @@ def test_the_tuner_hands_back_workers_a_slow_model_does_not_need_and_takes_them_
         def consume(epoch, number):
             time.sleep(phase["consumer"])
             stats = loader.stats()
+            assert loader.workers == stats.workers
             if stats.workers == 1 and phase["consumer"]:
                 phase["consumer"] = 0.0  # shrunk: now the workers are the bottleneck
 

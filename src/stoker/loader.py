@@ -379,8 +379,8 @@ class Loader:
             from .executors import ray as ray_executor  # a clear error if Ray is missing
 
             ray_executor.connect()
-        self.workers = self.options.resolved_workers
-        if self.workers > 0:
+        self._start_workers = self.options.resolved_workers
+        if self._start_workers > 0:
             _check_picklable(self._transform.fn, "transform")
             _check_picklable(batch_transform, "batch_transform")
             _check_picklable(self.source, "source")
@@ -393,7 +393,7 @@ class Loader:
         self._adapters: weakref.WeakSet[Any] = weakref.WeakSet()
         self._keras: Any = None
         self._closed = False
-        self._stats = StatsRecorder(workers=self.workers)
+        self._stats = StatsRecorder(workers=self._start_workers)
         self._finalizer = weakref.finalize(self, _close_executor, [None])
 
     # -- the plan -------------------------------------------------------------------
@@ -496,7 +496,7 @@ class Loader:
         if self._closed:
             raise LoaderError("this Loader is closed; create a new one")
         if self._executor is None:
-            if self.workers == 0:
+            if self._start_workers == 0:
                 self._executor = InlineExecutor(self.source, self._transform, self._probe())
             elif self.options.backend == "ray":
                 from .executors.ray import RayExecutor
@@ -505,7 +505,7 @@ class Loader:
                     source=self.source,
                     transform=self._transform,
                     probe=self._probe(),
-                    workers=self.workers,
+                    workers=self._start_workers,
                     # None: sized in bytes by the executor, deeper than processes'
                     prefetch=None if self.options.prefetch is None else int(self.options.prefetch),
                     max_worker_restarts=self.options.max_worker_restarts,
@@ -520,7 +520,7 @@ class Loader:
                     probe=self._probe(),
                     # the slots hold the largest batch the plan makes, not more
                     batch_size=min(self.options.batch_size, self.samples_per_epoch),
-                    workers=self.workers,
+                    workers=self._start_workers,
                     # None (and "auto", to start with): sized in bytes by the executor
                     prefetch=None if self.options.prefetch == "auto" else self.options.prefetch,
                     start_method=self.options.start_method,
@@ -528,7 +528,7 @@ class Loader:
                     timeout=self.options.timeout,
                     start_timeout=self.options.start_timeout,
                     stats=self._stats,
-                    tuning=self.options.tuning(self.workers),
+                    tuning=self.options.tuning(self._start_workers),
                 )
             self._finalizer.detach()
             self._finalizer = weakref.finalize(self, _close_executor, [self._executor])
@@ -651,6 +651,15 @@ class Loader:
     # -- clean-up ---------------------------------------------------------------------
 
     @property
+    def workers(self) -> int:
+        """Worker processes (or Ray actors) in the pool now; 0: the work runs in this
+        process. With ``workers="auto"`` this is the tuner's current pool once it runs
+        (``stats().tuning`` says why it changed); before the first batch, and after
+        ``close()``, the count it starts with."""
+        executor = self._executor
+        return executor.workers if executor is not None else self._start_workers
+
+    @property
     def worker_pids(self) -> list[int]:
         """Process ids of the running workers (empty before the first batch)."""
         executor = self._executor
@@ -693,7 +702,8 @@ class Loader:
         # know ("Unrecognized data type: x=..."): the hint is for `model.fit(loader)`.
         return (
             f"<stoker.Loader {len(self.source)} samples, batch_size={self.options.batch_size}, "
-            f"{len(self)} batches/epoch, workers={self.workers}, epoch={self._cursor.epoch}, "
+            f"{len(self)} batches/epoch, workers={self.workers}"
+            f"{' (auto)' if self.options.workers == 'auto' else ''}, epoch={self._cursor.epoch}, "
             f"batch={self._cursor.batch}; Keras' fit() takes loader.keras()>"
         )
 
