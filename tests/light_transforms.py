@@ -46,3 +46,17 @@ def spin_noise(sample, rng, seconds: float = 0.0):
     while time.perf_counter() < end:
         pass
     return flip_noise(sample, rng)
+
+
+def gated_noise(sample, rng, gate: str = "", free: frozenset[int] = frozenset()):
+    """flip_noise, but a sample whose label is not in ``free`` first waits (at most 60 s)
+    for the file ``gate`` to exist: a test keeps chunks in the workers' hands for as long
+    as it needs, whatever the machine's speed."""
+    import os
+    import time
+
+    if int(sample[1]) not in free:
+        end = time.monotonic() + 60
+        while not os.path.exists(gate) and time.monotonic() < end:
+            time.sleep(0.001)
+    return flip_noise(sample, rng)

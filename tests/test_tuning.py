@@ -19,7 +19,7 @@ import stoker
 import stoker._system
 from conftest import gone
 from epochs import assert_same, epochs_of
-from light_transforms import flip_noise, spin_noise
+from light_transforms import flip_noise, gated_noise, spin_noise
 from stoker.stats import StatsRecorder
 from stoker.tuning import Change, Reading, Tuner
 
@@ -191,6 +191,14 @@ def data():
     source.release()
 
 
+def held_after_the_first_batch(data, gate) -> Callable:
+    """flip_noise, with every sample after the first batch (in its order with seed 9)
+    held until ``gate`` exists: once the first batch is in, each worker holds chunks."""
+    with stoker.Loader(data, batch_size=32, seed=9, workers=0) as loader:
+        free = frozenset(int(label) for label in next(iter(loader))[1])
+    return functools.partial(gated_noise, gate=str(gate), free=free)
+
+
 def reference(data, epochs: int, **options):
     with stoker.Loader(data, batch_size=32, transform=flip_noise, seed=9, workers=0,
                        **options) as loader:
@@ -227,9 +235,10 @@ def test_resizing_the_pool_and_ring_at_any_moment_changes_no_batch(data, start_m
         assert len(set(sizes)) > 1
 
 
-def test_a_retiring_worker_killed_with_chunks_in_flight_has_them_made_again(data):
-    slow = functools.partial(spin_noise, seconds=0.002)
-    with stoker.Loader(data, batch_size=32, transform=slow, seed=9, workers="auto",
+def test_a_retiring_worker_killed_with_chunks_in_flight_has_them_made_again(data, tmp_path):
+    gate = tmp_path / "open"
+    held = held_after_the_first_batch(data, gate)
+    with stoker.Loader(data, batch_size=32, transform=held, seed=9, workers="auto",
                        max_worker_restarts=1) as loader:
         executor = loader._get_executor()
         iterator = iter(loader)
@@ -238,17 +247,20 @@ def test_a_retiring_worker_killed_with_chunks_in_flight_has_them_made_again(data
             pytest.skip("needs 2 usable cores")
         executor._resize(1)
         (leaving,) = [w for w in executor._resources.workers if w.retiring]
-        assert leaving.tasks  # it still holds chunks of the ring
+        assert leaving.tasks  # it still holds chunks of the ring (held at the gate)
         os.kill(leaving.process.pid, signal.SIGKILL)
+        gate.touch()
         got += [tuple(np.copy(a) for a in batch) for batch in iterator]
         assert loader.crashes and loader.crashes[0][0] == leaving.worker_id
         assert len(loader.worker_pids) == 1 and executor.workers == 1
-    with stoker.Loader(data, batch_size=32, transform=slow, seed=9, workers=0) as loader:
+    with stoker.Loader(data, batch_size=32, transform=flip_noise, seed=9, workers=0) as loader:
         assert_same([got], [[tuple(np.copy(a) for a in b) for b in loader]])
 
 
-def test_close_stops_joining_and_retired_workers(data):
-    with stoker.Loader(data, batch_size=32, transform=flip_noise, seed=9,
+def test_close_stops_joining_and_retired_workers(data, tmp_path):
+    gate = tmp_path / "open"
+    held = held_after_the_first_batch(data, gate)
+    with stoker.Loader(data, batch_size=32, transform=held, seed=9,
                        workers="auto") as loader:
         executor = loader._get_executor()
         iterator = iter(loader)
@@ -257,9 +269,12 @@ def test_close_stops_joining_and_retired_workers(data):
             pytest.skip("needs 2 usable cores")
         first = list(loader.worker_pids)
         executor._resize(1)
+        (leaving,) = [w for w in executor._resources.workers if w.retiring]
+        assert leaving.tasks  # held at the gate: it cannot have finished them
         executor._resize(2)  # the retiring one stays: nothing started, nothing stopped
         assert loader.worker_pids == first
         assert not any(w.retiring for w in executor._resources.workers)
+        gate.touch()
         executor._resize(1)
         for _ in range(4):  # the pump sees its chunks finish, then it is asked to stop
             next(iterator)
