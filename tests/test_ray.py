@@ -383,6 +383,26 @@ def test_without_restarts_a_killed_actor_is_worker_crashed_with_advice(images):
         assert caught.value.crashes
 
 
+def exit_at_once(sample, rng):
+    os._exit(3)
+
+
+@pytest.mark.parametrize("restarts", [0, 1])
+def test_an_actor_that_dies_on_the_first_sample_is_worker_crashed_saying_so(images, restarts):
+    """As with processes (test_first_sample.py): the layout is learnt in an actor, so
+    its death is an error naming the first sample, and the training script lives on."""
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=16, transform=exit_at_once, backend="ray",
+                       max_worker_restarts=restarts) as loader:
+        started = time.monotonic()
+        with pytest.raises(stoker.WorkerCrashed,
+                           match="died while making the first sample") as caught:
+            next(iter(loader))
+        assert "max_worker_restarts" in str(caught.value) and caught.value.crashes
+        assert time.monotonic() - started < 60
+        assert loader.worker_pids == []
+
+
 def test_a_stopped_actor_is_killed_after_the_timeout_and_its_batches_redone(images):
     data = stoker.from_arrays(*images)
     with stoker.Loader(data, batch_size=16, transform=slow_noisy, seed=6, workers=0) as loader:

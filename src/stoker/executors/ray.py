@@ -605,16 +605,8 @@ class RayExecutor:
             if not ready:
                 self._check_progress(flight, -1, 0)
                 continue
-            try:
-                where, ok, payload = ray.get(flight.ref)
-            except ray.exceptions.RayActorError as error:
-                self._record_crash(actor, f"died while making the first sample: "
-                                          f"{_first_line(error)}", final=True, cause=error)
-            except ray.exceptions.RayError as error:
-                self._shutdown()
-                raise LoaderError(f"Ray could not make the first sample: {error}") from error
-            self._note_where(actor, where)
-            actor.last_progress = time.monotonic()
+            ok, payload = self._reply(flight, "make the first sample", "making the first "
+                                      "sample")
             if not ok:
                 index, stage, data, summary, traceback_text = payload
                 error = rebuild_exception(data, summary, traceback_text)
@@ -835,19 +827,26 @@ class RayExecutor:
 
     def _fetch(self, flight: _InFlight, batch: int, epoch: int) -> list[tuple]:
         """The reply to ``flight``'s task: a result per batch, up to a failure."""
+        what = f"batch {batch} of epoch {epoch}"
+        (results,) = self._reply(flight, f"produce {what}", f"producing {what}")
+        return results
+
+    def _reply(self, flight: _InFlight, do: str, doing: str) -> list[Any]:
+        """What ``flight``'s (finished) task returned after where its actor runs (noted,
+        with the sign of life). Its actor's death is a crash, Ray giving up the end of
+        the loader; ``do``/``doing`` say what the task was for in the error."""
         try:
-            where, results = ray.get(flight.ref)
+            where, *reply = ray.get(flight.ref)
         except ray.exceptions.RayActorError as error:
-            self._record_crash(flight.actor, f"died while producing batch {batch} of epoch "
-                                             f"{epoch}: {_first_line(error)}",
+            self._record_crash(flight.actor, f"died while {doing}: {_first_line(error)}",
                                final=True, cause=error)
+            raise  # not reached: a final crash raises
         except ray.exceptions.RayError as error:
             self._shutdown()
-            raise LoaderError(f"Ray could not produce batch {batch} of epoch {epoch}: "
-                              f"{error}") from error
+            raise LoaderError(f"Ray could not {do}: {error}") from error
         self._note_where(flight.actor, where)
         flight.actor.last_progress = time.monotonic()
-        return results
+        return reply
 
     def _receive(self, flight: _InFlight, position: int, batch: int, epoch: int
                  ) -> list[np.ndarray]:
