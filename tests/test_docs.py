@@ -65,6 +65,24 @@ def test_the_documents_have_code_blocks_and_each_says_what_it_is():
             f"{block.name}: fence the block as one of {sorted(RUN | NOT_CODE)}")
 
 
+CITED = re.compile(r"(?:tests/)?(test_\w+\.py)::(\w+)")
+
+
+def test_every_test_the_documents_cite_exists():
+    """docs/errors.md pairs each mistake with the tests that show its message, and the
+    other documents cite tests for their claims: a renamed or deleted test must not
+    leave a citation of nothing behind."""
+    documents = [*DOCUMENTS, ROOT / "BENCHMARKS.md", ROOT / "CHANGELOG.md"]
+    cited = [(document.relative_to(ROOT), *match.groups()) for document in documents
+             if document.is_file() for match in CITED.finditer(document.read_text())]
+    assert len({c for c in cited if c[0] == Path("docs/errors.md")}) >= 20
+    for document, file, test in cited:
+        source = ROOT / "tests" / file
+        assert source.is_file(), f"{document} cites tests/{file}, which does not exist"
+        assert re.search(rf"^def {test}\(", source.read_text(), re.M), (
+            f"{document} cites {file}::{test}, which {file} does not define")
+
+
 def _environment() -> dict[str, str]:
     bin_folder = str(Path(sys.executable).parent)
     return {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "KERAS_BACKEND": "tensorflow",
