@@ -250,11 +250,15 @@ def test_workers_import_torch_only_for_transforms_that_use_it():
     assert not uses_torch(ten_ms)
 
 
-def test_a_cheap_batch_goes_to_one_worker_whole_and_a_costly_one_is_shared():
+def test_a_cheap_batch_goes_to_one_worker_whole_and_a_costly_one_is_shared(monkeypatch):
     """Chunks are sized by the time per sample measured so far (TASK_SECONDS): without a
     transform a batch is one task; at 10 ms a sample it is cut into one chunk per
-    worker. Either way the epoch is the inline reference's."""
-    from stoker.executors.processes import MIN_CHUNK
+    worker. Either way the epoch is the inline reference's. The wall time of a task
+    counts as its work, so a chunk of 50 ms (not 2) keeps one preempted worker (a few
+    ms of a loaded machine, on ~3 µs a sample) from making a cheap batch look costly."""
+    from stoker.executors.processes import MIN_CHUNK, ProcessExecutor
+
+    monkeypatch.setattr(ProcessExecutor, "task_seconds", 0.05)
 
     n = 128
     data = stoker.from_arrays(np.arange(n, dtype=np.uint8).reshape(n, 1), np.arange(n))
