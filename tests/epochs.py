@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -32,3 +34,20 @@ def assert_same(got: Epochs, expected: Epochs) -> None:
             for a, b in zip(batch, want, strict=True):
                 assert a.dtype == b.dtype, (a.dtype, b.dtype)
                 np.testing.assert_array_equal(a, b)
+
+
+def held_after_the_first_batch(source, gate: Path, batch_size: int, seed: int,
+                               then: Callable | None = None, **options) -> Callable:
+    """``then`` (flip_noise unless told) with every sample after epoch 0's first batch
+    (of a loader with these options) held until ``gate`` exists. Once that batch is in,
+    each worker provably holds work it cannot finish, so a test can kill, close or
+    resize at that moment on a machine of any speed; then it touches ``gate``.
+    Labels must tell the samples apart (as the tests' data sets do)."""
+    import stoker
+    from light_transforms import flip_noise, gated_noise
+
+    with stoker.Loader(source, batch_size=batch_size, seed=seed, workers=0,
+                       **options) as loader:
+        free = frozenset(int(label) for label in next(iter(loader))[1])
+    return functools.partial(gated_noise, gate=str(gate), free=free,
+                             then=then or flip_noise)

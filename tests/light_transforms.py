@@ -48,10 +48,12 @@ def spin_noise(sample, rng, seconds: float = 0.0):
     return flip_noise(sample, rng)
 
 
-def gated_noise(sample, rng, gate: str = "", free: frozenset[int] = frozenset()):
-    """flip_noise, but a sample whose label is not in ``free`` first waits (at most 60 s)
-    for the file ``gate`` to exist: a test keeps chunks in the workers' hands for as long
-    as it needs, whatever the machine's speed."""
+def gated_noise(sample, rng, gate: str = "", free: frozenset[int] = frozenset(),
+                then=flip_noise):
+    """``then`` (flip_noise unless told), but a sample whose label is not in ``free``
+    first waits (at most 60 s) for the file ``gate`` to exist: a test keeps chunks in
+    the workers' hands for as long as it needs, whatever the machine's speed. Waiting
+    draws nothing from ``rng``, so the batches are ``then``'s own."""
     import os
     import time
 
@@ -59,4 +61,4 @@ def gated_noise(sample, rng, gate: str = "", free: frozenset[int] = frozenset())
         end = time.monotonic() + 60
         while not os.path.exists(gate) and time.monotonic() < end:
             time.sleep(0.001)
-    return flip_noise(sample, rng)
+    return then(sample, rng)

@@ -34,8 +34,6 @@ def test_random_kills_across_epochs_change_nothing(images, all_at_once):
     still bit-identical to the inline reference, every sample exactly once."""
     x, y = images
     data = stoker.from_arrays(x, y)
-    with stoker.Loader(data, batch_size=8, transform=slowish, workers=0, seed=3) as reference:
-        expected = epochs_of(reference, 4)
     rng = random.Random(all_at_once)
     with stoker.Loader(data, batch_size=8, transform=slowish, workers=2, seed=3,
                        max_worker_restarts=1000) as loader:
@@ -63,7 +61,9 @@ def test_random_kills_across_epochs_change_nothing(images, all_at_once):
         killer.start()
         try:
             got = []
-            for _ in range(4):
+            # Four epochs, and more (up to 20) until three kills have landed: how many
+            # land in four depends on the machine's speed, which is not under test.
+            while len(got) < 4 or (len(loader.crashes) < 3 and len(got) < 20):
                 got.append([])
                 for batch in loader:
                     got[-1].append(tuple(np.copy(a) for a in batch))
@@ -72,6 +72,8 @@ def test_random_kills_across_epochs_change_nothing(images, all_at_once):
             stop.set()
             killer.join()
         assert len(loader.crashes) >= 3
+    with stoker.Loader(data, batch_size=8, transform=slowish, workers=0, seed=3) as reference:
+        expected = epochs_of(reference, len(got))
     for epoch_got, epoch_expected in zip(got, expected, strict=True):
         assert len(epoch_got) == len(epoch_expected)
         for (a, b), (c, d) in zip(epoch_got, epoch_expected, strict=True):

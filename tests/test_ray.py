@@ -25,7 +25,7 @@ import pytest
 import stoker
 import stoker.store
 from conftest import gone, noisy, wait_until
-from epochs import assert_same, epochs_of
+from epochs import assert_same, epochs_of, held_after_the_first_batch
 from test_cursor import SCENARIOS
 from test_loader import legacy_distort
 
@@ -371,12 +371,15 @@ def test_a_killed_actor_is_restarted_by_ray_and_nothing_is_lost_or_repeated(imag
         assert victim not in loader.worker_pids
 
 
-def test_without_restarts_a_killed_actor_is_worker_crashed_with_advice(images):
+def test_without_restarts_a_killed_actor_is_worker_crashed_with_advice(images, tmp_path):
     data = stoker.from_arrays(*images)
-    with stoker.Loader(data, batch_size=16, transform=slow_noisy, backend="ray") as loader:
+    gate = tmp_path / "open"
+    held = held_after_the_first_batch(data, gate, batch_size=16, seed=6, then=noisy)
+    with stoker.Loader(data, batch_size=16, transform=held, seed=6, backend="ray") as loader:
         epoch = iter(loader)
         next(epoch)
-        os.kill(loader.worker_pids[0], signal.SIGKILL)
+        os.kill(loader.worker_pids[0], signal.SIGKILL)  # it holds a task, at the gate
+        gate.touch()
         with pytest.raises(stoker.WorkerCrashed, match="max_worker_restarts=N") as caught:
             for _ in epoch:
                 pass
@@ -554,9 +557,12 @@ def test_a_legacy_torch_transform_matches_inline_on_ray(images):
     np.testing.assert_array_equal(*epochs)
 
 
-def test_close_from_another_thread_ends_the_epoch_and_kills_the_actors(images):
+def test_close_from_another_thread_ends_the_epoch_and_kills_the_actors(images, tmp_path):
     data = stoker.from_arrays(*images)
-    loader = stoker.Loader(data, batch_size=4, transform=slow_noisy, backend="ray")
+    # the gate is never opened: the epoch cannot end before close(), however fast
+    held = held_after_the_first_batch(data, tmp_path / "open", batch_size=4, seed=6,
+                                      then=noisy)
+    loader = stoker.Loader(data, batch_size=4, transform=held, seed=6, backend="ray")
     epoch = iter(loader)
     next(epoch)
     pids = loader.worker_pids

@@ -9,8 +9,8 @@ import pytest
 
 import stoker
 from conftest import noisy
-from epochs import assert_same, epochs_of
-from test_ray import TESTS, only_loopback, slow_noisy
+from epochs import assert_same, epochs_of, held_after_the_first_batch
+from test_ray import TESTS, only_loopback
 
 ray = pytest.importorskip("ray")
 
@@ -52,11 +52,13 @@ def test_actors_on_both_nodes_give_the_inline_batches(cluster, images):
         assert executor.landed > 0 and executor.shipped > 0
 
 
-def test_a_lost_node_is_replaced_and_the_epoch_is_unchanged(cluster, images):
+def test_a_lost_node_is_replaced_and_the_epoch_is_unchanged(cluster, images, tmp_path):
     data = stoker.from_arrays(*images)
-    with stoker.Loader(data, batch_size=8, transform=slow_noisy, seed=9, workers=0) as loader:
+    with stoker.Loader(data, batch_size=8, transform=noisy, seed=9, workers=0) as loader:
         expected = epochs_of(loader, 1)
-    with stoker.Loader(data, batch_size=8, transform=slow_noisy, seed=9, backend="ray",
+    gate = tmp_path / "open"  # every actor holds tasks at it until the node is replaced
+    held = held_after_the_first_batch(data, gate, batch_size=8, seed=9, then=noisy)
+    with stoker.Loader(data, batch_size=8, transform=held, seed=9, backend="ray",
                        max_worker_restarts=4) as loader:
         epoch = iter(loader)
         got = [tuple(np.copy(a) for a in next(epoch))]
@@ -65,6 +67,7 @@ def test_a_lost_node_is_replaced_and_the_epoch_is_unchanged(cluster, images):
         lost = next(node for node in cluster.worker_nodes)
         cluster.remove_node(lost)
         cluster.add_node(num_cpus=2)  # the replacement, where Ray restarts the actors
+        gate.touch()
         got += [tuple(np.copy(a) for a in batch) for batch in epoch]
         assert_same([got], expected)
         assert len(loader.crashes) == 2  # the two actors of the lost node

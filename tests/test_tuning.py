@@ -18,8 +18,8 @@ import pytest
 import stoker
 import stoker._system
 from conftest import gone
-from epochs import assert_same, epochs_of
-from light_transforms import flip_noise, gated_noise, spin_noise
+from epochs import assert_same, epochs_of, held_after_the_first_batch
+from light_transforms import flip_noise, spin_noise
 from stoker.stats import StatsRecorder
 from stoker.tuning import Change, Reading, Tuner
 
@@ -191,14 +191,6 @@ def data():
     source.release()
 
 
-def held_after_the_first_batch(data, gate) -> Callable:
-    """flip_noise, with every sample after the first batch (in its order with seed 9)
-    held until ``gate`` exists: once the first batch is in, each worker holds chunks."""
-    with stoker.Loader(data, batch_size=32, seed=9, workers=0) as loader:
-        free = frozenset(int(label) for label in next(iter(loader))[1])
-    return functools.partial(gated_noise, gate=str(gate), free=free)
-
-
 def reference(data, epochs: int, **options):
     with stoker.Loader(data, batch_size=32, transform=flip_noise, seed=9, workers=0,
                        **options) as loader:
@@ -237,7 +229,7 @@ def test_resizing_the_pool_and_ring_at_any_moment_changes_no_batch(data, start_m
 
 def test_a_retiring_worker_killed_with_chunks_in_flight_has_them_made_again(data, tmp_path):
     gate = tmp_path / "open"
-    held = held_after_the_first_batch(data, gate)
+    held = held_after_the_first_batch(data, gate, batch_size=32, seed=9)
     with stoker.Loader(data, batch_size=32, transform=held, seed=9, workers="auto",
                        max_worker_restarts=1) as loader:
         executor = loader._get_executor()
@@ -259,7 +251,7 @@ def test_a_retiring_worker_killed_with_chunks_in_flight_has_them_made_again(data
 
 def test_close_stops_joining_and_retired_workers(data, tmp_path):
     gate = tmp_path / "open"
-    held = held_after_the_first_batch(data, gate)
+    held = held_after_the_first_batch(data, gate, batch_size=32, seed=9)
     with stoker.Loader(data, batch_size=32, transform=held, seed=9,
                        workers="auto") as loader:
         executor = loader._get_executor()
