@@ -259,10 +259,101 @@ def a_reader_going_on_after_a_nested_pass_gets_real_batches():
 
 
 def initial_epoch_is_honoured():
+    """With LoaderCursor or without: fit(initial_epoch=2) trains loader epoch 2 (as a
+    resume by Keras' own BackupAndRestore, which sets it, needs)."""
+    for tracked in (False, True):
+        with loader() as train:
+            ds = Recording(train)
+            extra = [LoaderCursor(train)] if tracked else []
+            model().fit(ds, initial_epoch=2, epochs=3, verbose=0, callbacks=extra)
+            assert epochs_of(ds.seen, 1) == [plan(train, 2)] and train.epoch == 3, extra
+
+
+def untracked_steps_per_epoch_walks_each_batch_once():
+    """Red-team finding: without LoaderCursor, fit(steps_per_epoch=) ending inside a
+    loader epoch left the cursor where tf.data's read-ahead was (a batch never trained
+    on was skipped) or where the fit began (JAX, torch: the same batches again). Keras
+    knows how many steps each of its epochs took; the cursor is that, after every fit,
+    and state_dict() after fit() returned answers it."""
     with loader() as train:
-        ds = Recording(train)
-        model().fit(ds, initial_epoch=2, epochs=3, verbose=0, callbacks=[LoaderCursor(train)])
-        assert epochs_of(ds.seen, 1) == [plan(train, 2)] and train.epoch == 3
+        ds, m, trained = Recording(train), model(), []
+        for epochs, steps_per_epoch in ((2, 3), (5, 3), (1, None)):
+            steps = Steps()
+            ds.seen.clear()
+            m.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0,
+                  callbacks=[steps])
+            trained += np.concatenate(ds.seen).tolist()[:steps.count * BATCH]
+            done = len(trained) // BATCH
+            assert train.position == Position(done // 5, done % 5), (train.position, done)
+            state = train.state_dict()  # fit() returned: known, not refused
+            assert (state["epoch"], state["batches_done"]) == (done // 5, done % 5), state
+        assert len(trained) == 4 * N, len(trained)
+        assert epochs_of([np.array(trained)], 4) == [plan(train, e) for e in range(4)]
+
+
+class EvalSteps(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.count += 1
+
+    on_predict_batch_end = on_test_batch_end
+
+
+def evaluate_and_predict_with_steps_walk_on():
+    """evaluate(steps=2) / predict(steps=2) on a 5-batch loader: each takes the next
+    batches from the cursor (the third only the one left in its epoch), never the same
+    ones again."""
+    with loader(shuffle=False) as val:
+        ds, m, walked = Recording(val), model(), []
+        for call in ("evaluate", "evaluate", "evaluate", "predict"):
+            steps = EvalSteps()
+            ds.seen.clear()
+            out = getattr(m, call)(ds, steps=2, verbose=0, callbacks=[steps])
+            walked.append((val.position, steps.count))
+            if call == "predict":
+                assert len(out) == steps.count * BATCH, out.shape
+        assert walked == [(Position(0, 2), 2), (Position(0, 4), 2), (Position(1, 0), 1),
+                          (Position(1, 2), 2)], walked
+
+
+class RaiseAt(keras.callbacks.Callback):
+    """Raises out of fit() after step ``step`` (as a NaN guard or a Ctrl-C does)."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.step:
+            raise RuntimeError("stopped")
+
+
+def a_tracked_fit_that_raised_leaves_later_fits_exact():
+    """Red-team finding: Keras calls no on_train_end when fit() raises, and the view
+    stayed tracked: later fits without LoaderCursor never moved the cursor (the same
+    batches every epoch) and state_dict() mid-epoch answered a stale cursor."""
+    with loader() as train:
+        ds, m = Recording(train), model()
+        try:
+            m.fit(ds, epochs=2, verbose=0, callbacks=[LoaderCursor(train), RaiseAt(2)])
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("fit() did not raise")
+        assert train.position == Position(0, 3), train.position
+        ds.seen.clear()
+        m.fit(ds, epochs=2, verbose=0)
+        assert train.position == Position(2, 0), train.position
+        assert np.concatenate(ds.seen).tolist() == plan(train, 0)[3 * BATCH:] + plan(train, 1)
+        try:
+            m.fit(ds, epochs=1, verbose=0, callbacks=[StateEveryStep(train)])
+        except stoker.LoaderError as error:
+            assert "LoaderCursor" in str(error), error
+        else:
+            raise AssertionError("state_dict() mid-epoch without LoaderCursor must refuse")
 
 
 def a_resumed_epoch_ends_after_the_batches_that_remain():
@@ -327,6 +418,9 @@ if __name__ == "__main__":
     steps_per_epoch_walks_whole_epochs()
     state_during_fit_is_what_the_model_trained_on()
     initial_epoch_is_honoured()
+    untracked_steps_per_epoch_walks_each_batch_once()
+    evaluate_and_predict_with_steps_walk_on()
+    a_tracked_fit_that_raised_leaves_later_fits_exact()
     a_tracked_fit_stopped_mid_epoch_leaves_an_exact_state()
     a_call_after_fit_returned_changes_nothing()
     a_reader_going_on_after_a_nested_pass_gets_real_batches()

@@ -28,13 +28,19 @@ How Keras reads a PyDataset, and what this adapter makes of it:
   run behind the next ``fit()``'s back nor make ``state_dict()`` refuse.
 * **What the model consumed.** Keras reads ahead (tf.data's prefetch), so a batch
   handed out is not yet trained on. The adapter keeps the positions it handed out and
-  moves the loader's cursor when it knows the model consumed them: at the end of a
-  Keras epoch for a reader that was read to its end, or at every step with the
-  ``LoaderCursor`` callback (which ``BackupAndRestore`` includes). What a reader handed
-  out and the model never took (the next epoch's prefetch when ``fit`` ends, the batch
-  Keras pulls to build an unbuilt model) is given back: the next reader starts at the
-  cursor. Without ``LoaderCursor``, ``loader.state_dict()`` in the middle of a Keras
-  epoch is refused (LoaderError) rather than answered wrongly.
+  moves the loader's cursor when it knows the model consumed them: at the end of every
+  Keras epoch (``on_epoch_begin``/``on_epoch_end``, called by Keras' epoch iterator,
+  whose step count says how many of the reader's batches its steps took, so
+  ``steps_per_epoch`` and ``steps`` that end inside a loader epoch are exact), or at
+  every step with the ``LoaderCursor`` callback (which ``BackupAndRestore`` includes).
+  What a reader handed out and the model never took (the read-ahead when ``fit``
+  ends, the batch Keras pulls to build an unbuilt model) is given back: the next
+  reader starts at the cursor. Without ``LoaderCursor``, ``loader.state_dict()`` in
+  the middle of a Keras epoch (or after a ``fit`` that raised in one) is refused
+  (LoaderError) rather than answered wrongly. A ``LoaderCursor`` tracks the view while
+  its ``fit`` runs: Keras calls no ``on_train_end`` when ``fit`` raises, so the next
+  Keras epoch of another call ends the tracking. ``fit(initial_epoch=N)`` on a loader
+  at the start of an earlier epoch starts at loader epoch N.
 * **stoker owns the order.** ``fit(shuffle=True)`` (Keras' default) asks for batch
   indices in a random order; the loader already shuffles per epoch with its own seed,
   so the index is ignored and the reader's next batch is returned.
@@ -112,6 +118,31 @@ def _trained_by_caller(reader: FrameType | None, frame: FrameType | None) -> boo
     return False
 
 
+def _running_iterators(frame: FrameType | None) -> list[Any]:
+    """Keras' epoch iterators of the ``fit``/``evaluate``/``predict`` calls running at
+    ``frame``, innermost first."""
+    found = []
+    while frame is not None:
+        if frame.f_code.co_name in _ENTRIES and frame.f_globals.get(
+                "__name__", "").startswith("keras"):
+            iterator = frame.f_locals.get("epoch_iterator")
+            if iterator is not None:
+                found.append(iterator)
+        frame = frame.f_back
+    return found
+
+
+def _fit_frame(frame: FrameType | None, iterator: Any) -> FrameType | None:
+    """The Keras ``fit`` running at ``frame`` whose epochs ``iterator`` walks."""
+    while frame is not None:
+        if frame.f_code.co_name == "fit" and frame.f_globals.get(
+                "__name__", "").startswith("keras"):
+            if frame.f_locals.get("epoch_iterator") is iterator:
+                return frame
+        frame = frame.f_back
+    return None
+
+
 def is_peek(frame: FrameType | None) -> bool:
     """Whether a call comes from Keras looking at shapes and dtypes, not training: the
     spec inference of ``get_tf_dataset``, or the build of an unbuilt model (torch and
@@ -132,9 +163,13 @@ class KerasDataset(keras.utils.PyDataset):
         # the stale calls tf.data's threads can still make.
         self._retired: deque[FrameType] = deque(maxlen=16)
         self._run: Iterator[Any] | None = None
+        self._reader_adapter: Any = None  # the Keras data adapter the reader belongs to
         self._reader_left = 0  # batches the current reader may still take
+        self._handed = 0  # batches the current reader took
         self._pending: deque[Position] = deque()  # handed out, not known consumed
         self._tracked = False  # a LoaderCursor acknowledges every step
+        self._tracker: Any = None  # the epoch iterator of the fit that LoaderCursor tracks
+        self._open: list[Any] = []  # Keras epoch iterators inside an epoch of this view
         self._filter: tuple | None = None
         self._complete: deque[Position] = deque()  # passes read to the end, not yet trained
         self._moves = loader._moves  # the loader's count of cursor moves when this pass began
@@ -165,26 +200,62 @@ class KerasDataset(keras.utils.PyDataset):
         return self.loader.position
 
     def _finished_pass(self) -> bool:
+        """Whether the current reader was read to its end within a Keras epoch that is
+        still running (its end will say the whole pass was trained on)."""
         return (self._run is not None and self._reader is not None and self._reader_left == 0
-                and not self._tracked and bool(self._pending))
+                and not self._tracked and bool(self._pending)
+                and any(getattr(iterator, "data_adapter", None) is self._reader_adapter
+                        for iterator in self._open))
+
+    def on_epoch_begin(self) -> None:
+        with self._lock:
+            caller = sys._getframe(1)
+            running = _running_iterators(caller)
+            # Epochs of calls that are not running any more (a fit() that raised: Keras
+            # calls no on_epoch_end, nor its callbacks' on_train_end) are over.
+            self._open = [it for it in self._open if any(it is run for run in running)]
+            if self._tracked and self._tracker is not None and not any(
+                    self._tracker is run for run in running):
+                self._tracked, self._tracker = False, None  # its LoaderCursor's fit is gone
+            where = _keras_frame(caller, ("_enumerate_iterator",), 3)
+            iterator = where.f_locals.get("self") if where is not None else None
+            if iterator is None:
+                return
+            self._open.append(iterator)
+            fit = _fit_frame(caller, iterator)
+            if fit is not None:
+                self._initial_epoch(fit.f_locals)
+
+    def _initial_epoch(self, fit: dict[str, Any]) -> None:
+        """``fit(initial_epoch=N)`` (or Keras' BackupAndRestore, which sets it) on a loader
+        at the start of an earlier epoch: the first Keras epoch is loader epoch N."""
+        epoch, first = fit.get("epoch"), fit.get("initial_epoch")
+        loader = self.loader
+        if (isinstance(epoch, int) and epoch == first and epoch > loader.epoch
+                and not loader.position.batch):
+            loader.set_epoch(epoch)
 
     def on_epoch_end(self) -> None:
         with self._lock:
             caller = sys._getframe(1)
-            if _keras_frame(caller, ("reset",), 3) is not None:
+            where = _keras_frame(
+                caller, ("reset", "_enumerate_iterator", "catch_stop_iteration"), 3)
+            how = where.f_code.co_name if where is not None else None
+            iterator = where.f_locals.get("self") if where is not None else None
+            self._open = [it for it in self._open if it is not iterator]
+            if how == "reset":
                 # Keras starting over (fit/evaluate/predict after building the model from
                 # a batch it pulled): nothing read so far was trained on.
                 self._abandon(retire=not _trained_by_caller(self._reader, caller))
             elif not self._tracked:
                 # Keras ended an epoch: it trained on the oldest pass read to its end (a
                 # distribution strategy prefetches the next pass before that, so there
-                # may be a newer one, read but not trained on yet).
+                # may be a newer one, read but not trained on yet), or on as many of the
+                # current reader's batches as its steps took.
                 if self._complete:
                     self._consumed(self._complete.popleft())
-                elif self._run is not None and self._reader_left == 0:
-                    self._commit(len(self._pending))
-                    self._run = None
-                    self._reader = None
+                elif self._run is not None:
+                    self._epoch_trained(how, iterator)
             if self._filter is not None:
                 try:
                     warnings.filters.remove(self._filter)
@@ -206,6 +277,23 @@ class KerasDataset(keras.utils.PyDataset):
             if self._run is None or (reader is not None and reader is not self._reader):
                 self._start_reader(reader)
             return self._next()
+
+    def _epoch_trained(self, how: str | None, iterator: Any) -> None:
+        """The cursor after a Keras epoch over the current reader. Keras reads ahead, but
+        its epoch iterator counts the steps it took: ``_steps_seen`` batches of its
+        current reader, or the whole reader when it ran out (``catch_stop_iteration``) or
+        was read to its end and replaced (``_steps_seen`` back at 0)."""
+        steps = getattr(iterator, "_steps_seen", None)
+        ours = getattr(iterator, "data_adapter", None) is self._reader_adapter
+        if how == "_enumerate_iterator" and ours and isinstance(steps, int) and steps > 0:
+            taken = self._handed - len(self._pending)  # committed already
+            self._commit(min(steps, self._handed) - taken)
+            return
+        whole = how == "catch_stop_iteration" or (how == "_enumerate_iterator" and ours)
+        if whole or self._reader_left == 0:
+            self._commit(len(self._pending))
+            self._run = None
+            self._reader = None
 
     # -- serving readers ------------------------------------------------------------------
 
@@ -241,6 +329,8 @@ class KerasDataset(keras.utils.PyDataset):
             self._run.close()  # type: ignore[attr-defined]
         self._pending.clear()
         self._reader = reader
+        self._reader_adapter = reader.f_locals.get("self") if reader is not None else None
+        self._handed = 0
         self._moves = self.loader._moves
         if self.loader.position.batch and reader is not None and self._filter is None:
             # This reader starts mid-epoch (a resume) and runs out early, on purpose, until
@@ -262,6 +352,7 @@ class KerasDataset(keras.utils.PyDataset):
         if self._reader is not None and not _TAKES_EMPTY_BATCHES:
             self._refuse_empty(position, batch)
         self._pending.append(position)
+        self._handed += 1
         self._reader_left = max(0, self._reader_left - 1)
         if self._reader is None and not self._tracked:
             self._commit(len(self._pending))  # no look-ahead to account for
@@ -310,13 +401,14 @@ class KerasDataset(keras.utils.PyDataset):
     def check_state(self) -> None:
         """Refuse a state that cannot be known: mid-epoch, with look-ahead, untracked."""
         with self._lock:
-            if self._pending and not self._tracked and self._reader is not None:
+            if self._pending and not self._tracked and self._reader is not None and (
+                    self._open or self._reader_adapter is None):
                 raise LoaderError(
                     "loader.state_dict() was called in the middle of a Keras epoch of this "
-                    "loader; Keras reads ahead, so the loader cannot tell which batches the "
-                    "model trained on. Add stoker.adapters.keras.LoaderCursor(loader) (or "
-                    "BackupAndRestore) to fit(callbacks=[...]) and the state is exact at "
-                    "every step"
+                    "loader (or after a fit() that raised in one); Keras reads ahead, so the "
+                    "loader cannot tell which batches the model trained on. Add "
+                    "stoker.adapters.keras.LoaderCursor(loader) (or BackupAndRestore) to "
+                    "fit(callbacks=[...]) and the state is exact at every step"
                 )
 
 
@@ -338,15 +430,19 @@ class LoaderCursor(keras.callbacks.Callback):
         return [view for view in list(self.loader._adapters) if isinstance(view, KerasDataset)]
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        running = _running_iterators(sys._getframe(1))
         for view in self._views():
-            view._tracked = True
+            with view._lock:
+                view._tracked = True
+                # tracked while this fit runs: one that raises calls no on_train_end
+                view._tracker = running[0] if running else None
         self._first_epoch = True
 
     def on_train_end(self, logs: dict | None = None) -> None:
         for view in self._views():
             with view._lock:  # what Keras read ahead and never trained on; the pass is over
                 view._abandon(retire=True)
-                view._tracked = False
+                view._tracked, view._tracker = False, None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if self._first_epoch and epoch > self.loader.epoch and not self.loader.position.batch:
