@@ -79,6 +79,44 @@ def test_any_source_saves_and_classes_come_along(tmp_path, samples):
         shared.release()
 
 
+_MIB = np.zeros((1024, 1024), np.uint8)  # 63 such samples make a chunk of save()'s
+
+
+class _Listed:
+    """A plain source (``__len__``/``__getitem__``) over a list of samples."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+@pytest.mark.parametrize(("items", "says"), [
+    ([(np.zeros(2), 1), (np.ones(2), 2, 99)],
+     "sample 1 is a tuple of 3 elements, but sample 0 is a tuple of 2"),
+    ([{"a": 1}, {"a": 2, "b": 3}], "sample 1 is a dict with keys ['a', 'b'], but sample 0"),
+    ([{"a": 1, "b": 2}, {"a": 1, "c": 2}], "keys ['a', 'c']"),
+    ([np.int64(1), np.uint64(2**63)], "dtype uint64, but sample 0's has shape () and dtype int64"),
+    ([np.array([1, 2], np.uint8), np.array([.5, 300.7], np.float32)], ".astype(np.uint8)"),
+    ([np.zeros(3), np.zeros(4)], "shape (4,) and dtype float64, but sample 0's has shape (3,)"),
+    ([(b"abc", 1), (np.zeros(3, np.uint8), 2)], "element 0 is an array, but sample 0's is byte"),
+    ([(_MIB, 1)] * 64 + [(_MIB, 1.5)], "sample 64: element 1 has shape () and dtype float64"),
+])
+def test_a_source_whose_samples_differ_is_refused_naming_the_sample(tmp_path, items, says):
+    """Red-team finding: save() of a plain source stacked each chunk as numpy would,
+    silently dropping a field (a third element, a key) or promoting a dtype (int64 and
+    uint64 to float64); a Loader refuses the same source. Every sample is checked
+    against sample 0 (the last case past the first chunk), and nothing is left."""
+    with pytest.raises(ValueError) as caught:
+        store.save(tmp_path / "s", _Listed(items))
+    assert says in str(caught.value), caught.value
+    assert not (tmp_path / "s").exists() and os.listdir(tmp_path) == []
+
+
 def test_the_writer_streams_batches_and_checks_them(tmp_path, samples):
     x, y = samples
     with store.Writer(tmp_path / "w") as writer:

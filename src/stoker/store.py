@@ -42,6 +42,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -685,15 +686,89 @@ def _chunks(data: Any) -> tuple[Iterable[Any], int]:
     n = len(data)
     if n == 0:
         raise ValueError("the source is empty (0 samples); there is nothing to save")
-    first_kind, first_fields = _sample_fields(data[0])
+    first = data[0]
+    first_kind, first_fields = _sample_fields(first)
     row_bytes = max(1, sum(a.nbytes for _, a in first_fields))
     step = max(1, _CHUNK_BYTES // row_bytes)
+    reference = _Reference.of(first, first_kind)
 
     def stacked():
         for start in range(0, n, step):
             samples = [data[i] for i in range(start, min(n, start + step))]
+            for offset, sample in enumerate(samples):
+                reference.check(sample, start + offset)
             yield _stack(samples, first_kind)
     return stacked(), n
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """Sample 0 of a source that ``save`` reads sample by sample: its structure, and each
+    field's shape and dtype (None: a field of byte records). Every other sample must
+    match it, so that no field is dropped and no dtype promoted without a word."""
+
+    kind: str
+    names: tuple[str, ...]
+    fields: tuple[tuple[tuple[int, ...], np.dtype] | None, ...]
+
+    @classmethod
+    def of(cls, sample: Any, kind: str) -> _Reference:
+        values = _values_of(sample, kind)
+        names = tuple(str(k) for k in sample) if kind == "dict" else tuple(
+            str(i) for i in range(len(values)))
+        fields = tuple(None if is_blob_list([v]) else (np.shape(v), np.asarray(v).dtype)
+                       for v in values)
+        return cls(kind, names, fields)
+
+    def _field(self, position: int) -> str:
+        return {"dict": f"field {self.names[position]!r}", "tuple": f"element {position}",
+                "array": "the sample"}[self.kind]
+
+    def check(self, sample: Any, index: int) -> None:
+        kind = ("dict" if isinstance(sample, Mapping) else "tuple"
+                if isinstance(sample, (tuple, list)) else "array")
+        names = (tuple(str(k) for k in sample) if kind == "dict"
+                 else tuple(str(i) for i in range(len(sample))) if kind == "tuple" else ())
+        if kind != self.kind or (kind != "array" and names != self.names):
+            raise ValueError(
+                f"sample {index} is {_describe(kind, names)}, but sample 0 is "
+                f"{_describe(self.kind, self.names)}; save() stores one structure for every "
+                "sample: make the source return the same fields for each"
+            )
+        for position, (value, field) in enumerate(
+                zip(_values_of(sample, kind), self.fields, strict=True)):
+            blob = is_blob_list([value])
+            if field is None or blob:
+                if field is None and blob:
+                    continue
+                was = "byte records" if field is None else "an array"
+                raise ValueError(
+                    f"sample {index}: {self._field(position)} is "
+                    f"{'byte records' if blob else 'an array'}, but sample 0's is {was}; "
+                    "every sample must hold the same kind of field"
+                )
+            shape, dtype = np.shape(value), np.asarray(value).dtype
+            if (shape, dtype) != field:
+                raise ValueError(
+                    f"sample {index}: {self._field(position)} has shape {shape} and dtype "
+                    f"{dtype}, but sample 0's has shape {field[0]} and dtype {field[1]}; "
+                    "save() stores every sample with one shape and dtype per field, never "
+                    "converting one: make them equal in the source ("
+                    + (f"e.g. .astype(np.{field[1]}))" if shape == field[0]
+                       else "one size for every image, e.g. cv2.resize)")
+                )
+
+
+def _values_of(sample: Any, kind: str) -> list[Any]:
+    if kind == "dict":
+        return list(sample.values())
+    return list(sample) if kind == "tuple" else [sample]
+
+
+def _describe(kind: str, names: tuple[str, ...]) -> str:
+    if kind == "dict":
+        return f"a dict with keys {list(names)}"
+    return f"a tuple of {len(names)} elements" if kind == "tuple" else "an array"
 
 
 def _rebuild(kind: str, fields: list[tuple[str, np.ndarray]], parts: list[np.ndarray]) -> Any:
