@@ -167,6 +167,19 @@ def test_native_crashes_and_exits_raise_worker_crashed(images, transform, exitco
     assert caught.value.exitcode == exitcode
 
 
+def test_a_crash_after_a_resume_names_the_batch_of_the_epoch(images):
+    """Red-team finding: the batch named was the run's (counted from the resume point),
+    not the epoch's; sample 50 is in batch 6 of batch_size 8 whatever came before."""
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=8, transform=exits, workers=2, shuffle=False) as loader:
+        epoch = iter(loader)
+        for _ in range(3):
+            next(epoch)
+        del epoch  # the cursor stays at batch 3; the next run starts there
+        with pytest.raises(stoker.WorkerCrashed, match="while producing batch 6 of epoch 0"):
+            list(loader)
+
+
 def test_the_loader_starts_new_workers_after_a_crash(images):
     data = stoker.from_arrays(*images)
     with stoker.Loader(data, batch_size=8, transform=slow, workers=2, seed=4) as loader:

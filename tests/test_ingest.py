@@ -70,10 +70,95 @@ def test_folder_errors_name_the_file(tmp_path, capsys):
     assert "1.png is 10x12" in capsys.readouterr().err
     (folder / "a" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
     assert main(["ingest", str(folder), "--out", str(tmp_path / "s"), "--no-progress"]) == 2
-    assert "1.png is not a readable image" in capsys.readouterr().err
+    assert "1.png is not an image stoker can decode: the PNG has no IEND" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
     assert main(["ingest", str(tmp_path / "nowhere.npy"), "--out", str(tmp_path / "s")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_what_a_decoded_folder_ingest_cannot_take_is_refused_before_writing(tmp_path, capsys):
+    """Red-team findings: a cut-off JPEG decoded with its missing part grey and was
+    stored (only --encoded checked files); a float TIFF gave numpy's "Invalid integer
+    data type 'f'", naming no file; a store written into the folder was read as a class
+    (of no samples) on the next ingest."""
+    folder = tmp_path / "photos"
+    for name in ("cat", "dog"):
+        (folder / name).mkdir(parents=True)
+        cv2.imwrite(str(folder / name / "0.png"), np.zeros((8, 8), np.uint8))
+    _, encoded = cv2.imencode(".jpg", np.random.default_rng(0).integers(
+        0, 256, (64, 64), dtype=np.uint8))
+    (folder / "cat" / "1.jpg").write_bytes(encoded.tobytes()[:len(encoded) // 2])
+    out = tmp_path / "s"
+
+    def refused(*flags):
+        assert main(["ingest", str(folder), "--out", str(out), "--no-progress", *flags]) == 2
+        assert not out.exists()
+        return capsys.readouterr().err
+
+    assert "1.jpg is not an image stoker can decode" in refused()
+    (folder / "cat" / "1.jpg").unlink()
+    cv2.imwrite(str(folder / "cat" / "1.tif"), np.zeros((8, 8), np.float32))
+    err = refused()
+    assert "1.tif holds float32 pixels" in err and "8 or 16 bits" in err, err
+    (folder / "cat" / "1.tif").unlink()
+    (folder / "bird").mkdir()
+    assert "bird holds no images" in refused()
+    (folder / "bird").rmdir()
+    inside = folder / "store"
+    assert main(["ingest", str(folder), "--out", str(inside), "--no-progress"]) == 2
+    assert "is inside the image folder" in capsys.readouterr().err and not inside.exists()
+    assert "--characters and --etl-format are for ETL files" in refused("--characters", "kanji")
+    assert main(["ingest", str(folder), "--out", str(out), "--no-progress"]) == 0
+
+
+def test_numpy_input_that_is_no_field_of_samples_gets_one_line_naming_it(tmp_path, capsys):
+    """Red-team findings: a cut-off .npz and `preview --from x.npz` printed tracebacks;
+    two .npz, or .npy with .npz, failed inside numpy ("unhashable type: 'slice'", or an
+    archive's count of arrays taken as its length); a 0-d array gave a bare TypeError,
+    and the catch-all line was cut off after "shows"; numpy's allow_pickle= advice and a
+    keyword (classes=) reached the command line; flags that do not apply were ignored."""
+    np.save(tmp_path / "x.npy", np.zeros((10, 4, 4), np.uint8))
+    np.save(tmp_path / "zero.npy", np.array(3))
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    np.savez(tmp_path / "d.npz", x=np.zeros((10, 4, 4), np.uint8), y=np.arange(10))
+    np.savez(tmp_path / "one.npz", a=np.array(1))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "d.npz").read_bytes()[:100])
+    (tmp_path / "junk.npy").write_bytes(b"hello world" * 10)
+    shutil.copy(tmp_path / "d.npz", tmp_path / "zipped.npy")
+    out = str(tmp_path / "o")
+
+    def said(*argv):
+        assert main([*argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert not (tmp_path / "o").exists()
+        return err
+
+    t = tmp_path
+    assert "zero.npy holds a single value (a 0-d array), not samples" in said(
+        "ingest", str(t / "zero.npy"), "--out", out)
+    assert "one.npz (a) holds a single value" in said("ingest", str(t / "one.npz"), "--out", out)
+    assert "cannot read" in said("ingest", str(t / "cut.npz"), "--out", out)
+    for pair in (("d.npz", "d.npz"), ("x.npy", "d.npz")):
+        assert "d.npz is an .npz archive among 2 inputs" in said(
+            "ingest", *(str(t / p) for p in pair), "--out", out)
+    err = said("ingest", str(t / "junk.npy"), "--out", out)
+    assert "it is no .npy file" in err and "allow_pickle" not in err, err
+    assert "zipped.npy is an .npz archive, not a .npy array: name it zipped.npz" in said(
+        "ingest", str(t / "zipped.npy"), "--out", out)
+    err = said("ingest", str(t / "s.npy"), "--out", out, "--no-progress")
+    assert "--classes FILE" in err and "classes=" not in err and err.rstrip().endswith(
+        "shows the traceback)"), err
+    assert "--size, --color do not apply to .npy/.npz input" in said(
+        "ingest", str(t / "x.npy"), "--size", "12", "--color", "--out", out)
+    assert "from 1 to 65536, got 100000" in said(
+        "ingest", str(t / "x.npy"), "--size", "100000", "--out", out)
+    png = str(t / "p.png")
+    assert "d.npz is an .npz archive: ingest it first" in said(
+        "preview", "--from", str(t / "d.npz"), "--out", png)
+    assert "--zoom must be >= 1, got 0" in said("preview", "--zoom", "0", "--out", png)
+    assert "--augmentations must be >= 1" in said(
+        "preview", "--augmentations", "0", "--out", png)
 
 
 def test_etl_files_become_kanji_samples(tmp_path, capsys):

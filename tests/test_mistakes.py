@@ -157,7 +157,7 @@ def files(tmp_path, monkeypatch):
 CLI_MISTAKES = [
     (["ingest", "x.npy", "y.npy", "--out", "d.stoker"], r"already exists; pass --overwrite"),
     (["ingest", "nowhere.npy", "--out", "n.stoker"], r"no such file or folder: nowhere\.npy"),
-    (["ingest", "photos", "--size", "-3", "--out", "n.stoker"], r"--size must be .* >= 1"),
+    (["ingest", "photos", "--size", "-3", "--out", "n.stoker"], r"--size .* 1 to 65536, got -3"),
     (["ingest", "cut.npy", "--out", "n.stoker"], r"cut\.npy .*truncated"),
     (["ingest", "photos", "--classes", "names.txt", "--out", "n.stoker"],
      r"--classes is for \.npy/\.npz input"),

@@ -386,6 +386,22 @@ def test_without_restarts_a_killed_actor_is_worker_crashed_with_advice(images, t
         assert caught.value.crashes
 
 
+def exit_on_50(sample, rng):
+    if sample[1] == 50:
+        os._exit(3)
+    return sample
+
+
+def test_a_crash_after_a_resume_names_the_batch_of_the_epoch(images):
+    """As with processes (test_failures.py): batch 6 of the epoch, not of the run."""
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=8, transform=exit_on_50, backend="ray", shuffle=False,
+                       workers=1) as loader:
+        loader.load_state_dict({**loader.state_dict(), "batches_done": 3})
+        with pytest.raises(stoker.WorkerCrashed, match="batch 6 of epoch 0"):
+            list(loader)
+
+
 def exit_at_once(sample, rng):
     os._exit(3)
 

@@ -202,7 +202,7 @@ def _ingest(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"no such file or folder: {', '.join(missing)}")
     if args.size is not None and not 1 <= args.size <= 65536:
-        raise ValueError(f"--size must be a number of pixels >= 1, got {args.size}")
+        raise ValueError(f"--size must be a number of pixels from 1 to 65536, got {args.size}")
     if (args.out.exists() or args.out.is_symlink()) and not args.overwrite:
         raise ValueError(f"{args.out} already exists; pass --overwrite to replace it "
                          "(atomically: it stays as it is until the new store is complete)")
@@ -213,6 +213,22 @@ def _ingest(args: argparse.Namespace) -> int:
         raise ValueError("--encoded keeps each file as it is, so --size and --color do not "
                          "apply: decode, resize and choose colour in the loader's transform "
                          "(Decode(mode='rgb' or 'grey'), RandomResizedCrop(224), Resize(...))")
+    if kind == "numpy":
+        extra = [flag for flag, given in (
+            ("--size", args.size is not None), ("--color", args.color),
+            ("--characters", args.characters is not None),
+            ("--etl-format", args.etl_format is not None)) if given]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} do{'es' if len(extra) == 1 else ''} not "
+                             "apply to .npy/.npz input, which holds its pixels as they are: "
+                             "resize or convert in the loader's transform")
+    if kind == "folder" and args.out.resolve().is_relative_to(inputs[0].resolve()):
+        raise ValueError(f"--out {args.out} is inside the image folder {inputs[0]}, so the "
+                         "next ingest of that folder would read the store as a class: "
+                         "write it elsewhere")
+    if kind == "folder" and (args.characters is not None or args.etl_format is not None):
+        raise ValueError("--characters and --etl-format are for ETL files; an image folder "
+                         "names its classes by its sub-folders")
     if args.classes is not None and kind != "numpy":
         raise ValueError(f"--classes is for .npy/.npz input; {kind} input names its own "
                          "classes (the sub-folders, or the characters of the ETL files)")
@@ -245,9 +261,10 @@ def _in_flags(call):
     functions behind them."""
     try:
         return call()
-    except (ValueError, FileExistsError) as error:
+    except (ValueError, TypeError, FileExistsError) as error:
         text = str(error)
-        for keyword, flag in (("format=", "--etl-format"), ("overwrite=True", "--overwrite")):
+        for keyword, flag in (("format=", "--etl-format"), ("overwrite=True", "--overwrite"),
+                              ("as classes=", "with --classes FILE (one per line)")):
             text = text.replace(keyword, flag)
         if text == str(error):
             raise
@@ -277,17 +294,23 @@ def _preview(args: argparse.Namespace) -> int:
 
     from .augment.preview import grid, write_png
 
-    if args.images < 1:
-        raise ValueError("--images must be >= 1")
+    for flag, value in (("--images", args.images), ("--augmentations", args.augmentations),
+                        ("--zoom", args.zoom)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     recipe = _recipe(args.recipe)  # a wrong --recipe fails before any data is read
     if args.source is not None and args.source.is_dir():  # a store: its image field
         data = _open_store(args.source, "--from")
         images = np.asarray(data._arrays[_image_field(data, "--from")][:args.images])
     elif args.source is not None:
-        try:
-            images = np.load(args.source, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot read images from {args.source}: {error}") from None
+        from .ingest import _loaded
+
+        if args.source.suffix == ".npz":
+            raise ValueError(f"--from takes a .npy array of images or a store; {args.source} "
+                             f"is an .npz archive: ingest it first (stoker ingest "
+                             f"{args.source} --out STORE) and give --from STORE")
+        with _loaded(args.source, "a .npy array", mmap_mode="r") as images:
+            pass
         if images.ndim not in (3, 4):
             raise ValueError(f"{args.source} holds an array of shape {images.shape}; "
                              "expected images (N, H, W) or (N, H, W, C)")
@@ -452,13 +475,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ValueError, OSError, TypeError, LookupError, RuntimeError, _cv2_error()) as error:
+    except Exception as error:  # one line, whatever it is; --debug shows the traceback
         if args.debug:
             raise
         text = " ".join(str(error).split()) or type(error).__name__
-        if not isinstance(error, (ValueError, OSError)):
-            text = f"{type(error).__name__}: {text} (stoker --debug {args.command} ... shows "
-            "the traceback)"
+        if not isinstance(error, (ValueError, OSError, _cv2_error())):
+            text = (f"{type(error).__name__}: {text} (stoker --debug {args.command} ... "
+                    "shows the traceback)")
         print(f"stoker {args.command}: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,7 +16,9 @@ Three kinds of input, each read in chunks and appended to a :class:`stoker.store
 
 from __future__ import annotations
 
+import contextlib
 import os
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,29 +59,33 @@ class Plan:
 
 def from_numpy(paths: Sequence[str | os.PathLike]) -> Plan:
     paths = [Path(p) for p in paths]
-    if len(paths) == 1 and paths[0].suffix == ".npz":
-        with np.load(paths[0], allow_pickle=False) as archive:
+    archives = [p for p in paths if p.suffix == ".npz"]
+    if archives and len(paths) > 1:
+        raise ValueError(
+            f"{archives[0]} is an .npz archive among {len(paths)} inputs; an archive holds "
+            "its fields itself: ingest it alone, or give .npy files, one per field"
+        )
+    if archives:
+        archive_path = archives[0]
+        with _loaded(archive_path, "an .npz archive") as archive:
             names = list(archive.files)
             if not names:
-                raise ValueError(f"{paths[0]} holds no arrays")
-            lengths = {name: len(archive[name]) for name in names}
+                raise ValueError(f"{archive_path} holds no arrays")
+            lengths = {name: _rows(_read(archive, name, archive_path),
+                                   f"{archive_path} ({name})") for name in names}
 
         def from_npz() -> Iterator[Any]:
-            with np.load(paths[0], allow_pickle=False) as archive:
+            with np.load(archive_path, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in names}
                 for start in range(0, total, _CHUNK):
                     yield {k: v[start:start + _CHUNK] for k, v in arrays.items()}
-        total = _equal_lengths(lengths, paths[0])
+        total = _equal_lengths(lengths, archive_path)
         return Plan(from_npz(), total)
     arrays = []
     for path in paths:
-        try:
-            arrays.append(np.load(path, mmap_mode="r", allow_pickle=False))
-        except (OSError, ValueError) as error:
-            why = ("it is shorter than its header says: truncated (an interrupted copy or "
-                   "download?)" if "mmap length" in str(error) else str(error))
-            raise ValueError(f"cannot read {path} as a .npy array: {why}") from None
-    total = _equal_lengths({str(p): len(a) for p, a in zip(paths, arrays, strict=True)},
+        with _loaded(path, "a .npy array", mmap_mode="r") as array:
+            arrays.append(array)
+    total = _equal_lengths({str(p): _rows(a, str(p)) for p, a in zip(paths, arrays, strict=True)},
                            paths[0])
     row_bytes = max(1, sum(a[:1].nbytes for a in arrays))
     step = max(1, (64 << 20) // row_bytes)
@@ -89,6 +95,51 @@ def from_numpy(paths: Sequence[str | os.PathLike]) -> Plan:
             parts = tuple(np.asarray(a[start:start + step]) for a in arrays)
             yield parts[0] if len(parts) == 1 else parts
     return Plan(sliced(), total)
+
+
+@contextlib.contextmanager
+def _loaded(path: Path, what: str, **options: Any) -> Iterator[Any]:
+    """``np.load(path)`` (never unpickling), a file that is no such thing said so."""
+    try:
+        loaded = np.load(path, allow_pickle=False, **options)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        text = str(error)
+        why = ("it is shorter than its header says: truncated (an interrupted copy or "
+               "download?)" if "mmap length" in text
+               else "it is no .npy file (no .npy header: another format, or pickled Python "
+               "objects, which a store cannot hold)" if "allow_pickle" in text
+               else "it is no zip archive, or a cut-off one" if isinstance(
+                   error, zipfile.BadZipFile) else text or type(error).__name__)
+        raise ValueError(f"cannot read {path} as {what}: {why}") from None
+    if what.startswith("an .npz") != isinstance(loaded, np.lib.npyio.NpzFile):
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            loaded.close()
+        kind, suffix = (("an .npz archive", ".npz") if what.startswith("a .npy")
+                        else ("a .npy array", ".npy"))
+        rename = f": name it {path.stem}{suffix}" if path.suffix != suffix else ""
+        raise ValueError(f"{path} is {kind}, not {what}{rename}")
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            yield loaded
+    else:
+        yield loaded
+
+
+def _read(archive: Any, name: str, path: Path) -> np.ndarray:
+    try:
+        return archive[name]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        why = ("it holds pickled Python objects, which a store cannot hold"
+               if "allow_pickle" in str(error) else str(error) or type(error).__name__)
+        raise ValueError(f"cannot read array {name!r} of {path}: {why}") from None
+
+
+def _rows(array: np.ndarray, where: str) -> int:
+    """The samples of a field: its first axis (a 0-d array holds none)."""
+    if array.ndim == 0:
+        raise ValueError(f"{where} holds a single value (a 0-d array), not samples: a field "
+                         "needs one row per sample along its first axis")
+    return len(array)
 
 
 def _equal_lengths(lengths: dict[str, int], where: Path) -> int:
@@ -120,15 +171,22 @@ def from_folder(root: str | os.PathLike, *, size: int | None = None, color: bool
             f"no images in {root}: expected one sub-folder per class holding image files "
             f"({', '.join(IMAGE_SUFFIXES)})"
         )
+    held = {label for label, _ in files}
+    for label, name in enumerate(classes):  # a class of no samples: a stray folder
+        if label not in held:
+            raise ValueError(
+                f"{root / name} holds no images ({', '.join(IMAGE_SUFFIXES)}), so it would "
+                "be a class without samples; remove it, or add its images"
+            )
     for _, path in files:  # an image's name on what is no file loses a sample unseen
         if not path.is_file():
             what = "a folder" if path.is_dir() else "a link to nothing" if path.is_symlink() \
                 else "not a regular file"
             raise ValueError(f"{path} is named as an image but is {what}; remove it or "
                              "point it at the image")
+    for _, path in files:  # before anything is written: a bad file ends it at once (a
+        _refuse_unless_image(path)  # cut-off JPEG decodes, its missing part grey)
     if encoded:
-        for _, path in files:  # before anything is written: a bad file ends it at once
-            _refuse_unless_image(path)
         return Plan(_encoded(files), len(files), classes)
     converted = {"grey": 0, "resized": 0}
 
@@ -140,6 +198,12 @@ def from_folder(root: str | os.PathLike, *, size: int | None = None, color: bool
                 image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
                 if image is None:
                     raise ValueError(f"{path} is not a readable image (corrupt or truncated?)")
+                if image.dtype.kind not in "u":
+                    raise ValueError(
+                        f"{path} holds {image.dtype} pixels; an image folder is ingested as "
+                        "8-bit images (16-bit ones are converted): convert it to 8 or 16 "
+                        "bits, or load such images into an array and ingest it as .npy"
+                    )
                 if image.dtype != np.uint8:  # 16-bit PNG/TIFF: to 8 bits, as IMREAD_COLOR
                     image = cv2.convertScaleAbs(image, alpha=255 / np.iinfo(image.dtype).max)
                 if image.ndim == 3 and image.shape[2] == 4:

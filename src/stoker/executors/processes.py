@@ -934,7 +934,7 @@ class ProcessExecutor:
         if lost and lost[0].batch == -1:
             detail = " while making the first sample (to learn the batch layout)"
         elif lost:
-            detail = f" while producing batch {lost[0].batch} of epoch {lost[0].epoch}"
+            detail = f" while producing batch {lost[0].number} of epoch {lost[0].epoch}"
         self._shutdown()
         if self._max_restarts:
             advice = (

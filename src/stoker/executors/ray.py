@@ -760,7 +760,7 @@ class RayExecutor:
                     ready = flight.results is not None or ray.wait(
                         [flight.ref], timeout=_POLL_SECONDS, fetch_local=True)[0]
                     if ready:
-                        out = self._take(next_batch, epoch)
+                        out = self._take(next_batch, epoch, first_batch)
                         next_batch += 1
                     else:
                         self._check_progress(flight, first_batch + next_batch, epoch,
@@ -793,9 +793,11 @@ class RayExecutor:
             self._in_flight[batch] = flight
         actor.queued += 1
 
-    def _take(self, batch: int, epoch: int) -> list[np.ndarray]:
-        """Batch ``batch`` of the run, its task's reply fetched the first time."""
+    def _take(self, batch: int, epoch: int, first_batch: int) -> list[np.ndarray]:
+        """Batch ``batch`` of the run (from batch ``first_batch`` of its epoch), its
+        task's reply fetched the first time."""
         flight = self._in_flight.pop(batch)
+        number = first_batch + batch  # in the epoch: what messages name
         position = batch - flight.first
         if position == flight.count - 1:  # the task's last batch: its actor is free of it
             flight.actor.queued -= 1
@@ -803,10 +805,10 @@ class RayExecutor:
             if flight.results is None:
                 if self._stats is not None:  # one look at the others per task: ~50 µs
                     flight.ready_behind = self._batches_ready(flight) - flight.count
-                flight.results = self._fetch(flight, batch, epoch)
+                flight.results = self._fetch(flight, number, epoch)
             if self._stats is not None:  # this batch and its task's later ones are ready
                 self._stats.queue(flight.count - position + flight.ready_behind)
-            return self._receive(flight, position, batch, epoch)
+            return self._receive(flight, position, number, epoch)
         finally:  # its task has ended, whatever it replied: the slot may be lent again
             landing = flight.landings[position]
             if landing is not None and self._landing is not None:
