@@ -139,7 +139,7 @@ def test_numpy_input_that_is_no_field_of_samples_gets_one_line_naming_it(tmp_pat
         "ingest", str(t / "zero.npy"), "--out", out)
     assert "one.npz (a) holds a single value" in said("ingest", str(t / "one.npz"), "--out", out)
     assert "cannot read" in said("ingest", str(t / "cut.npz"), "--out", out)
-    for pair in (("d.npz", "d.npz"), ("x.npy", "d.npz")):
+    for pair in (("d.npz", "one.npz"), ("x.npy", "d.npz")):
         assert "d.npz is an .npz archive among 2 inputs" in said(
             "ingest", *(str(t / p) for p in pair), "--out", out)
     err = said("ingest", str(t / "junk.npy"), "--out", out)
@@ -153,6 +153,11 @@ def test_numpy_input_that_is_no_field_of_samples_gets_one_line_naming_it(tmp_pat
         "ingest", str(t / "x.npy"), "--size", "12", "--color", "--out", out)
     assert "from 1 to 65536, got 100000" in said(
         "ingest", str(t / "x.npy"), "--size", "100000", "--out", out)
+    assert "x.npy is given twice" in said("ingest", str(t / "x.npy"), str(t / "x.npy"),
+                                          "--out", out)
+    (t / "photos").mkdir()
+    assert "photos is a folder; an image folder is ingested alone" in said(
+        "ingest", str(t / "x.npy"), str(t / "photos"), "--out", out)
     png = str(t / "p.png")
     assert "d.npz is an .npz archive: ingest it first" in said(
         "preview", "--from", str(t / "d.npz"), "--out", png)

@@ -193,6 +193,8 @@ def test_a_forgotten_loader_is_cleaned_up_by_the_garbage_collector(images):
     ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
     ({"batch_size": 2.5}, TypeError, "batch_size must be an int"),
     ({"batch_size": 8, "workers": -1}, ValueError, "workers must be >= 0"),
+    ({"batch_size": 8, "workers": 10**6}, ValueError,
+     r"workers=1000000 is more than 32 worker processes for each of this machine's"),
     ({"batch_size": 8, "prefetch": 0}, ValueError, "prefetch"),
     ({"batch_size": 8, "backend": "threads"}, ValueError, "backend must be one of"),
     ({"batch_size": 8, "backend": "inline", "workers": 2}, ValueError, "inline"),
@@ -209,6 +211,19 @@ def test_bad_arguments_are_refused_at_construction(images, kwargs, error, match)
     data = stoker.from_arrays(*images)
     with pytest.raises(error, match=match):
         stoker.Loader(data, **kwargs)
+
+
+def test_a_released_source_says_so(images):
+    """Red-team finding: after release(), data[3] was "tuple index out of range" and a
+    Loader failed in its workers with "a module it needs may be missing"."""
+    data = stoker.from_arrays(*images)
+    train, _ = data.split(0.5)
+    data.release()
+    assert data.released
+    for call in (lambda: data[3], lambda: train[0], lambda: stoker.Loader(data, batch_size=8),
+                 lambda: stoker.Loader(train, batch_size=8)):
+        with pytest.raises(ValueError, match=r"freed by release\(\); make it again"):
+            call()
 
 
 def test_an_unpicklable_transform_is_refused_with_advice(images):

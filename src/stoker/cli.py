@@ -201,6 +201,17 @@ def _ingest(args: argparse.Namespace) -> int:
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
         raise ValueError(f"no such file or folder: {', '.join(missing)}")
+    given: dict[Path, Path] = {}
+    for path in inputs:
+        if path.resolve() in given:
+            also = given[path.resolve()]
+            raise ValueError(f"{path} is given twice{'' if also == path else f' (also as {also})'}"
+                             "; give each input once, or its samples are stored twice")
+        given[path.resolve()] = path
+    folders = [p for p in inputs if p.is_dir()]
+    if folders and kind != "folder":
+        raise ValueError(f"{folders[0]} is a folder; an image folder is ingested alone "
+                         f"(stoker ingest FOLDER --out STORE), and {kind} input is files")
     if args.size is not None and not 1 <= args.size <= 65536:
         raise ValueError(f"--size must be a number of pixels from 1 to 65536, got {args.size}")
     if (args.out.exists() or args.out.is_symlink()) and not args.overwrite:

@@ -52,6 +52,10 @@ BACKENDS = ("processes", "inline", "ray")
 _PROBE_SAMPLES = 64
 
 
+# The most worker processes a Loader starts per usable core (more is a mistake, not speed).
+_OVERSUBSCRIBED = 32
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoaderOptions:
     """The loader's settings, validated once; errors name the argument and the fix."""
@@ -160,6 +164,16 @@ class LoaderOptions:
             raise ValueError(
                 f"backend='inline' runs in this process, so workers must be 0 or None, "
                 f"got workers={self.workers}"
+            )
+        if (self.backend == "processes" and isinstance(self.workers, (int, np.integer))
+                and self.workers > _OVERSUBSCRIBED * usable_cpu_count()):
+            cores = usable_cpu_count()
+            raise ValueError(
+                f"workers={self.workers} is more than {_OVERSUBSCRIBED} worker processes for "
+                f"each of this machine's {cores} usable cores: they would compete for the "
+                f"cores (and memory, and file descriptors) without making batches faster; "
+                f"pass workers=None (one per core), a number up to "
+                f"{_OVERSUBSCRIBED * cores}, or workers=\"auto\""
             )
         if self.start_method is not None and self.start_method not in START_METHODS:
             raise ValueError(

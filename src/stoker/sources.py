@@ -68,9 +68,12 @@ class _ArrayFields(_Splittable):
     _arrays: list[np.ndarray]
 
     def __getitem__(self, index: int) -> Any:
+        arrays = self._arrays
+        if not arrays:  # an ArraySource after release()
+            raise ValueError(_RELEASED)
         if self._kind == "array":
-            return self._arrays[0][index]
-        return structured(self._kind, self._names, [array[index] for array in self._arrays])
+            return arrays[0][index]
+        return structured(self._kind, self._names, [array[index] for array in arrays])
 
     @property
     def arrays(self) -> Any:
@@ -114,6 +117,13 @@ class ArraySource(_ArrayFields):
         """Free the shared memory now (the owner only). Loaders using it must be closed."""
         self._arrays = []
         self._block.release()
+        self._released = True
+
+    @property
+    def released(self) -> bool:
+        """Whether ``release()`` freed the samples (nothing can read them any more)."""
+        return getattr(self, "_released", False)
+
 
     def __reduce__(self):
         return (ArraySource, (self._block, self._specs, self._kind))
@@ -306,7 +316,14 @@ def as_source(obj: Any) -> Any:
         )
     if len(obj) == 0:
         raise ValueError("the source is empty (0 samples); there is nothing to load")
+    if getattr(obj, "released", False) or getattr(getattr(obj, "base", None), "released",
+                                                   False):
+        raise ValueError(_RELEASED)
     return obj
+
+
+_RELEASED = ("this source's shared memory was freed by release(); make it again with "
+             "stoker.from_arrays(...) (release() is for the end, after its loaders closed)")
 
 
 def split(

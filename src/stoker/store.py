@@ -881,7 +881,7 @@ def _read_meta(path: Path) -> tuple[dict[str, Any], bytes]:
         raise StoreError(f"{meta_path} cannot be read: {error}") from None
     try:
         meta = json.loads(raw)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: absurdly nested
         raise StoreError(f"{meta_path} is corrupt: {error}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise StoreError(f"{meta_path} does not describe a stoker store (format "

@@ -150,7 +150,8 @@ def _open_or_render(name: str, faces: tuple[Face, ...], size: int) -> store.Stor
     try:
         return store.open(path)
     except store.StoreError:
-        if path.exists():  # damaged: render again, replacing it atomically
+        if path.exists():  # damaged: removed, then rendered again (the write of a store
+            # is atomic: a kill leaves no store or a whole one, never half of one)
             import shutil
 
             shutil.rmtree(path, ignore_errors=True)
