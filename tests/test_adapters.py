@@ -258,7 +258,9 @@ def test_a_second_iteration_of_a_tf_dataset_never_feeds_the_first_zeros():
         dataset = loader.tf_dataset()
         first = iter(dataset)
         labels = [next(first)["label"].numpy()]
-        assert "call loader.tf_dataset() again" in raised(lambda: next(iter(dataset)))
+        said = raised(lambda: next(iter(dataset)))
+        assert "an iteration of this tf.data.Dataset is under way" in said, said
+        assert "iterate one at a time" in said and "call loader.tf_dataset() again" in said
         labels += [batch["label"].numpy() for batch in first]  # goes on, untouched
         np.testing.assert_array_equal(np.concatenate(labels), expected)
         assert loader.position.epoch == 1 and loader.position.batch == 0

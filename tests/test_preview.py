@@ -94,7 +94,7 @@ def test_cli_reads_images_from_an_npy_file_and_reports_bad_input(tmp_path, capsy
     assert main(["preview", "--from", str(tmp_path / "junk.npy"), "--out", str(out)]) == 2
     errors = capsys.readouterr().err
     assert "expected images" in errors and "cannot find recipe" in errors
-    assert "cannot read images" in errors
+    assert "cannot read" in errors and "junk.npy as a .npy array: it is no .npy file" in errors
 
 
 def test_the_installed_command_runs(tmp_path):

@@ -69,6 +69,14 @@ class _Reader:
         (``self._lock`` held)."""
         loader = self.loader
         position = loader.position
+        if len(loader) - position.batch != self.declared and self._run is not None:
+            raise LoaderError(  # refused: nothing changes, the iteration under way goes on
+                f"an iteration of this tf.data.Dataset is under way (the loader's cursor is "
+                f"at batch {position.batch} of epoch {position.epoch}), and a new one would "
+                f"have {len(loader) - position.batch} of its {self.declared} batches; iterate "
+                "one at a time: finish or drop the first iterator, then call "
+                "loader.tf_dataset() again for the rest of the epoch"
+            )
         if len(loader) - position.batch != self.declared:  # refused: nothing changes
             raise LoaderError(
                 f"this tf.data.Dataset was made for {self.declared} batches an "
