@@ -384,7 +384,6 @@ class Loader:
                 "set drop_remainder=False"
             )
         self.seed = int(seed) if seed is not None else secrets.randbits(63)
-        self._seed_given = seed is not None  # a state of another seed is refused
         self._transform = Transform.wrap(
             transform, check_finite=self.options.check_finite, seeders=global_rng_seeders(),
             batch=BatchTransform.wrap(batch_transform, seeders=global_rng_seeders(),
@@ -479,15 +478,10 @@ class Loader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from ``state``, a ``state_dict()``: the next iteration continues that epoch
         after the last batch taken. Checked completely before anything changes; an iteration still
-        running ends (its next step raises LoaderError). A loader made with ``seed=None``
-        takes the state's seed; one made with another seed refuses it."""
+        running ends (its next step raises LoaderError). The state's seed replaces the
+        loader's (``loader.seed`` says it): the run resumed is the one that was saved,
+        whatever seed this loader was made with."""
         seed, cursor = parse_state(state, self._fixed_state(), len(self))
-        if self._seed_given and seed != self.seed:
-            raise ValueError(
-                f"the state was saved by a loader with seed={seed}, and this one was made "
-                f"with seed={self.seed}: its batches would not be the run's. Make the loader "
-                f"with seed={seed} (or seed=None, which takes the state's)"
-            )
         self.seed = seed
         self._move_cursor(cursor, "load_state_dict()")
 
