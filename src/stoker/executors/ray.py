@@ -805,7 +805,8 @@ class RayExecutor:
             if flight.results is None:
                 if self._stats is not None:  # one look at the others per task: ~50 µs
                     flight.ready_behind = self._batches_ready(flight) - flight.count
-                flight.results = self._fetch(flight, number, epoch)
+                head = first_batch + flight.first  # the task's batches, in the epoch
+                flight.results = self._fetch(flight, head, epoch, head + flight.count - 1)
             if self._stats is not None:  # this batch and its task's later ones are ready
                 self._stats.queue(flight.count - position + flight.ready_behind)
             return self._receive(flight, position, number, epoch)
@@ -827,9 +828,12 @@ class RayExecutor:
                                 if flight is not head and (flight.results is not None
                                                            or flight.ref in done_refs))
 
-    def _fetch(self, flight: _InFlight, batch: int, epoch: int) -> list[tuple]:
-        """The reply to ``flight``'s task: a result per batch, up to a failure."""
-        what = f"batch {batch} of epoch {epoch}"
+    def _fetch(self, flight: _InFlight, batch: int, epoch: int, last: int | None = None
+               ) -> list[tuple]:
+        """The reply to ``flight``'s task (batches ``batch`` to ``last`` of the epoch): a
+        result per batch, up to a failure."""
+        what = (f"batch {batch} of epoch {epoch}" if last is None or last == batch
+                else f"batches {batch}-{last} of epoch {epoch}")
         (results,) = self._reply(flight, f"produce {what}", f"producing {what}")
         return results
 
