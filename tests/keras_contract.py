@@ -237,25 +237,41 @@ class Served(KerasDataset):
 
 
 class EvaluateOn(keras.callbacks.Callback):
-    def __init__(self, dataset):
+    def __init__(self, dataset, every_batch=False):
         super().__init__()
-        self.dataset = dataset
+        self.dataset, self.every_batch = dataset, every_batch
 
     def on_epoch_end(self, epoch, logs=None):
-        self.model.evaluate(self.dataset, verbose=0)
+        if not self.every_batch:
+            self.model.evaluate(self.dataset, verbose=0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every_batch and batch == 1:
+            self.model.evaluate(self.dataset, steps=2, verbose=0)
 
 
-def a_reader_going_on_after_a_nested_pass_gets_real_batches():
-    """Red-team finding: a pass inside fit() (validation on the training view, evaluate()
-    in a callback) over a reader that spans Keras epochs (steps_per_epoch) must not
-    retire it: that reader is live, and zeros would be trained on."""
-    for how in ("validation", "callback"):
+def a_nested_pass_mid_epoch_is_refused_and_at_an_epoch_end_is_exact():
+    """Red-team findings: a pass inside fit() over the training view (validation on it,
+    evaluate() in a callback) while fit's pass is in the middle of a loader epoch
+    (steps_per_epoch, or mid-epoch in on_train_batch_end) took batches from the same
+    cursor: some trained twice, some validated then trained. It is refused, naming the
+    fix; with whole loader epochs the nested pass is the next loader epoch, exactly."""
+    for how in ("validation", "callback", "mid-epoch"):
         with loader() as train:
             ds = Served(train)
             extra = ({"validation_data": ds} if how == "validation"
-                     else {"callbacks": [EvaluateOn(ds)]})
-            model().fit(ds, steps_per_epoch=2, epochs=4, verbose=0, **extra)
-            assert ds.rows and set(ds.rows) == {BATCH}, (how, ds.rows)
+                     else {"callbacks": [EvaluateOn(ds, every_batch=how == "mid-epoch")]})
+            steps = {} if how == "mid-epoch" else {"steps_per_epoch": 2}
+            try:
+                model().fit(ds, epochs=4, verbose=0, **steps, **extra)
+            except stoker.LoaderError as error:
+                assert "a loader of its own" in str(error), error
+            else:
+                raise AssertionError(f"a nested pass mid-epoch ({how}) was not refused")
+    with loader() as train:
+        ds = Recording(train)
+        model().fit(ds, validation_data=ds, epochs=2, verbose=0)
+        assert epochs_of(ds.seen, 4) == [plan(train, e) for e in range(4)]
 
 
 def initial_epoch_is_honoured():
@@ -317,6 +333,36 @@ def evaluate_and_predict_with_steps_walk_on():
                 assert len(out) == steps.count * BATCH, out.shape
         assert walked == [(Position(0, 2), 2), (Position(0, 4), 2), (Position(1, 0), 1),
                           (Position(1, 2), 2)], walked
+
+
+def stop_training_mid_epoch_then_fit_goes_on():
+    """Red-team finding: model.stop_training mid-epoch (EarlyStopping, TerminateOnNaN)
+    leaves Keras' epoch with a break, so no epoch end came, and the next fit() trained
+    the same batches again. The steps the stopped epoch took are committed."""
+    with loader() as train:
+        ds, m = Recording(train), model()
+        m.fit(ds, epochs=3, verbose=0, callbacks=[StopAt(1)])
+        state = train.state_dict()  # fit() returned: known
+        assert (state["epoch"], state["batches_done"]) == (0, 2), state
+        ds.seen.clear()
+        m.fit(ds, epochs=1, verbose=0)
+        assert np.concatenate(ds.seen).tolist() == plan(train, 0)[2 * BATCH:]
+        assert train.position == Position(1, 0), train.position
+
+
+def initial_epoch_with_steps_per_epoch_is_no_loader_epoch():
+    """Red-team finding: with steps_per_epoch != len(loader), Keras epoch N is no loader
+    epoch; fit(initial_epoch=2) (as Keras' BackupAndRestore restarts) jumped to loader
+    epoch 2 and skipped batches. It walks on from the cursor instead."""
+    for tracked in (False, True):
+        with loader() as train:
+            ds = Recording(train)
+            extra = [LoaderCursor(train)] if tracked else []
+            steps = Steps()
+            model().fit(ds, initial_epoch=2, epochs=3, steps_per_epoch=3, verbose=0,
+                        callbacks=[*extra, steps])
+            assert np.concatenate(ds.seen).tolist()[:3 * BATCH] == plan(train, 0)[:3 * BATCH]
+            assert train.position == Position(0, 3), (tracked, train.position)
 
 
 class RaiseAt(keras.callbacks.Callback):
@@ -421,9 +467,11 @@ if __name__ == "__main__":
     untracked_steps_per_epoch_walks_each_batch_once()
     evaluate_and_predict_with_steps_walk_on()
     a_tracked_fit_that_raised_leaves_later_fits_exact()
+    stop_training_mid_epoch_then_fit_goes_on()
+    initial_epoch_with_steps_per_epoch_is_no_loader_epoch()
     a_tracked_fit_stopped_mid_epoch_leaves_an_exact_state()
     a_call_after_fit_returned_changes_nothing()
-    a_reader_going_on_after_a_nested_pass_gets_real_batches()
+    a_nested_pass_mid_epoch_is_refused_and_at_an_epoch_end_is_exact()
     a_resumed_epoch_ends_after_the_batches_that_remain()
     an_empty_batch_is_stepped_over_or_refused_clearly()
     print("OK")

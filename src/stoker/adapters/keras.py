@@ -132,10 +132,15 @@ def _running_iterators(frame: FrameType | None) -> list[Any]:
     return found
 
 
-def _fit_frame(frame: FrameType | None, iterator: Any) -> FrameType | None:
-    """The Keras ``fit`` running at ``frame`` whose epochs ``iterator`` walks."""
+_STOP_FLAGS = {"fit": "stop_training", "evaluate": "stop_evaluating",
+               "predict": "stop_predicting"}
+
+
+def _entry_frame(frame: FrameType | None, iterator: Any) -> FrameType | None:
+    """The Keras ``fit``/``evaluate``/``predict`` running at ``frame`` whose epochs
+    ``iterator`` walks."""
     while frame is not None:
-        if frame.f_code.co_name == "fit" and frame.f_globals.get(
+        if frame.f_code.co_name in _ENTRIES and frame.f_globals.get(
                 "__name__", "").startswith("keras"):
             if frame.f_locals.get("epoch_iterator") is iterator:
                 return frame
@@ -170,6 +175,7 @@ class KerasDataset(keras.utils.PyDataset):
         self._tracked = False  # a LoaderCursor acknowledges every step
         self._tracker: Any = None  # the epoch iterator of the fit that LoaderCursor tracks
         self._open: list[Any] = []  # Keras epoch iterators inside an epoch of this view
+        self._callers: dict[int, tuple[Any, str]] = {}  # id(iterator): (model, stop flag)
         self._filter: tuple | None = None
         self._complete: deque[Position] = deque()  # passes read to the end, not yet trained
         self._moves = loader._moves  # the loader's count of cursor moves when this pass began
@@ -213,7 +219,10 @@ class KerasDataset(keras.utils.PyDataset):
             running = _running_iterators(caller)
             # Epochs of calls that are not running any more (a fit() that raised: Keras
             # calls no on_epoch_end, nor its callbacks' on_train_end) are over.
+            self._settle(running)
             self._open = [it for it in self._open if any(it is run for run in running)]
+            self._callers = {key: value for key, value in self._callers.items()
+                             if any(id(it) == key for it in self._open)}
             if self._tracked and self._tracker is not None and not any(
                     self._tracker is run for run in running):
                 self._tracked, self._tracker = False, None  # its LoaderCursor's fit is gone
@@ -222,16 +231,35 @@ class KerasDataset(keras.utils.PyDataset):
             if iterator is None:
                 return
             self._open.append(iterator)
-            fit = _fit_frame(caller, iterator)
-            if fit is not None:
-                self._initial_epoch(fit.f_locals)
+            entry = _entry_frame(caller, iterator)
+            if entry is not None:
+                self._callers[id(iterator)] = (entry.f_locals.get("self"),
+                                               _STOP_FLAGS[entry.f_code.co_name])
+                if entry.f_code.co_name == "fit":
+                    self._initial_epoch(entry.f_locals)
+
+    def _settle(self, running: list[Any]) -> None:
+        """Epochs of calls no longer running: one that Keras left with ``break`` (the
+        model's ``stop_training``, as EarlyStopping mid-epoch or TerminateOnNaN set it)
+        trained its epoch iterator's steps, so they are committed; one that raised is
+        unknown (``check_state`` refuses until a new pass starts)."""
+        for iterator in [it for it in self._open if not any(it is run for run in running)]:
+            model, flag = self._callers.get(id(iterator), (None, ""))
+            if model is None or not getattr(model, flag, False):
+                continue
+            if (not self._tracked and self._run is not None
+                    and getattr(iterator, "data_adapter", None) is self._reader_adapter):
+                self._epoch_trained("_enumerate_iterator", iterator)
+            self._open = [it for it in self._open if it is not iterator]
+            self._callers.pop(id(iterator), None)
 
     def _initial_epoch(self, fit: dict[str, Any]) -> None:
         """``fit(initial_epoch=N)`` (or Keras' BackupAndRestore, which sets it) on a loader
         at the start of an earlier epoch: the first Keras epoch is loader epoch N."""
         epoch, first = fit.get("epoch"), fit.get("initial_epoch")
         loader = self.loader
-        if (isinstance(epoch, int) and epoch == first and epoch > loader.epoch
+        whole = fit.get("steps_per_epoch") in (None, len(loader))  # Keras epoch = loader's
+        if (whole and isinstance(epoch, int) and epoch == first and epoch > loader.epoch
                 and not loader.position.batch):
             loader.set_epoch(epoch)
 
@@ -243,7 +271,10 @@ class KerasDataset(keras.utils.PyDataset):
             how = where.f_code.co_name if where is not None else None
             iterator = where.f_locals.get("self") if where is not None else None
             self._open = [it for it in self._open if it is not iterator]
+            self._callers.pop(id(iterator), None)
             if how == "reset":
+                self._refuse_nested(caller, getattr(iterator, "data_adapter", None))
+                self._settle(_running_iterators(caller))
                 # Keras starting over (fit/evaluate/predict after building the model from
                 # a batch it pulled): nothing read so far was trained on.
                 self._abandon(retire=not _trained_by_caller(self._reader, caller))
@@ -268,6 +299,9 @@ class KerasDataset(keras.utils.PyDataset):
         caller = sys._getframe(1)
         if is_peek(caller):
             with self._lock:  # a new fit/evaluate/predict: the passes before are over
+                peeker = _keras_frame(caller, _PEEKERS, 12)
+                self._refuse_nested(caller, peeker.f_locals.get("self") if peeker else None)
+                self._settle(_running_iterators(caller))
                 self._abandon(retire=not _trained_by_caller(self._reader, caller))
             return self._peek(index)
         reader = _keras_frame(caller, _READERS, 4)
@@ -275,6 +309,7 @@ class KerasDataset(keras.utils.PyDataset):
             if reader is not None and any(old is reader for old in self._retired):
                 return self._peek(index)  # a pass that is over: nobody reads this
             if self._run is None or (reader is not None and reader is not self._reader):
+                self._refuse_nested(caller, reader.f_locals.get("self") if reader else None)
                 self._start_reader(reader)
             return self._next()
 
@@ -294,6 +329,29 @@ class KerasDataset(keras.utils.PyDataset):
             self._commit(len(self._pending))
             self._run = None
             self._reader = None
+
+    def _refuse_nested(self, caller: FrameType | None, adapter: Any) -> None:
+        """A pass (validation, an evaluate() in a callback) over this view inside a fit
+        whose own pass over it is in the middle of a loader epoch (``steps_per_epoch``,
+        or mid-step): both would take batches from the one cursor, so neither could be
+        exact. Refused, naming the fix; at a loader epoch's end it is fine."""
+        if (self._run is None or self._reader is None or adapter is self._reader_adapter
+                or not _trained_by_caller(self._reader, caller)):
+            return  # no pass under way, or the same pass's next reader
+        trained = self._handed - len(self._pending) > 0 or any(
+            getattr(it, "data_adapter", None) is self._reader_adapter
+            and getattr(it, "_steps_seen", 0) > 0 for it in self._open)
+        if not trained:  # only read ahead (the next loader epoch, prefetched): given back
+            return
+        position = self.loader.position
+        raise LoaderError(
+            f"a validation pass or evaluate()/predict() on the loader that this fit() trains "
+            f"on, while that fit() is in the middle of a loader epoch (at batch "
+            f"{position.batch} of epoch {position.epoch}): both would take batches from the "
+            "loader's one cursor. Validate on a loader of its own, e.g. "
+            "validation_data=stoker.Loader(val, batch_size=..., shuffle=False).keras() (or "
+            "train whole loader epochs: no steps_per_epoch)"
+        )
 
     # -- serving readers ------------------------------------------------------------------
 
@@ -401,6 +459,7 @@ class KerasDataset(keras.utils.PyDataset):
     def check_state(self) -> None:
         """Refuse a state that cannot be known: mid-epoch, with look-ahead, untracked."""
         with self._lock:
+            self._settle(_running_iterators(sys._getframe(1)))
             if self._pending and not self._tracked and self._reader is not None and (
                     self._open or self._reader_adapter is None):
                 raise LoaderError(
@@ -445,8 +504,10 @@ class LoaderCursor(keras.callbacks.Callback):
                 view._tracked, view._tracker = False, None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if self._first_epoch and epoch > self.loader.epoch and not self.loader.position.batch:
-            self.loader.set_epoch(epoch)  # initial_epoch
+        whole = (self.params or {}).get("steps") in (None, len(self.loader))
+        if (self._first_epoch and whole and epoch > self.loader.epoch
+                and not self.loader.position.batch):
+            self.loader.set_epoch(epoch)  # initial_epoch (a Keras epoch is a loader epoch)
         self._first_epoch = False
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
