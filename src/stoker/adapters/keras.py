@@ -39,8 +39,15 @@ How Keras reads a PyDataset, and what this adapter makes of it:
   the middle of a Keras epoch (or after a ``fit`` that raised in one) is refused
   (LoaderError) rather than answered wrongly. A ``LoaderCursor`` tracks the view while
   its ``fit`` runs: Keras calls no ``on_train_end`` when ``fit`` raises, so the next
-  Keras epoch of another call ends the tracking. ``fit(initial_epoch=N)`` on a loader
-  at the start of an earlier epoch starts at loader epoch N.
+  Keras epoch of another call ends the tracking. A Keras epoch left with ``break``
+  (``model.stop_training``) has no epoch end either: the next call commits the steps
+  its epoch iterator took. ``fit(initial_epoch=N)`` on a loader at the start of an
+  earlier epoch starts at loader epoch N, when a Keras epoch is a loader epoch (no
+  ``steps_per_epoch``, or ``len(loader)``).
+* **One pass at a time.** A pass nested in a ``fit`` (validation on the training view,
+  an ``evaluate`` in a callback) is the next loader epoch when the fit's pass ended at
+  a loader epoch's end; in the middle of one (``steps_per_epoch``, or mid-epoch), both
+  would take batches from the one cursor, so it is refused (LoaderError).
 * **stoker owns the order.** ``fit(shuffle=True)`` (Keras' default) asks for batch
   indices in a random order; the loader already shuffles per epoch with its own seed,
   so the index is ignored and the reader's next batch is returned.
