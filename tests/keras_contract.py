@@ -90,12 +90,17 @@ def fit_evaluate_predict_again_and_again():
 
 
 class Steps(keras.callbacks.Callback):
+    """Counts the steps of fit(), evaluate() or predict() (used on calls without
+    validation, so the count is of one kind)."""
+
     def __init__(self):
         super().__init__()
         self.count = 0
 
     def on_train_batch_end(self, batch, logs=None):
         self.count += 1
+
+    on_test_batch_end = on_predict_batch_end = on_train_batch_end
 
 
 def steps_per_epoch_walks_whole_epochs():
@@ -142,12 +147,17 @@ def state_during_fit_is_what_the_model_trained_on():
 
 
 class StopAt(keras.callbacks.Callback):
-    def __init__(self, step):
+    """Stops fit() after step ``step``: with ``stop_training`` (as EarlyStopping does), or
+    by raising out of it (``raising``: as a NaN guard or a Ctrl-C does)."""
+
+    def __init__(self, step, raising=False):
         super().__init__()
-        self.step = step
+        self.step, self.raising = step, raising
 
     def on_train_batch_end(self, batch, logs=None):
         if batch == self.step:
+            if self.raising:
+                raise RuntimeError("stopped")
             self.model.stop_training = True
 
 
@@ -307,17 +317,6 @@ def untracked_steps_per_epoch_walks_each_batch_once():
         assert epochs_of([np.array(trained)], 4) == [plan(train, e) for e in range(4)]
 
 
-class EvalSteps(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def on_test_batch_end(self, batch, logs=None):
-        self.count += 1
-
-    on_predict_batch_end = on_test_batch_end
-
-
 def evaluate_and_predict_with_steps_walk_on():
     """evaluate(steps=2) / predict(steps=2) on a 5-batch loader: each takes the next
     batches from the cursor (the third only the one left in its epoch), never the same
@@ -325,7 +324,7 @@ def evaluate_and_predict_with_steps_walk_on():
     with loader(shuffle=False) as val:
         ds, m, walked = Recording(val), model(), []
         for call in ("evaluate", "evaluate", "evaluate", "predict"):
-            steps = EvalSteps()
+            steps = Steps()
             ds.seen.clear()
             out = getattr(m, call)(ds, steps=2, verbose=0, callbacks=[steps])
             walked.append((val.position, steps.count))
@@ -358,23 +357,10 @@ def initial_epoch_with_steps_per_epoch_is_no_loader_epoch():
         with loader() as train:
             ds = Recording(train)
             extra = [LoaderCursor(train)] if tracked else []
-            steps = Steps()
             model().fit(ds, initial_epoch=2, epochs=3, steps_per_epoch=3, verbose=0,
-                        callbacks=[*extra, steps])
+                        callbacks=extra)
             assert np.concatenate(ds.seen).tolist()[:3 * BATCH] == plan(train, 0)[:3 * BATCH]
             assert train.position == Position(0, 3), (tracked, train.position)
-
-
-class RaiseAt(keras.callbacks.Callback):
-    """Raises out of fit() after step ``step`` (as a NaN guard or a Ctrl-C does)."""
-
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch == self.step:
-            raise RuntimeError("stopped")
 
 
 def a_tracked_fit_that_raised_leaves_later_fits_exact():
@@ -384,7 +370,7 @@ def a_tracked_fit_that_raised_leaves_later_fits_exact():
     with loader() as train:
         ds, m = Recording(train), model()
         try:
-            m.fit(ds, epochs=2, verbose=0, callbacks=[LoaderCursor(train), RaiseAt(2)])
+            m.fit(ds, epochs=2, verbose=0, callbacks=[LoaderCursor(train), StopAt(2, raising=True)])
         except RuntimeError:
             pass
         else:

@@ -320,7 +320,7 @@ def _preview(args: argparse.Namespace) -> int:
             raise ValueError(f"--from takes a .npy array of images or a store; {args.source} "
                              f"is an .npz archive: ingest it first (stoker ingest "
                              f"{args.source} --out STORE) and give --from STORE")
-        with _loaded(args.source, "a .npy array", mmap_mode="r") as images:
+        with _loaded(args.source, archive=False, mmap_mode="r") as images:
             pass
         if images.ndim not in (3, 4):
             raise ValueError(f"{args.source} holds an array of shape {images.shape}; "

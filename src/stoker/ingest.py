@@ -67,7 +67,7 @@ def from_numpy(paths: Sequence[str | os.PathLike]) -> Plan:
         )
     if archives:
         archive_path = archives[0]
-        with _loaded(archive_path, "an .npz archive") as archive:
+        with _loaded(archive_path, archive=True) as archive:
             names = list(archive.files)
             if not names:
                 raise ValueError(f"{archive_path} holds no arrays")
@@ -83,7 +83,7 @@ def from_numpy(paths: Sequence[str | os.PathLike]) -> Plan:
         return Plan(from_npz(), total)
     arrays = []
     for path in paths:
-        with _loaded(path, "a .npy array", mmap_mode="r") as array:
+        with _loaded(path, archive=False, mmap_mode="r") as array:
             arrays.append(array)
     total = _equal_lengths({str(p): _rows(a, str(p)) for p, a in zip(paths, arrays, strict=True)},
                            paths[0])
@@ -98,8 +98,10 @@ def from_numpy(paths: Sequence[str | os.PathLike]) -> Plan:
 
 
 @contextlib.contextmanager
-def _loaded(path: Path, what: str, **options: Any) -> Iterator[Any]:
-    """``np.load(path)`` (never unpickling), a file that is no such thing said so."""
+def _loaded(path: Path, *, archive: bool, **options: Any) -> Iterator[Any]:
+    """``np.load(path)`` (never unpickling): an .npz archive (``archive``) or a .npy
+    array, a file that is no such thing said so."""
+    what = "an .npz archive" if archive else "a .npy array"
     try:
         loaded = np.load(path, allow_pickle=False, **options)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
@@ -111,11 +113,10 @@ def _loaded(path: Path, what: str, **options: Any) -> Iterator[Any]:
                else "it is no zip archive, or a cut-off one" if isinstance(
                    error, zipfile.BadZipFile) else text or type(error).__name__)
         raise ValueError(f"cannot read {path} as {what}: {why}") from None
-    if what.startswith("an .npz") != isinstance(loaded, np.lib.npyio.NpzFile):
+    if archive != isinstance(loaded, np.lib.npyio.NpzFile):
         if isinstance(loaded, np.lib.npyio.NpzFile):
             loaded.close()
-        kind, suffix = (("an .npz archive", ".npz") if what.startswith("a .npy")
-                        else ("a .npy array", ".npy"))
+        kind, suffix = ("a .npy array", ".npy") if archive else ("an .npz archive", ".npz")
         rename = f": name it {path.stem}{suffix}" if path.suffix != suffix else ""
         raise ValueError(f"{path} is {kind}, not {what}{rename}")
     if isinstance(loaded, np.lib.npyio.NpzFile):

@@ -117,13 +117,11 @@ class ArraySource(_ArrayFields):
         """Free the shared memory now (the owner only). Loaders using it must be closed."""
         self._arrays = []
         self._block.release()
-        self._released = True
 
     @property
     def released(self) -> bool:
         """Whether ``release()`` freed the samples (nothing can read them any more)."""
-        return getattr(self, "_released", False)
-
+        return not self._arrays
 
     def __reduce__(self):
         return (ArraySource, (self._block, self._specs, self._kind))

@@ -67,7 +67,7 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import keras
 
@@ -109,50 +109,47 @@ def _entry(frame: FrameType | None) -> str | None:
     return found.f_code.co_name if found is not None else None
 
 
+def _entries(frame: FrameType | None) -> Iterator[FrameType]:
+    """The Keras ``fit``/``evaluate``/``predict`` calls running at ``frame``, innermost
+    first."""
+    while frame is not None:
+        if frame.f_code.co_name in _ENTRIES and frame.f_globals.get(
+                "__name__", "").startswith("keras"):
+            yield frame
+        frame = frame.f_back
+
+
 def _trained_by_caller(reader: FrameType | None, frame: FrameType | None) -> bool:
     """Whether ``reader`` (a Keras generator frame) feeds a ``fit``/``evaluate``/
     ``predict`` still running below ``frame``: one whose epoch iterator reads through
     the reader's data adapter (a validation pass, or an ``evaluate`` in a callback,
     runs inside the ``fit`` that goes on with it)."""
     adapter = reader.f_locals.get("self") if reader is not None else None
-    while adapter is not None and frame is not None:
-        if frame.f_code.co_name in _ENTRIES and frame.f_globals.get(
-                "__name__", "").startswith("keras"):
-            iterator = frame.f_locals.get("epoch_iterator")
-            if getattr(iterator, "data_adapter", None) is adapter:
-                return True
-        frame = frame.f_back
-    return False
+    return adapter is not None and any(
+        getattr(entry.f_locals.get("epoch_iterator"), "data_adapter", None) is adapter
+        for entry in _entries(frame))
 
 
 def _running_iterators(frame: FrameType | None) -> list[Any]:
-    """Keras' epoch iterators of the ``fit``/``evaluate``/``predict`` calls running at
-    ``frame``, innermost first."""
-    found = []
-    while frame is not None:
-        if frame.f_code.co_name in _ENTRIES and frame.f_globals.get(
-                "__name__", "").startswith("keras"):
-            iterator = frame.f_locals.get("epoch_iterator")
-            if iterator is not None:
-                found.append(iterator)
-        frame = frame.f_back
-    return found
+    """Keras' epoch iterators of the calls running at ``frame``, innermost first."""
+    return [it for it in (entry.f_locals.get("epoch_iterator") for entry in _entries(frame))
+            if it is not None]
 
 
 _STOP_FLAGS = {"fit": "stop_training", "evaluate": "stop_evaluating",
                "predict": "stop_predicting"}
 
 
-def _entry_frame(frame: FrameType | None, iterator: Any) -> FrameType | None:
-    """The Keras ``fit``/``evaluate``/``predict`` running at ``frame`` whose epochs
-    ``iterator`` walks."""
-    while frame is not None:
-        if frame.f_code.co_name in _ENTRIES and frame.f_globals.get(
-                "__name__", "").startswith("keras"):
-            if frame.f_locals.get("epoch_iterator") is iterator:
-                return frame
-        frame = frame.f_back
-    return None
+class _OpenEpoch(NamedTuple):
+    """A Keras epoch over this view that began and has not ended: its epoch iterator,
+    and the model and flag (``stop_training``, ...) of the call that runs it."""
+
+    iterator: Any
+    model: Any
+    stop_flag: str
+
+    def running(self, running: list[Any]) -> bool:
+        return any(self.iterator is it for it in running)
 
 
 def is_peek(frame: FrameType | None) -> bool:
@@ -181,8 +178,7 @@ class KerasDataset(keras.utils.PyDataset):
         self._pending: deque[Position] = deque()  # handed out, not known consumed
         self._tracked = False  # a LoaderCursor acknowledges every step
         self._tracker: Any = None  # the epoch iterator of the fit that LoaderCursor tracks
-        self._open: list[Any] = []  # Keras epoch iterators inside an epoch of this view
-        self._callers: dict[int, tuple[Any, str]] = {}  # id(iterator): (model, stop flag)
+        self._open: list[_OpenEpoch] = []  # Keras epochs over this view under way
         self._filter: tuple | None = None
         self._complete: deque[Position] = deque()  # passes read to the end, not yet trained
         self._moves = loader._moves  # the loader's count of cursor moves when this pass began
@@ -217,8 +213,8 @@ class KerasDataset(keras.utils.PyDataset):
         still running (its end will say the whole pass was trained on)."""
         return (self._run is not None and self._reader is not None and self._reader_left == 0
                 and not self._tracked and bool(self._pending)
-                and any(getattr(iterator, "data_adapter", None) is self._reader_adapter
-                        for iterator in self._open))
+                and any(getattr(epoch.iterator, "data_adapter", None) is self._reader_adapter
+                        for epoch in self._open))
 
     def on_epoch_begin(self) -> None:
         with self._lock:
@@ -227,9 +223,7 @@ class KerasDataset(keras.utils.PyDataset):
             # Epochs of calls that are not running any more (a fit() that raised: Keras
             # calls no on_epoch_end, nor its callbacks' on_train_end) are over.
             self._settle(running)
-            self._open = [it for it in self._open if any(it is run for run in running)]
-            self._callers = {key: value for key, value in self._callers.items()
-                             if any(id(it) == key for it in self._open)}
+            self._open = [epoch for epoch in self._open if epoch.running(running)]
             if self._tracked and self._tracker is not None and not any(
                     self._tracker is run for run in running):
                 self._tracked, self._tracker = False, None  # its LoaderCursor's fit is gone
@@ -237,28 +231,26 @@ class KerasDataset(keras.utils.PyDataset):
             iterator = where.f_locals.get("self") if where is not None else None
             if iterator is None:
                 return
-            self._open.append(iterator)
-            entry = _entry_frame(caller, iterator)
-            if entry is not None:
-                self._callers[id(iterator)] = (entry.f_locals.get("self"),
-                                               _STOP_FLAGS[entry.f_code.co_name])
-                if entry.f_code.co_name == "fit":
-                    self._initial_epoch(entry.f_locals)
+            entry = next((frame for frame in _entries(caller)
+                          if frame.f_locals.get("epoch_iterator") is iterator), None)
+            name = entry.f_code.co_name if entry is not None else ""
+            self._open.append(_OpenEpoch(iterator, entry and entry.f_locals.get("self"),
+                                         _STOP_FLAGS.get(name, "")))
+            if name == "fit":
+                self._initial_epoch(entry.f_locals)
 
     def _settle(self, running: list[Any]) -> None:
         """Epochs of calls no longer running: one that Keras left with ``break`` (the
         model's ``stop_training``, as EarlyStopping mid-epoch or TerminateOnNaN set it)
         trained its epoch iterator's steps, so they are committed; one that raised is
         unknown (``check_state`` refuses until a new pass starts)."""
-        for iterator in [it for it in self._open if not any(it is run for run in running)]:
-            model, flag = self._callers.get(id(iterator), (None, ""))
-            if model is None or not getattr(model, flag, False):
+        for epoch in [epoch for epoch in self._open if not epoch.running(running)]:
+            if not (epoch.stop_flag and getattr(epoch.model, epoch.stop_flag, False)):
                 continue
             if (not self._tracked and self._run is not None
-                    and getattr(iterator, "data_adapter", None) is self._reader_adapter):
-                self._epoch_trained("_enumerate_iterator", iterator)
-            self._open = [it for it in self._open if it is not iterator]
-            self._callers.pop(id(iterator), None)
+                    and getattr(epoch.iterator, "data_adapter", None) is self._reader_adapter):
+                self._epoch_trained("_enumerate_iterator", epoch.iterator)
+            self._open = [other for other in self._open if other is not epoch]
 
     def _initial_epoch(self, fit: dict[str, Any]) -> None:
         """``fit(initial_epoch=N)`` (or Keras' BackupAndRestore, which sets it) on a loader
@@ -277,8 +269,7 @@ class KerasDataset(keras.utils.PyDataset):
                 caller, ("reset", "_enumerate_iterator", "catch_stop_iteration"), 3)
             how = where.f_code.co_name if where is not None else None
             iterator = where.f_locals.get("self") if where is not None else None
-            self._open = [it for it in self._open if it is not iterator]
-            self._callers.pop(id(iterator), None)
+            self._open = [epoch for epoch in self._open if epoch.iterator is not iterator]
             if how == "reset":
                 self._refuse_nested(caller, getattr(iterator, "data_adapter", None))
                 self._settle(_running_iterators(caller))
@@ -346,8 +337,8 @@ class KerasDataset(keras.utils.PyDataset):
                 or not _trained_by_caller(self._reader, caller)):
             return  # no pass under way, or the same pass's next reader
         trained = self._handed - len(self._pending) > 0 or any(
-            getattr(it, "data_adapter", None) is self._reader_adapter
-            and getattr(it, "_steps_seen", 0) > 0 for it in self._open)
+            getattr(epoch.iterator, "data_adapter", None) is self._reader_adapter
+            and getattr(epoch.iterator, "_steps_seen", 0) > 0 for epoch in self._open)
         if not trained:  # only read ahead (the next loader epoch, prefetched): given back
             return
         position = self.loader.position

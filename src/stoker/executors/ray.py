@@ -828,11 +828,10 @@ class RayExecutor:
                                 if flight is not head and (flight.results is not None
                                                            or flight.ref in done_refs))
 
-    def _fetch(self, flight: _InFlight, batch: int, epoch: int, last: int | None = None
-               ) -> list[tuple]:
+    def _fetch(self, flight: _InFlight, batch: int, epoch: int, last: int) -> list[tuple]:
         """The reply to ``flight``'s task (batches ``batch`` to ``last`` of the epoch): a
         result per batch, up to a failure."""
-        what = (f"batch {batch} of epoch {epoch}" if last is None or last == batch
+        what = (f"batch {batch} of epoch {epoch}" if last == batch
                 else f"batches {batch}-{last} of epoch {epoch}")
         (results,) = self._reply(flight, f"produce {what}", f"producing {what}")
         return results
