@@ -313,3 +313,21 @@ def test_a_tf_dataset_iteration_whose_first_batch_fails_starts_no_second_run():
         labels = np.concatenate([labels.numpy() for _, labels in dataset])
         np.testing.assert_array_equal(labels, np.concatenate(loader.epoch_batches(0)))
         assert (loader.position.epoch, loader.position.batch) == (1, 0)
+
+
+def test_a_closed_loader_says_so_to_every_consumer(images):
+    """close() under a live tf.data iterator, or before the dataset is iterated again,
+    is named as such (it was blamed on the cursor, with advice that cannot work), and
+    no new view of a closed loader is made."""
+    data = stoker.from_arrays(*images)
+    loader = stoker.Loader(data, batch_size=32, workers=2, seed=0)
+    dataset = loader.tf_dataset()
+    iterator = iter(dataset)
+    next(iterator)
+    torch_batches = iter(loader.torch())
+    loader.close()
+    for call in (lambda: next(iterator), lambda: list(dataset), lambda: next(torch_batches),
+                 loader.keras, loader.tf_dataset, loader.torch, lambda: next(iter(loader))):
+        said = raised(call)
+        assert "this Loader is closed; create a new one" in said, said
+        assert "cursor" not in said and "epoch ended" not in said, said

@@ -139,9 +139,12 @@ def test_a_killed_worker_raises_worker_crashed_quickly(images, sig):
                 pass
         assert time.monotonic() - started < 10
         pids = loader.worker_pids
+        crashed = loader.crashes
     assert caught.value.exitcode == -sig and caught.value.signal == sig
     assert "max_worker_restarts" in str(caught.value)
     assert not pids  # the pool was shut down
+    assert [code for _, code in crashed] == [-sig]
+    assert loader.crashes == crashed  # the record outlives close() (it was emptied)
 
 
 def segfault(sample, rng):

@@ -106,3 +106,17 @@ def test_stats_print_as_one_line(images):
         text = str(loader.stats())
     assert text.startswith("1 batch, 50 samples") and "\n" not in text
     assert "start-up" in text
+    # a rate over the batches that were waiting already says nothing: none is printed
+    assert "too few batches after the first to time (0; it takes 10)" in text
+    assert "samples/s" not in text
+
+
+def test_stats_print_rates_once_there_are_enough_batches(images):
+    x, y = images
+    with stoker.Loader(stoker.from_arrays(x, y), batch_size=10, workers=0) as loader:
+        for _ in loader:
+            pass
+        stats = loader.stats()
+    assert stats.judged_batches == len(loader) - 1 >= 10
+    text = str(stats)
+    assert "samples/s, waited" in text and "too few" not in text, text

@@ -47,6 +47,7 @@ from .stats import LoaderStats, StatsRecorder
 __all__ = ["Loader", "LoaderOptions"]
 
 BACKENDS = ("processes", "inline", "ray")
+CLOSED = "this Loader is closed; create a new one"
 # How many of epoch 0's first samples the layout may be read off: the first one that a
 # filtering transform (stoker.Many()) keeps.
 _PROBE_SAMPLES = 64
@@ -400,6 +401,7 @@ class Loader:
             _check_picklable(self.source, "source")
         self._layout: BatchLayout | None = None
         self._executor: Executor | None = None
+        self._crashed: tuple[tuple[int, int | None], ...] = ()  # kept by close()
         self._cursor = Position(0, 0)
         self._moves = 0  # set_epoch() and load_state_dict() calls: adapters check it
         self._run_id = 0
@@ -508,9 +510,12 @@ class Loader:
         first = np.concatenate(self.epoch_batches(0))[:_PROBE_SAMPLES]
         return tuple(int(i) for i in first), epoch_key(self.seed, 0, Purpose.SAMPLES)
 
-    def _get_executor(self) -> Executor:
+    def _refuse_closed(self) -> None:
         if self._closed:
-            raise LoaderError("this Loader is closed; create a new one")
+            raise LoaderError(CLOSED)
+
+    def _get_executor(self) -> Executor:
+        self._refuse_closed()
         if self._executor is None:
             if self._start_workers == 0:
                 self._executor = InlineExecutor(self.source, self._transform, self._probe())
@@ -551,7 +556,7 @@ class Loader:
             if self._closed:  # close() ran in another thread while this one was made
                 self._finalizer()
                 self._executor = None
-                raise LoaderError("this Loader is closed; create a new one")
+                raise LoaderError(CLOSED)
         return self._executor
 
     def __iter__(self) -> Iterator[Any]:
@@ -562,7 +567,7 @@ class Loader:
     def _start_run(self) -> tuple[int, Position]:
         """Claim the loader for a new run at the cursor; the run before it ends."""
         if self._closed:
-            raise LoaderError("this Loader is closed; create a new one")
+            raise LoaderError(CLOSED)
         self._end_run("a newer iteration of this loader started")
         return self._run_id, self._cursor
 
@@ -644,6 +649,7 @@ class Loader:
         One view per loader: every call returns the same object."""
         from .adapters.keras import KerasDataset
 
+        self._refuse_closed()
         if self._keras is None:
             self._keras = KerasDataset(self)
         return self._keras
@@ -654,6 +660,7 @@ class Loader:
         ``fit()`` (stoker shuffles; Keras only warns that it cannot)."""
         from .adapters.tf import tf_dataset
 
+        self._refuse_closed()
         return tf_dataset(self)
 
     def torch(self, *, pin_memory: bool = False) -> Any:
@@ -662,6 +669,7 @@ class Loader:
         loader itself: batches are numpy arrays, which ``jax.device_put`` takes as is."""
         from .adapters.torch import TorchBatches
 
+        self._refuse_closed()
         return TorchBatches(self, pin_memory=pin_memory)
 
     # -- clean-up ---------------------------------------------------------------------
@@ -687,7 +695,7 @@ class Loader:
         None on Ray, which does not report it), whether they were replaced
         (``max_worker_restarts``) or not."""
         executor = self._executor
-        return list(executor.crashes) if executor is not None else []
+        return list(executor.crashes) if executor is not None else list(self._crashed)
 
     @property
     def closed(self) -> bool:
@@ -699,6 +707,9 @@ class Loader:
         self._closed = True
         # An iteration running in another thread (Keras', tf.data's) ends with a
         # LoaderError: its executor stops below, and its next step sees the loader closed.
+        executor = self._executor
+        if executor is not None:  # the record outlives the workers
+            self._crashed = tuple(executor.crashes)
         self._finalizer()
         for adapter in list(self._adapters):
             adapter.release()  # a run an adapter holds, suspended, must not pin the source
@@ -734,7 +745,7 @@ class _ClosedSource:
         return self._length
 
     def __getitem__(self, index: int) -> Any:
-        raise RuntimeError("this Loader is closed; create a new one")
+        raise RuntimeError(CLOSED)
 
 
 def _close_executor(holder: list[Any]) -> None:

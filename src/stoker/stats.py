@@ -121,10 +121,15 @@ class LoaderStats:
         return f"{where}; about {needed} workers would balance it (workers={needed})"
 
     def __str__(self) -> str:
+        judged = self._judged[0]
+        if judged < MIN_BATCHES:  # a rate over a few prefetched batches says nothing
+            rates = (f"too few batches after the first to time ({judged}; it takes "
+                     f"{MIN_BATCHES})")
+        else:
+            rates = (f"{self.samples_per_s:.0f} samples/s, waited {self.wait_fraction:.0%}, "
+                     f"workers busy {self.worker_utilisation:.0%}")
         return (f"{plural(self.batches, 'batch')}, {plural(self.samples, 'sample')}, "
-                f"{self.samples_per_s:.0f} samples/s, waited {self.wait_fraction:.0%}, "
-                f"workers busy {self.worker_utilisation:.0%}, queue depth "
-                f"{self.queue_depth:.1f}, start-up {self.startup_s:.2f} s")
+                f"{rates}, queue depth {self.queue_depth:.1f}, start-up {self.startup_s:.2f} s")
 
 
 @dataclass

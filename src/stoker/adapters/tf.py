@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from ..cursor import end_held_run
 from ..errors import LoaderError
+from ..loader import CLOSED
 from ._tf_exit import read_by_tensorflow, tensorflow_call
 
 if TYPE_CHECKING:
@@ -73,7 +74,8 @@ class _Reader:
             raise LoaderError(  # refused: nothing changes, the iteration under way goes on
                 f"an iteration of this tf.data.Dataset is under way (the loader's cursor is "
                 f"at batch {position.batch} of epoch {position.epoch}), and a new one would "
-                f"have {len(loader) - position.batch} of its {self.declared} batches; iterate "
+                f"have {len(loader) - position.batch} of its {self.declared} batches (a take(n), "
+                "or an iterator not run to its end, leaves the cursor mid-epoch); iterate "
                 "one at a time: finish or drop the first iterator, then call "
                 "loader.tf_dataset() again for the rest of the epoch"
             )
@@ -95,6 +97,8 @@ class _Reader:
         """Batch ``index`` of the iteration named ``token`` (0: a new iteration, whose
         first batch this is), as the iteration's token and the layout's arrays."""
         with tensorflow_call(), self._lock:
+            if self.loader.closed:  # before any other reason this iteration cannot go on
+                raise LoaderError(CLOSED)
             if int(token) == 0:
                 if int(index) != 0:  # the scan keeps token 0 only if batch 0 failed
                     raise LoaderError(
