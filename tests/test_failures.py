@@ -77,6 +77,59 @@ def test_a_transform_changing_its_output_mid_epoch_is_an_error(images, transform
     assert caught.value.index == 40
 
 
+class Unreadable:
+    """What numpy cannot read: a CUDA tensor, one that requires grad."""
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+
+class StrRaises(Exception):
+    def __str__(self):
+        raise RuntimeError("the message cannot be formatted")
+
+
+def unreadable_at(victim, many=False):
+    def transform(sample, rng):
+        image, label = sample
+        out = (Unreadable() if label == victim else image, label)
+        return stoker.Many([out]) if many else out
+    return transform
+
+
+def str_raises_at(victim):
+    def transform(sample, rng):
+        if sample[1] == victim:
+            raise StrRaises("x")
+        return sample
+    return transform
+
+
+@pytest.mark.parametrize("case", ["later sample", "first sample", "Many", "str raises"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_what_the_transform_gives_or_raises_is_named_whatever_it_is(images, case, workers):
+    """An output numpy cannot read (its __array__ raises TypeError), on any sample, and an
+    exception whose __str__ raises, are that sample's TransformError (they killed the
+    worker: WorkerCrashed with no index; inline, a bare TypeError)."""
+    victim = 0 if case == "first sample" else 40
+    transform = (str_raises_at(victim) if case == "str raises"
+                 else unreadable_at(victim, many=case == "Many"))
+    data = stoker.from_arrays(*images)
+    with stoker.Loader(data, batch_size=16, transform=transform, workers=workers,
+                       shuffle=False, max_outputs=2 if case == "Many" else None) as loader:
+        with pytest.raises(stoker.TransformError) as caught:
+            list(loader)
+        assert not loader.crashes
+    error = caught.value
+    assert error.index == victim and f"sample {victim}" in str(error)
+    if case == "str raises":
+        assert "StrRaises: <its str() raised RuntimeError>" in str(error)
+    else:
+        assert ("element 0 is a Unreadable that numpy cannot read (TypeError: can't convert "
+                "cuda:0") in str(error)
+        assert "cpu().numpy()" in str(error)
+
+
 def test_a_transform_returning_none_from_the_start_says_so(images):
     data = stoker.from_arrays(*images)
 

@@ -79,6 +79,16 @@ class WorkerCrashed(LoaderError):
             return None
 
 
+def describe(error: BaseException) -> str:
+    """'KeyError: 5' — an exception of user code, for messages. One whose ``__str__``
+    raises is still named (formatting it must not become a second failure)."""
+    try:
+        text = str(error)
+    except Exception as broken:
+        text = f"<its str() raised {type(broken).__name__}>"
+    return f"{type(error).__name__}: {text}"
+
+
 def describe_exitcode(exitcode: int | None) -> str:
     """'killed by SIGKILL (-9)' / 'exited with code 1' / 'no exit code' — for messages."""
     if exitcode is None:

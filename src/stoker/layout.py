@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import describe
 from .many import Many
 from .shm import aligned
 
@@ -70,6 +71,11 @@ def _as_leaf(value: Any, name: str) -> np.ndarray:
         array = np.empty(0, dtype=object)
         if not isinstance(value, (tuple, list, Mapping)):
             raise LayoutMismatch(f"{name} cannot be an array: {error}") from error
+    except Exception as error:  # its own __array__ refused (a CUDA or grad tensor, ...)
+        raise LayoutMismatch(
+            f"{name} is a {type(value).__name__} that numpy cannot read ({describe(error)}); "
+            "return numpy arrays or CPU tensors (e.g. tensor.detach().cpu().numpy())"
+        ) from error
     if array.dtype == object and isinstance(value, (tuple, list, Mapping)):
         raise LayoutMismatch(
             f"{name} is itself a {type(value).__name__} of mixed shapes; a sample's fields "

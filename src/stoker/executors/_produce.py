@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import describe
 from ..layout import BatchLayout, LayoutMismatch
 from ..many import Many
 from ..plan import SampleRng, batch_stream
@@ -122,7 +123,7 @@ class SampleFailure(Exception):
 
     def __init__(self, index: int, stage: str, error: BaseException) -> None:
         what = "batch" if stage.startswith("batch") else "sample"
-        super().__init__(f"{stage} {what} {index} failed: {type(error).__name__}: {error}")
+        super().__init__(f"{stage} {what} {index} failed: {describe(error)}")
         self.index = index
         self.stage = stage
         self.error = error
@@ -301,7 +302,7 @@ class Producer:
             for part in outputs:
                 try:
                     leaves = layout.leaves(part)
-                except ValueError as error:
+                except self._failures as error:  # numpy's own, or a field's __array__
                     raise SampleFailure(index, "checking", error) from error
                 for target, leaf in zip(out, leaves, strict=True):
                     target[row] = leaf
@@ -438,7 +439,7 @@ class Producer:
                 raise SampleFailure(index, "checking", _unexpected_many(sample))
             try:
                 leaves = layout.leaves(sample)
-            except ValueError as error:
+            except self._failures as error:  # numpy's own, or a field's __array__
                 raise SampleFailure(index, "checking", error) from error
             for target, leaf in zip(out, leaves, strict=True):
                 target[row] = leaf

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..errors import describe
 from ..layout import BatchLayout
 from ..shm import SharedBlock
 from ._produce import Producer, SampleFailure, Transform
@@ -206,7 +207,7 @@ def run(payload: bytes, conn: Connection, worker_id: int = 0) -> None:
             producer.progress = (spec.progress.ndarray((spec.progress.size // 8,), np.int64),
                                  worker_id)
     except BaseException as error:  # report anything, even SystemExit from user code
-        conn.send(InitFailed(f"{type(error).__name__}: {error}", traceback.format_exc()))
+        conn.send(InitFailed(describe(error), traceback.format_exc()))
         return
     conn.send(Ready(os.getpid()))
     keys: dict[tuple[int, int], np.ndarray] = {}

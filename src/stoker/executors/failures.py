@@ -6,7 +6,7 @@ import pickle
 import sys
 from typing import Any
 
-from ..errors import RemoteTraceback, TransformError
+from ..errors import RemoteTraceback, TransformError, describe
 
 __all__ = ["exception_bytes", "failure_record", "rebuild_exception", "transform_error"]
 
@@ -54,7 +54,7 @@ def failure_record(failure: Any) -> tuple[int, str, bytes | None, str, str]:
     ``(index, stage, exception_bytes, summary, traceback_text)``."""
     error = failure.error
     return (failure.index, failure.stage, exception_bytes(error),
-            f"{type(error).__name__}: {error}", failure.traceback)
+            describe(error), failure.traceback)
 
 
 def _find_class(module: str, qualname: str) -> type | None:
@@ -107,22 +107,32 @@ def rebuild_exception(data: bytes | None, summary: str, traceback_text: str) -> 
     return error
 
 
+def _said(error: BaseException) -> str:
+    """A checking failure as said: stoker's own (a layout mismatch) by its message,
+    anything else by its type too."""
+    if type(error).__name__ == "LayoutMismatch":
+        return str(error)
+    return describe(error)
+
+
 def transform_error(
     index: int, stage: str, error: BaseException, traceback_text: str, epoch: int | None
 ) -> TransformError:
     """The TransformError for sample ``index`` (for batch ``index`` at the stages
     "batch" and "batch-checking"); raise it ``from`` the original error."""
-    text = f"{type(error).__name__}: {error}"
+    text = describe(error)
     if stage.startswith("batch"):
         where = f"batch {index}" + (f" of epoch {epoch}" if epoch is not None else "")
-        message = (f"the batch_transform's output for {where} does not fit the batch: {error}"
+        message = (f"the batch_transform's output for {where} does not fit the batch: "
+                   f"{_said(error)}"
                    if stage == "batch-checking" else
                    f"the batch_transform failed on {where}: {text}")
         if traceback_text and stage == "batch":
             message += f"\n\nTraceback in the worker:\n{traceback_text.rstrip()}"
         return TransformError(message, index=None, epoch=epoch, batch=index)
     if stage == "checking":
-        message = f"the transform's output for sample {index} does not fit the batch: {error}"
+        message = (f"the transform's output for sample {index} does not fit the batch: "
+                   f"{_said(error)}")
     else:
         what = "reading it from the source" if stage == "reading" else "the transform"
         message = f"sample {index} failed in {what}: {text}"
