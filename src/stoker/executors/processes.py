@@ -716,6 +716,12 @@ class ProcessExecutor:
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return None
+        for worker in list(self._resources.workers):
+            # Died on it between the runs, with no pump to see it: it is still nobody's
+            # work (dropped, no restart used), not this run's crash once adopted.
+            if (worker.tasks and all(t.generation == ahead.tag for t in worker.tasks.values())
+                    and worker.process.exitcode is not None):
+                self._handle_death(worker)
         if self._dirty or ahead.tag in self._dropped or not ahead.matches(
                 epoch, key, batches, first_batch):
             self._dirty = True  # drained before this run starts
