@@ -13,6 +13,7 @@ taken. ``set_epoch`` and ``load_state_dict`` move the cursor; ``state_dict`` sav
 
 from __future__ import annotations
 
+import os
 import secrets
 import weakref
 from collections.abc import Callable, Iterator
@@ -410,7 +411,8 @@ class Loader:
         self._keras: Any = None
         self._closed = False
         self._stats = StatsRecorder(workers=self._start_workers)
-        self._finalizer = weakref.finalize(self, _close_executor, [None])
+        self._pid = os.getpid()  # a forked child's copy neither runs nor closes anything
+        self._finalizer = weakref.finalize(self, _close_executor, [None], self._pid)
 
     # -- the plan -------------------------------------------------------------------
 
@@ -510,12 +512,19 @@ class Loader:
         first = np.concatenate(self.epoch_batches(0))[:_PROBE_SAMPLES]
         return tuple(int(i) for i in first), epoch_key(self.seed, 0, Purpose.SAMPLES)
 
-    def _refuse_closed(self) -> None:
+    def _check_usable(self) -> None:
         if self._closed:
             raise LoaderError(CLOSED)
+        if os.getpid() != self._pid:
+            raise LoaderError(
+                f"this Loader was made in process {self._pid}, and this is a process forked "
+                f"from it ({os.getpid()}): its workers and batch slots serve the process that "
+                "made them (the two would take each other's batches); make a new Loader here "
+                "(the same source and seed give the same batches)"
+            )
 
     def _get_executor(self) -> Executor:
-        self._refuse_closed()
+        self._check_usable()
         if self._executor is None:
             if self._start_workers == 0:
                 self._executor = InlineExecutor(self.source, self._transform, self._probe())
@@ -552,7 +561,8 @@ class Loader:
                     tuning=self.options.tuning(self._start_workers),
                 )
             self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _close_executor, [self._executor])
+            self._finalizer = weakref.finalize(self, _close_executor, [self._executor],
+                                               self._pid)
             if self._closed:  # close() ran in another thread while this one was made
                 self._finalizer()
                 self._executor = None
@@ -566,8 +576,7 @@ class Loader:
 
     def _start_run(self) -> tuple[int, Position]:
         """Claim the loader for a new run at the cursor; the run before it ends."""
-        if self._closed:
-            raise LoaderError(CLOSED)
+        self._check_usable()
         self._end_run("a newer iteration of this loader started")
         return self._run_id, self._cursor
 
@@ -647,9 +656,9 @@ class Loader:
         """This loader as a ``keras.utils.PyDataset`` for ``model.fit()`` / ``evaluate()`` /
         ``predict()``: each pass is one loader epoch from the cursor (``adapters.keras``).
         One view per loader: every call returns the same object."""
+        self._check_usable()
         from .adapters.keras import KerasDataset
 
-        self._refuse_closed()
         if self._keras is None:
             self._keras = KerasDataset(self)
         return self._keras
@@ -658,18 +667,18 @@ class Loader:
         """This loader as a ``tf.data.Dataset``: one epoch per iteration, stoker's
         prefetching, an ``element_spec`` from the batch layout. Pass ``shuffle=False`` to
         ``fit()`` (stoker shuffles; Keras only warns that it cannot)."""
+        self._check_usable()
         from .adapters.tf import tf_dataset
 
-        self._refuse_closed()
         return tf_dataset(self)
 
     def torch(self, *, pin_memory: bool = False) -> Any:
         """This loader as a PyTorch iterable of tensor batches (one epoch per iteration,
         zero-copy; ``pin_memory`` for fast copies to a CUDA device). For JAX, iterate the
         loader itself: batches are numpy arrays, which ``jax.device_put`` takes as is."""
+        self._check_usable()
         from .adapters.torch import TorchBatches
 
-        self._refuse_closed()
         return TorchBatches(self, pin_memory=pin_memory)
 
     # -- clean-up ---------------------------------------------------------------------
@@ -748,9 +757,9 @@ class _ClosedSource:
         raise RuntimeError(CLOSED)
 
 
-def _close_executor(holder: list[Any]) -> None:
+def _close_executor(holder: list[Any], pid: int) -> None:
     executor = holder[0]
-    if executor is not None:
+    if executor is not None and os.getpid() == pid:  # never a forked child's copy
         executor.close()
 
 

@@ -10,6 +10,9 @@ Ownership rules:
 * ``release`` is idempotent, and a ``weakref.finalize`` calls it when an owner is
   garbage-collected or the interpreter exits; if the owning process is killed outright,
   multiprocessing's resource tracker unlinks what was left.
+* Ownership does not travel through ``fork``: a forked child's copy of an owner only
+  unmaps (its parent, still running, reads the block), as a child's copy of a loader
+  stops no worker (``loader.py``, ``processes.py``).
 * **Unlinking may be eager; unmapping never happens under a live view.** Every numpy
   view ``ndarray`` hands out holds a buffer export on the mapping, so ``release`` cannot
   unmap while one is alive: it closes the file descriptor and unlinks (the owner) at
@@ -44,7 +47,8 @@ NAME_PREFIX = "stoker_"
 _ALIGN = 64
 
 
-def _release(shm: shared_memory.SharedMemory, unlink: bool) -> None:
+def _release(shm: shared_memory.SharedMemory, unlink: bool, pid: int) -> None:
+    unlink = unlink and os.getpid() == pid  # a forked child's copy only unmaps
     try:
         shm.close()
     except BufferError:
@@ -78,7 +82,7 @@ class SharedBlock:
     def __init__(self, shm: shared_memory.SharedMemory, *, owner: bool) -> None:
         self._shm = shm
         self.owner = owner
-        self._finalizer = weakref.finalize(self, _release, shm, owner)
+        self._finalizer = weakref.finalize(self, _release, shm, owner, os.getpid())
 
     @classmethod
     def create(cls, nbytes: int, *, purpose: str = "data") -> SharedBlock:
@@ -94,7 +98,7 @@ class SharedBlock:
             if fd >= 0 and hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(fd, 0, size)
         except OSError as error:
-            _release(shm, unlink=True)
+            _release(shm, unlink=True, pid=os.getpid())
             if error.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
                 raise _no_space_error(size, purpose) from error
             if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):

@@ -55,6 +55,7 @@ Scheduling, all of it in the consumer's thread (no background threads):
 from __future__ import annotations
 
 import math
+import os
 import select
 import threading
 import time
@@ -231,6 +232,7 @@ class _Resources:
     workers: list[_Worker] = field(default_factory=list)
     slots: list[SharedBlock] = field(default_factory=list)
     retired: list[_Worker] = field(default_factory=list)  # asked to stop, not yet joined
+    pid: int = field(default_factory=os.getpid)  # whose workers they are (not a fork's)
 
     def reap(self) -> None:
         """Close what retired workers that have exited leave (their pipes)."""
@@ -244,7 +246,11 @@ class _Resources:
                 pass
 
     def shutdown(self) -> None:
-        """Stop the workers (ask, then terminate, then kill), then free the slots."""
+        """Stop the workers (ask, then terminate, then kill), then free the slots. In a
+        process forked from the owner (its copy, collected or at exit) nothing: the
+        workers and slots are the owner's, still at work."""
+        if os.getpid() != self.pid:
+            return
         workers, self.workers = self.workers + self.retired, []
         self.retired = []
         for worker in workers:
