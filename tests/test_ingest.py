@@ -161,8 +161,9 @@ def test_numpy_input_that_is_no_field_of_samples_gets_one_line_naming_it(tmp_pat
     png = str(t / "p.png")
     assert "d.npz is an .npz archive: ingest it first" in said(
         "preview", "--from", str(t / "d.npz"), "--out", png)
-    assert "--zoom must be >= 1, got 0" in said("preview", "--zoom", "0", "--out", png)
-    assert "--augmentations must be >= 1" in said(
+    assert "argument --zoom: must be 1 or more, got 0" in said("preview", "--zoom", "0",
+                                                               "--out", png)
+    assert "argument --augmentations: must be 1 or more" in said(
         "preview", "--augmentations", "0", "--out", png)
 
 

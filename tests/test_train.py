@@ -34,7 +34,7 @@ def test_stoker_train_end_to_end(tmp_path):
 def test_stoker_train_refuses_bad_options(tmp_path):
     result = subprocess.run([sys.executable, "-m", "stoker", "train", "--epochs", "0"],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "--epochs must be >= 1" in result.stderr
+    assert result.returncode == 2 and "argument --epochs: must be 1 or more, got 0" in result.stderr
 
 
 def test_stoker_train_on_a_users_store(tmp_path):

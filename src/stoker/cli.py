@@ -9,6 +9,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["main"]
@@ -23,10 +24,44 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or ""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line (not the usage, then the error)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+_SEEDS = 2**32  # Keras' set_random_seed (and numpy's legacy seeding) takes fewer
+
+
+def _whole(low: int, high: int | Callable[[], int] | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``, refused by argparse
+    naming the flag ("argument --seed: ..."), never later in keyword-argument terms."""
+    def whole(text: str) -> int:
+        limit = high() if callable(high) else high
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (limit is not None and value > limit):
+            span = f"from {low} to {limit}" if limit is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
+        return value
+
+    whole.__name__ = "int"  # what argparse's usage errors call it
+    return whole
+
+
+def _most_workers() -> int:
+    from .loader import most_workers
+
+    return most_workers()
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="stoker", description="Keep the accelerator fed.",
+    parser = _Parser(prog="stoker", description="Keep the accelerator fed.",
                                      formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"stoker {__version__}")
     parser.add_argument("--debug", action="store_true",
@@ -38,13 +73,13 @@ def _parser() -> argparse.ArgumentParser:
 
     train = command(
         "train", "train a Keras kanji classifier fed by stoker (the built-in data set)")
-    train.add_argument("--epochs", type=int, default=10, help="epochs to train")
-    train.add_argument("--classes", type=int, default=100,
+    train.add_argument("--epochs", type=_whole(1), default=10, help="epochs to train")
+    train.add_argument("--classes", type=_whole(2, 2965), default=100,
                        help="number of kanji, in JIS order (2..2965)")
-    train.add_argument("--batch-size", type=int, default=64, help="samples per batch")
-    train.add_argument("--workers", type=int, default=None,
+    train.add_argument("--batch-size", type=_whole(1), default=64, help="samples per batch")
+    train.add_argument("--workers", type=_whole(0, _most_workers), default=None,
                        help="worker processes (default: every usable core; 0: inline)")
-    train.add_argument("--seed", type=int, default=0,
+    train.add_argument("--seed", type=_whole(0, _SEEDS - 1), default=0,
                        help="seed of the shuffling, the augmentation and the model")
     train.add_argument("--out", type=Path, default=Path("runs/train"),
                        help="where the model and the curves go")
@@ -55,14 +90,14 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--recipe", default="stoker.augment:kanji_distort",
                          help="module:callable giving the transform (modules in the current "
                          "folder are found)")
-    preview.add_argument("--images", type=int, default=6, help="rows: how many images")
+    preview.add_argument("--images", type=_whole(1), default=6, help="rows: how many images")
     preview.add_argument("--from", dest="source", type=Path, default=None,
                          help="a store, or a .npy file of images (N, H, W[, C]); default: "
                          "the built-in kanji")
-    preview.add_argument("--augmentations", type=int, default=8, help="columns beside each "
+    preview.add_argument("--augmentations", type=_whole(1), default=8, help="columns beside each "
                          "original")
-    preview.add_argument("--seed", type=int, default=0, help="the loader seed to show")
-    preview.add_argument("--zoom", type=int, default=2, help="pixels per image pixel")
+    preview.add_argument("--seed", type=_whole(0), default=0, help="the loader seed to show")
+    preview.add_argument("--zoom", type=_whole(1), default=2, help="pixels per image pixel")
     preview.add_argument("--out", type=Path, default=Path("preview.png"), help="the PNG to write")
 
     ingest = command("ingest", "write .npy/.npz files, an image folder or ETL files into a store")
@@ -75,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--etl-format", default=None,
                         help="ETL format when file names do not tell (ETL8G, ETL9G, ETL1, "
                         "ETL8B, ETL9B)")
-    ingest.add_argument("--size", type=int, default=None,
+    ingest.add_argument("--size", type=_whole(1, 65536), default=None,
                         help="resize images to SIZE x SIZE (ETL default: 64)")
     ingest.add_argument("--characters", default=None,
                         help="ETL: keep a group (kanji, hiragana, katakana, digits, latin) "
@@ -97,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect_.add_argument("store", type=Path, help="the store (a directory)")
     inspect_.add_argument("--out", type=Path, default=None,
                           help="also write a PNG grid of its first images")
-    inspect_.add_argument("--images", type=int, default=32, help="images in the grid")
+    inspect_.add_argument("--images", type=_whole(1), default=32, help="images in the grid")
 
     bench = command(
         "bench", "samples/s of a recipe against worker counts, with a table and a plot")
@@ -106,8 +141,8 @@ def _parser() -> argparse.ArgumentParser:
                        "folder are found)")
     bench.add_argument("--workers", default=None,
                        help="comma-separated worker counts (default: 0 to every usable core)")
-    bench.add_argument("--samples", type=int, default=16384, help="samples per epoch")
-    bench.add_argument("--batch-size", type=int, default=256, help="samples per batch")
+    bench.add_argument("--samples", type=_whole(1), default=16384, help="samples per epoch")
+    bench.add_argument("--batch-size", type=_whole(1), default=256, help="samples per batch")
     bench.add_argument("--no-compare", action="store_true",
                        help="stoker only (else also PyTorch DataLoader and Keras PyDataset "
                        "when installed)")
@@ -170,6 +205,10 @@ def _bench(args: argparse.Namespace) -> int:
                              ) from None
         if counts[0] < 0:
             raise ValueError("--workers must be >= 0")
+        if counts[-1] > _most_workers():
+            raise ValueError(f"--workers {counts[-1]} is more than 32 worker processes for "
+                             "each usable core: they would compete for the cores without "
+                             f"making batches faster; give counts up to {_most_workers()}")
     if args.samples < args.batch_size or args.batch_size < 1:
         raise ValueError("--samples must be at least one --batch-size, and both positive")
     if args.out.suffix.lower() != ".png":
@@ -212,8 +251,6 @@ def _ingest(args: argparse.Namespace) -> int:
     if folders and kind != "folder":
         raise ValueError(f"{folders[0]} is a folder; an image folder is ingested alone "
                          f"(stoker ingest FOLDER --out STORE), and {kind} input is files")
-    if args.size is not None and not 1 <= args.size <= 65536:
-        raise ValueError(f"--size must be a number of pixels from 1 to 65536, got {args.size}")
     if (args.out.exists() or args.out.is_symlink()) and not args.overwrite:
         raise ValueError(f"{args.out} already exists; pass --overwrite to replace it "
                          "(atomically: it stays as it is until the new store is complete)")
@@ -300,19 +337,30 @@ def _class_names(path: Path) -> list[str]:
     return names
 
 
+def _check_grid(image_shape: tuple[int, ...], rows: int, args: argparse.Namespace) -> None:
+    """Refuse, before any image is read, a grid too large to write or to open."""
+    from .augment.preview import MAX_PIXELS, MAX_SIDE, grid_shape
+
+    height, width = grid_shape(image_shape, rows, augmentations=args.augmentations,
+                               zoom=args.zoom)
+    if max(height, width) > MAX_SIDE or height * width > MAX_PIXELS:
+        raise ValueError(
+            f"the grid would be {width}x{height} pixels, more than a PNG viewer opens "
+            f"({MAX_SIDE} a side, {MAX_PIXELS // 2**20} megapixels in all): lower --images "
+            f"({args.images}), --augmentations ({args.augmentations}) or --zoom ({args.zoom})")
+
+
 def _preview(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .augment.preview import grid, write_png
 
-    for flag, value in (("--images", args.images), ("--augmentations", args.augmentations),
-                        ("--zoom", args.zoom)):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
     recipe = _recipe(args.recipe)  # a wrong --recipe fails before any data is read
     if args.source is not None and args.source.is_dir():  # a store: its image field
         data = _open_store(args.source, "--from")
-        images = np.asarray(data._arrays[_image_field(data, "--from")][:args.images])
+        field = data._arrays[_image_field(data, "--from")]
+        _check_grid(field.shape[1:], min(args.images, len(field)), args)
+        images = np.asarray(field[:args.images])
     elif args.source is not None:
         from .ingest import _loaded
 
@@ -325,10 +373,12 @@ def _preview(args: argparse.Namespace) -> int:
         if images.ndim not in (3, 4):
             raise ValueError(f"{args.source} holds an array of shape {images.shape}; "
                              "expected images (N, H, W) or (N, H, W, C)")
+        _check_grid(images.shape[1:], min(args.images, len(images)), args)
         images = np.asarray(images[:args.images])
     else:
         from .datasets import glyphs
 
+        _check_grid((64, 64), args.images, args)
         data = glyphs.load()
         # Each training face holds every class in order; the third is a regular weight.
         picks = 2 * len(data.classes) + np.linspace(0, len(data.classes) - 1,
@@ -389,8 +439,6 @@ def _inspect(args: argparse.Namespace) -> int:
     else:
         print("  classes: none (stoker ingest ... --classes FILE gives them)")
     if args.out is not None:
-        if args.images < 1:
-            raise ValueError("--images must be >= 1")
         path = _write_contact_sheet(data, meta, args.out, args.images)
         print(f"{path}: the first {min(args.images, len(data))} images")
     return 0
@@ -483,7 +531,10 @@ def _cv2_error() -> type[BaseException]:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input is one line on stderr and exit status 2, never a
     traceback; Ctrl-C is exit status 130 (whatever was being written is discarded)."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit:  # --help, --version, or a flag refused (one line said why)
+        return exit.code if isinstance(exit.code, int) else 2
     try:
         return _COMMANDS[args.command](args)
     except Exception as error:  # one line, whatever it is; --debug shows the traceback

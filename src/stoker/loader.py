@@ -58,6 +58,12 @@ _PROBE_SAMPLES = 64
 _OVERSUBSCRIBED = 32
 
 
+def most_workers() -> int:
+    """The most worker processes a Loader starts on this machine (a number above it is
+    refused: it would oversubscribe the cores, not speed anything up)."""
+    return _OVERSUBSCRIBED * usable_cpu_count()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoaderOptions:
     """The loader's settings, validated once; errors name the argument and the fix."""

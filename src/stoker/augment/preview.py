@@ -66,6 +66,20 @@ def _column_labels(augmentations: int, cell_w: int) -> list[str]:
     return ["", *(str(e) for e in range(augmentations))]
 
 
+# The largest grid made: a PNG viewers open, in memory a few hundred MiB at most.
+MAX_SIDE = 32767
+MAX_PIXELS = 2**26
+
+
+def grid_shape(image_shape: tuple[int, ...], rows: int, *, augmentations: int = 8,
+               zoom: int = 2, labels: bool = True) -> tuple[int, int]:
+    """(height, width) in pixels of the grid of ``rows`` images of ``image_shape``."""
+    height, width = image_shape[:2]
+    header = 2 * _LINE if labels else 0
+    return (header + rows * (height * zoom + _GAP) + _GAP,
+            (augmentations + 1) * (width * zoom + _GAP) + _SEPARATOR)
+
+
 def grid(images: np.ndarray, transform: Callable[[Any, np.random.Generator], Any], *,
          augmentations: int = 8, seed: int = 0, zoom: int = 2, title: str | None = None,
          labels: bool = True) -> np.ndarray:
@@ -87,10 +101,10 @@ def grid(images: np.ndarray, transform: Callable[[Any, np.random.Generator], Any
     height, width = np.asarray(images[0]).shape[:2]
     cell_h, cell_w = height * zoom, width * zoom
     colour = _as_display(images[0]).ndim == 3
-    rows, columns = len(images), augmentations + 1
+    rows = len(images)
     header = 2 * _LINE if labels else 0
-    shape = (header + rows * (cell_h + _GAP) + _GAP,
-             columns * (cell_w + _GAP) + _GAP + _SEPARATOR - _GAP)
+    shape = grid_shape((height, width), rows, augmentations=augmentations, zoom=zoom,
+                       labels=labels)
     canvas = np.full(shape + ((3,) if colour else ()), 96, np.uint8)
     if labels:
         names = _column_labels(augmentations, cell_w)
