@@ -572,8 +572,12 @@ def test_a_worker_refuses_a_store_replaced_since_the_loader_opened_it(tmp_path, 
     with pytest.raises(store.StoreError, match=r"replaced \(overwritten\) after this loader"):
         pickle.loads(travelled)
     with stoker.Loader(source, batch_size=8, workers=1) as loader:
-        with pytest.raises(stoker.LoaderError, match="was replaced"):
+        with pytest.raises(stoker.LoaderError, match="was replaced") as caught:
             next(iter(loader))
+    said = str(caught.value).split("\n")[0]
+    # stoker's own refusal names its fix; no guess about missing modules, no ".."
+    assert said.endswith("make a new Loader."), said
+    assert "failed to load" not in said, said
 
 
 # -- atomic commits, under kills, readers and racing writers -----------------------------

@@ -155,6 +155,7 @@ class InitFailed(NamedTuple):
 
     summary: str
     traceback_text: str
+    ours: bool = False  # stoker's own error (a store replaced, ...), which names its fix
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +208,8 @@ def run(payload: bytes, conn: Connection, worker_id: int = 0) -> None:
             producer.progress = (spec.progress.ndarray((spec.progress.size // 8,), np.int64),
                                  worker_id)
     except BaseException as error:  # report anything, even SystemExit from user code
-        conn.send(InitFailed(describe(error), traceback.format_exc()))
+        conn.send(InitFailed(describe(error), traceback.format_exc(),
+                             type(error).__module__.startswith("stoker.")))
         return
     conn.send(Ready(os.getpid()))
     keys: dict[tuple[int, int], np.ndarray] = {}

@@ -872,9 +872,10 @@ class ProcessExecutor:
             return
         if isinstance(message, _worker.InitFailed):
             self._shutdown()
+            hint = ("" if message.ours else " The source or transform failed to load in the "
+                    "worker process (a module it needs may be missing there).")
             raise LoaderError(
-                f"a worker could not start: {message.summary}. The source or transform failed "
-                "to load in the worker process (a module it needs may be missing there).\n\n"
+                f"a worker could not start: {message.summary.rstrip('.')}.{hint}\n\n"
                 f"Traceback in the worker:\n{message.traceback_text.rstrip()}"
             )
         task = self._tasks.pop(message.task_id, None)
