@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ._extras import require
 from .loader import Loader
 from .sources import Subset
 
@@ -170,7 +171,7 @@ def table(rows: Sequence[BenchRow]) -> str:
 def plot(rows: Sequence[BenchRow], path: str | os.PathLike, title: str) -> Path:
     """samples/s against workers per loader, with stoker's perfect-scaling line; written
     atomically as a PNG."""
-    import matplotlib
+    matplotlib = require("matplotlib", "the plot of samples/s")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

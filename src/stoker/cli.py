@@ -173,7 +173,12 @@ _TF_BANNERS = ("All log messages before absl::InitializeLog()", "oneDNN custom o
 def _import_tensorflow_quietly() -> None:
     """Import TensorFlow (when installed) with its start-up banners held back; anything
     else it writes to stderr meanwhile, and any import error, still comes through."""
-    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+    if "tensorflow" in sys.modules:
+        return
+    try:
+        if importlib.util.find_spec("tensorflow") is None:
+            return  # what needs it says so (stoker._extras)
+    except (ImportError, ValueError):  # a broken install: the import below says how
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
@@ -541,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         text = " ".join(str(error).split()) or type(error).__name__
-        if not isinstance(error, (ValueError, OSError, _cv2_error())):
+        if not isinstance(error, (ValueError, OSError, ImportError, _cv2_error())):
             text = (f"{type(error).__name__}: {text} (stoker --debug {args.command} ... "
                     "shows the traceback)")
         print(f"stoker {args.command}: {text}", file=sys.stderr)

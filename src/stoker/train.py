@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._extras import require
 from .loader import Loader
 
 __all__ = ["TrainConfig", "build_model", "run", "training_transform"]
@@ -53,8 +54,7 @@ def build_model(classes: int, size: int) -> Any:
     steps, too few for the slower moving averages, and validation would then be judged
     with statistics that do not describe the data yet.
     """
-    import keras
-
+    keras = require("keras", "training", extra="train")
     layers = keras.layers
     blocks = []
     for filters in (32, 64, 128, 192):
@@ -76,7 +76,7 @@ def build_model(classes: int, size: int) -> Any:
 
 
 def _plot(history: dict[str, list[float]], path: Path, held_out: str) -> None:
-    import matplotlib
+    matplotlib = require("matplotlib", "the training curves", extra="train")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -176,7 +176,7 @@ def user_data(paths: tuple[Path, ...], seed: int) -> Any:
 
 def run(config: TrainConfig) -> dict[str, Any]:
     """Train, print per-epoch metrics and loader throughput, save model and curves."""
-    import keras
+    keras = require("keras", "training", extra="train")
 
     from .adapters.keras import LoaderStatsCallback
     from .datasets import glyphs

@@ -69,12 +69,13 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import keras
-
+from .._extras import require
 from .._system import fsync_path
 from ..cursor import Position, end_held_run
 from ..errors import LoaderError
 from ._tf_exit import read_by_tensorflow, tensorflow_call
+
+keras = require("keras", "stoker.adapters.keras (loader.keras())")
 
 if TYPE_CHECKING:
     from ..loader import Loader

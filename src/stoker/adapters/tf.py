@@ -36,12 +36,14 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tensorflow as tf
 
+from .._extras import require
 from ..cursor import end_held_run
 from ..errors import LoaderError
 from ..loader import CLOSED
 from ._tf_exit import read_by_tensorflow, tensorflow_call
+
+tf = require("tensorflow", "loader.tf_dataset()")
 
 if TYPE_CHECKING:
     from ..loader import Loader

@@ -16,13 +16,16 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.utils.data import IterableDataset
+
+from .._extras import require
 
 if TYPE_CHECKING:
     from ..loader import Loader
 
 __all__ = ["TorchBatches"]
+
+torch = require("torch", "loader.torch()")
+IterableDataset = torch.utils.data.IterableDataset
 
 
 _NO_DATALOADER_WORKERS = (

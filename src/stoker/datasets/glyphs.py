@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import store
+from .._extras import require
 from ..sources import Subset
 
 __all__ = ["TRAIN_FACES", "VALIDATION_FACES", "Face", "GlyphSet", "cache_dir", "level1_kanji",
@@ -76,7 +77,7 @@ class Face:
 
     def font(self, points: int) -> Any:
         """The face as a Pillow font of ``points`` points, at its weight."""
-        from PIL import ImageFont
+        ImageFont = require("PIL.ImageFont", "rendering the built-in kanji")
 
         font = ImageFont.truetype(str(self.path()), points, index=self.index)
         if self.weight is not None:
@@ -114,7 +115,8 @@ class GlyphSet:
 def render(characters: tuple[str, ...], face: Face, size: int = 64) -> np.ndarray:
     """Each of ``characters`` in the font ``face``, centred on a ``size`` x ``size`` black
     canvas, ink bright: (N, size, size) uint8."""
-    from PIL import Image, ImageDraw
+    Image = require("PIL.Image", "rendering the built-in kanji")
+    ImageDraw = require("PIL.ImageDraw", "rendering the built-in kanji")
 
     font = face.font(round(size * 0.85))
     out = np.empty((len(characters), size, size), np.uint8)
