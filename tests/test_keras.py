@@ -104,7 +104,14 @@ def test_the_stats_callback_reports_every_epoch_with_a_verdict(images):
     assert all(stats.samples == len(x) and stats.batches == len(loader)
                for stats in callback.history)
     assert all(("input-bound" in line) != ("model-bound" in line) for line in lines)
+    assert all(" samples/s; " in line for line in lines), lines  # 25 timed batches each
     assert len(history.history["loader_samples_per_s"]) == 2
+    with stoker.Loader(stoker.from_arrays(x[:40], y[:40]), batch_size=8, transform=as_float,
+                       workers=2) as loader:
+        short = LoaderStatsCallback(loader, print_fn=lines.append)
+        model.fit(loader.keras(), epochs=1, verbose=0, callbacks=[short])
+    # 4 timed batches: no rate (a few prefetched batches read as any number), the verdict
+    assert lines[-1].startswith("  loader: not enough data to judge: 4 batches"), lines[-1]
 
 
 def test_loader_statistics_reach_tensorboard(images, tmp_path):

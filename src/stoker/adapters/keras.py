@@ -73,6 +73,7 @@ from .._extras import require
 from .._system import fsync_path
 from ..cursor import Position, end_held_run
 from ..errors import LoaderError
+from ..stats import MIN_BATCHES
 from ._tf_exit import read_by_tensorflow, tensorflow_call
 
 keras = require("keras", "stoker.adapters.keras (loader.keras())")
@@ -655,7 +656,9 @@ class LoaderStatsCallback(keras.callbacks.Callback):
                         loader_queue_depth=stats.queue_depth)
         # Printed once Keras has finished its own line for the epoch (its progress bar
         # ends the line after every callback's on_epoch_end), never in the middle of it.
-        self._line = f"  loader: {stats.samples_per_s:.0f} samples/s; {stats.verdict()}"
+        rate = (f"{stats.samples_per_s:.0f} samples/s; "
+                if (stats.judged_batches or 0) >= MIN_BATCHES else "")  # else it says nothing
+        self._line = f"  loader: {rate}{stats.verdict()}"
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self._print()
