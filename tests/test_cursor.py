@@ -190,6 +190,8 @@ def test_load_state_dict_checks_everything_before_changing_anything(images):
             ({**good, "shuffle": 1}, ValueError, "shuffle=1"),
             ({**good, "num_samples": 204}, ValueError, "num_samples=204"),
             ({**good, "version": 9}, ValueError, "another version"),
+            ({**good, "version": True}, ValueError, "version True is not 1"),
+            ({**good, "version": 1.0}, ValueError, "version 1.0 is not 1"),
         ]
         for state, kind, message in bad:
             with pytest.raises(kind, match=message):

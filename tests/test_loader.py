@@ -303,7 +303,11 @@ def test_shards_follow_the_unsharded_order_and_refuse_bad_arguments(images):
             part.state_dict())
     for shard, error, match in (((4, 4), ValueError, "below the count"),
                                 ((0, 0), ValueError, "shard count must be >= 1"),
-                                (3, TypeError, r"\(index, count\)")):
+                                (3, TypeError, r"\(index, count\)"),
+                                # they unpack, but not as (index, count): a dict gave its keys
+                                ({0: 1, 1: 2}, TypeError, r"a tuple such as \(rank, world_size\)"),
+                                ({1, 3}, TypeError, r"\(index, count\)"),
+                                (iter([1, 3]), TypeError, r"\(index, count\)")):
         with pytest.raises(error, match=match):
             stoker.Loader(data, batch_size=8, seed=2, shard=shard)
     with pytest.raises(ValueError, match="explicit seed"):

@@ -47,10 +47,46 @@ def test_pickling_sends_names_not_data(images):
     ((np.array([{}, {}], dtype=object),), {}, TypeError, "numeric"),
     ((np.float32(3.0),), {}, ValueError, "scalar"),
     ((np.zeros(3),), {"y": np.zeros(3)}, TypeError, "not both"),
+    (({"image": np.zeros(3), "label": np.zeros(3)},), {}, TypeError,
+     r"by name: from_arrays\(\*\*fields\), here from_arrays\(image=..., label=...\)"),
 ])
 def test_from_arrays_refuses_bad_input(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         stoker.from_arrays(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("args", "kwargs", "error", "match"), [
+    (("0.5",), {}, TypeError, r"split fraction must be a number .* got '0.5' \(str\)"),
+    ((None,), {}, TypeError, "split fraction must be a number"),
+    ((True,), {}, TypeError, "split fraction must be a number"),
+    ((0.5,), {"seed": -1}, ValueError, "split seed must be >= 0, got -1"),  # numpy's words
+    ((0.5,), {"seed": None}, TypeError, "the same split every run"),
+    ((0.5,), {"seed": 1.5}, TypeError, r"split seed must be an int, got 1.5"),  # was seed 1
+    ((0.5,), {"seed": "1"}, TypeError, "split seed must be an int"),  # was taken
+    ((0.5,), {"shuffle": "no"}, TypeError, "split shuffle must be True or False"),  # shuffled
+])
+def test_split_refuses_bad_arguments_naming_them(images, args, kwargs, error, match):
+    data = stoker.from_arrays(*images)
+    with pytest.raises(error, match=match):
+        data.split(*args, **kwargs)
+    with pytest.raises(error, match=match):
+        stoker.split(data, *args, **kwargs)
+
+
+def test_a_subset_takes_a_boolean_mask_as_the_rows_it_keeps(images):
+    from stoker.sources import Subset
+
+    data = stoker.from_arrays(*images)
+    mask = np.zeros(len(data), bool)
+    mask[[8, 9]] = True
+    picked = Subset(data, mask)  # it took the mask as indices 0 and 1
+    assert [int(picked[i][1]) for i in range(len(picked))] == [8, 9]
+    nested = Subset(Subset(data, np.arange(20)), mask[:20])
+    assert [int(nested[i][1]) for i in range(len(nested))] == [8, 9]
+    with pytest.raises(ValueError, match="one entry per sample of its base"):
+        Subset(data, mask[:10])
+    with pytest.raises(TypeError, match="integer indices or a boolean mask"):
+        Subset(data, np.array([0.5, 1.5]))
 
 
 def test_split_views_are_disjoint_and_nest(images):

@@ -123,7 +123,7 @@ def parse_state(state: Any, expected: Mapping[str, Any], per_epoch: int) -> tupl
             f"this is not a loader state: it {' and '.join(parts)}. Pass the dict that "
             "loader.state_dict() returned, unchanged"
         )
-    if state["version"] != STATE_VERSION:
+    if not _same(state["version"], STATE_VERSION):  # True and 1.0 are no version 1
         raise ValueError(
             f"state version {state['version']!r} is not {STATE_VERSION}; it was saved by "
             "another version of stoker"

@@ -23,6 +23,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
+from ._checks import boolean, integer
 from ._system import usable_cpu_count
 from .cursor import STATE_VERSION, Position, parse_state, superseded
 from .errors import LoaderError
@@ -84,20 +85,6 @@ class LoaderOptions:
     max_outputs: int | None = None
 
     def __post_init__(self) -> None:
-        def integer(name: str, value: Any, minimum: int, *, also: str = "") -> None:
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                # a string is a valid type where "auto" is allowed, only not that one
-                kind = ValueError if also and isinstance(value, str) else TypeError
-                raise kind(f"{name} must be an int{also}, got {value!r} "
-                           f"({type(value).__name__})")
-            if value < minimum:
-                raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-        def boolean(name: str, value: Any) -> None:
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{name} must be True or False, got {value!r} "
-                                f"({type(value).__name__})")
-
         def seconds(name: str, value: Any, *, optional: bool) -> None:
             if value is None and optional:
                 return
@@ -131,10 +118,11 @@ class LoaderOptions:
                 f"timeout must be a positive number of seconds or None, got {self.timeout}"
             )
         if self.shard is not None:
-            try:
-                index, count = self.shard
-            except (TypeError, ValueError):
-                raise TypeError(f"shard must be (index, count), got {self.shard!r}") from None
+            if not isinstance(self.shard, (tuple, list)) or len(self.shard) != 2:
+                # a dict, a set or an iterator unpacks too, and not as (index, count)
+                raise TypeError(f"shard must be (index, count), a tuple such as "
+                                f"(rank, world_size), got {self.shard!r}")
+            index, count = self.shard
             integer("shard count", count, 1)
             integer("shard index", index, 0)
             if index >= count:
@@ -395,7 +383,7 @@ class Loader:
         self._transform = Transform.wrap(
             transform, check_finite=self.options.check_finite, seeders=global_rng_seeders(),
             batch=BatchTransform.wrap(batch_transform, seeders=global_rng_seeders(),
-                                      shard_index=shard[0] if self.options.shard else 0),
+                                      shard_index=(self.options.shard or (0, 1))[0]),
             max_outputs=self.options.max_outputs)
         if self.options.backend == "ray":
             from .executors import ray as ray_executor  # a clear error if Ray is missing

@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ._checks import boolean, integer
 from .blobs import as_blobs, is_blob_list
 from .plan import split_indices
 from .shm import SharedBlock, aligned
@@ -145,6 +146,10 @@ def field_arrays(
         raise TypeError(f"{caller} takes arrays either positionally or by name, not both")
     if not arrays and not named:
         raise TypeError(f"{caller} needs at least one array, e.g. {caller}(x, y)")
+    if len(arrays) == 1 and isinstance(arrays[0], Mapping):
+        names = ", ".join(f"{name}=..." for name in list(arrays[0])[:3])
+        raise TypeError(f"{caller} takes the arrays of a dict by name: {caller}(**fields), "
+                        f"here {caller}({names}), for dict samples")
     if named:
         kind, items = "dict", [(str(name), value) for name, value in named.items()]
         if len({name for name, _ in items}) != len(items):
@@ -224,6 +229,15 @@ class Subset(_Splittable):
     """A view of ``base`` through ``indices``: sample ``i`` is ``base[indices[i]]``."""
 
     def __init__(self, base: Any, indices: np.ndarray) -> None:
+        given = np.asarray(indices)
+        if given.dtype == bool:  # a mask: the rows it keeps (as an int would take 0 and 1)
+            if given.shape != (len(base),):
+                raise ValueError(f"a boolean mask for a Subset has one entry per sample of "
+                                 f"its base ({len(base)}), got shape {given.shape}")
+            indices = np.flatnonzero(given)
+        elif given.size and given.dtype.kind not in "iu":
+            raise TypeError(f"Subset takes integer indices or a boolean mask, got "
+                            f"{given.dtype} ({given.ravel()[:3].tolist()} ...)")
         if isinstance(base, Subset):
             indices = base.indices[indices]
             base = base.base
@@ -330,6 +344,14 @@ def split(
     """Split any source into two disjoint, deterministic views (see ``plan.split_indices``):
     the first holds ``round(fraction * len(source))`` samples. With ``shuffle`` the
     samples are assigned by a permutation from ``seed``, else the first part is a prefix."""
+    if isinstance(fraction, (bool, np.bool_)) or not isinstance(
+            fraction, (int, float, np.integer, np.floating)):
+        raise TypeError(f"split fraction must be a number strictly between 0 and 1 (the "
+                        f"first part's share: split(0.8) for 80 % and 20 %), got {fraction!r} "
+                        f"({type(fraction).__name__})")
+    integer("split seed", seed, 0, also=" (the same split every run: a random one would mix "
+            "validation samples into training on a restart)" if seed is None else "")
+    boolean("split shuffle", shuffle)
     source = as_source(source)
     first, second = split_indices(len(source), fraction, seed=seed, shuffle=shuffle)
     return Subset(source, first), Subset(source, second)
