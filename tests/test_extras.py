@@ -58,3 +58,15 @@ def test_stoker_train_without_keras_is_one_line_naming_the_train_extra(tmp_path)
                      "imported here (import of keras halted; None in sys.modules): "
                      "pip install 'stoker[train]'"], done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_stoker_bench_without_matplotlib_says_so_before_measuring(tmp_path):
+    """It measured for minutes, printed the table, then failed on the plot."""
+    script = ("import sys\nsys.modules['matplotlib'] = None\nfrom stoker.cli import main\n"
+              "sys.exit(main(['bench', '--no-compare', '--samples', '512']))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert done.stderr.strip().splitlines() == [
+        "stoker bench: stoker bench's plot (--out) needs matplotlib, which cannot be imported "
+        "here (import of matplotlib halted; None in sys.modules): pip install matplotlib"]

@@ -4,13 +4,18 @@ child ends as a real program does, running its exit handlers and finalizers)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no os.fork")
+from conftest import gone, wait_until
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork")
 
 PRELUDE = """
 import gc, os, sys
@@ -49,8 +54,8 @@ print("parent: exact")
 """
 
 
-def run(child: str, start_method: str) -> str:
-    code = (f"START = {start_method!r}\n" + PRELUDE
+def run(child: str, start_method: str, before_fork: str = "") -> str:
+    code = (f"START = {start_method!r}\n" + PRELUDE + textwrap.dedent(before_fork)
             + "pid = os.fork()\nif pid == 0:\n" + textwrap.indent(textwrap.dedent(child), "    ")
             + PARENT_GOES_ON)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -96,6 +101,29 @@ def test_the_parents_loader_is_refused_in_the_child_and_the_parent_goes_on():
     assert "make a new Loader here" in said and "a view was made" not in said, said
 
 
+TORCH_ITERATOR = """
+batches = iter(loader.torch())  # it takes over from the loop at its first batch
+first += [np.concatenate([a.numpy(), b.numpy()[:, None]], 1) for a, b in [next(batches)]]
+iterator = batches
+"""
+
+
+@pytest.mark.parametrize("view", ["loader", "torch"])
+def test_the_parents_running_iterator_is_refused_in_the_child(view):
+    """The parent's iteration, begun before the fork and going on in the child, took a
+    batch meant for the parent, which then waited forever (5 runs in 8)."""
+    said = run("""
+        try:
+            next(iterator)
+        except stoker.LoaderError as error:
+            print("child:", error, flush=True)
+        else:
+            print("child: took the parent's batch", flush=True)
+        os._exit(0)
+    """, "forkserver", before_fork=TORCH_ITERATOR if view == "torch" else "")
+    assert "child: this Loader was made in process" in said, said
+
+
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
 def test_a_forked_child_makes_and_runs_loaders_of_its_own(start_method):
     """After the parent started workers, a loader made in the child failed to start
@@ -111,3 +139,118 @@ def test_a_forked_child_makes_and_runs_loaders_of_its_own(start_method):
     """, start_method)
     assert "child: own loader exact" in said, said
     assert "Traceback" not in said, said
+
+
+def script(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``code``; its output through files, not pipes: what outlives it (a forked
+    child, multiprocessing's resource tracker) would hold a pipe open until it ends."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], stdout=out,
+                              stderr=err, text=True, timeout=timeout)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(done.args, done.returncode, out.read(), err.read())
+
+
+def test_a_killed_consumers_workers_exit_while_a_child_forked_from_it_lives():
+    """The workers watched the consumer through a pipe whose other end a forked child
+    holds too, so they outlived a SIGKILLed consumer as long as the child lived."""
+    done = script("""
+        import os, signal, sys, time
+        import numpy as np, stoker
+        loader = stoker.Loader(stoker.from_arrays(np.zeros((64, 4), np.float32)),
+                               batch_size=8, workers=2)
+        next(iter(loader))
+        child = os.fork()
+        if child == 0:
+            time.sleep(60)
+            os._exit(0)
+        print(child, *loader.worker_pids, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    child, *workers = (int(pid) for pid in done.stdout.split())
+    try:
+        assert len(workers) == 2
+        assert wait_until(lambda: all(gone(pid) for pid in workers), 10), workers
+        assert not gone(child)  # the child, holding the pipes, still lives
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_child_forked_while_a_thread_makes_shared_memory_makes_its_own():
+    """multiprocessing's resource tracker lock, held by a thread of the parent at the
+    fork, was held forever in the child: its first block waited (7 of 30 children hung,
+    each leaving a segment behind)."""
+    done = script("""
+        import os, signal, threading, time
+        import numpy as np, stoker
+        stop = False
+        def churn():
+            while not stop:
+                stoker.from_arrays(np.zeros(4, np.float32)).release()
+        thread = threading.Thread(target=churn, daemon=True)
+        thread.start()
+        hung = 0
+        for _ in range(20):
+            time.sleep(0.02)
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(10)  # a child still waiting after 10 s is killed
+                stoker.from_arrays(np.zeros(4, np.float32)).release()
+                os._exit(0)
+            hung += os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == -signal.SIGALRM
+        stop = True
+        thread.join()
+        print("hung", hung)
+    """)
+    assert done.stdout.split() == ["hung", "0"], done.stdout + done.stderr
+
+
+def test_a_loader_in_a_daemonic_worker_is_refused_naming_the_fix():
+    """A Pool's worker (a torch DataLoader's too) may start no processes: it was
+    multiprocessing's bare 'daemonic processes are not allowed to have children'."""
+    done = script("""
+        import multiprocessing
+        import numpy as np, stoker
+        def job(workers):
+            data = stoker.from_arrays(np.zeros((16, 2), np.float32))
+            try:
+                with stoker.Loader(data, batch_size=4, workers=workers) as loader:
+                    return f"{len(list(loader))} batches"
+            except stoker.LoaderError as error:
+                return str(error)
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            print(pool.apply(job, (2,)))
+            print(pool.apply(job, (0,)))
+    """)
+    refused, inline = done.stdout.strip().splitlines()
+    assert "is a daemonic worker, such as a torch DataLoader's" in refused, done.stderr
+    assert "pass workers=0" in refused
+    assert inline == "4 batches"
+
+
+def test_a_childs_loader_over_a_source_its_parent_freed_says_so():
+    """The child's workers could not attach the dataset the parent released meanwhile:
+    the error guessed at a module missing in the worker."""
+    done = script("""
+        import os
+        import numpy as np, stoker
+        data = stoker.from_arrays(np.zeros((16, 2), np.float32))
+        ready, go = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.read(ready, 1)  # the parent has released it
+            try:
+                with stoker.Loader(data, batch_size=4, workers=1) as loader:
+                    list(loader)
+            except stoker.LoaderError as error:
+                print(str(error).splitlines()[0], flush=True)
+            os._exit(0)
+        data.release()
+        os.write(go, b"x")
+        os.waitpid(pid, 0)
+    """)
+    said = done.stdout.strip()
+    assert "no longer exists: the process that made it (pid" in said, done.stdout + done.stderr
+    assert "still running) freed it" in said and "Make the source again" in said, said
+    assert "module" not in said, said

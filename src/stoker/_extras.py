@@ -24,16 +24,17 @@ _EXTRAS = {
 }
 
 
-def require(module: str, needed_by: str, *, extra: str | None = None) -> ModuleType:
+def require(module: str, needed_by: str, *, extra: str | None = None,
+            install: str | None = None) -> ModuleType:
     """``import module``, or a ModuleNotFoundError saying that ``needed_by`` needs it and
-    how to install it (``extra``: the extra to name, if not the module's own)."""
+    how to install it (``extra``: the extra to name, if not the module's own;
+    ``install``: the whole command, where an extra would bring far more)."""
     try:
         return importlib.import_module(module)
     except ImportError as error:
         what, own = _EXTRAS[module.split(".")[0]]
-        extra = extra or own
+        command = install or f"pip install 'stoker[{extra or own}]'"
         raise ModuleNotFoundError(
-            f"{needed_by} needs {what}, which cannot be imported here ({error}): "
-            f"pip install 'stoker[{extra}]'",
+            f"{needed_by} needs {what}, which cannot be imported here ({error}): {command}",
             name=module,
         ) from error

@@ -171,7 +171,7 @@ def table(rows: Sequence[BenchRow]) -> str:
 def plot(rows: Sequence[BenchRow], path: str | os.PathLike, title: str) -> Path:
     """samples/s against workers per loader, with stoker's perfect-scaling line; written
     atomically as a PNG."""
-    matplotlib = require("matplotlib", "the plot of samples/s")
+    matplotlib = require("matplotlib", "the plot of samples/s", install="pip install matplotlib")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -218,6 +218,10 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError("--samples must be at least one --batch-size, and both positive")
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out is a PNG plot; give a path ending in .png, not {args.out}")
+    from ._extras import require
+
+    # before the minutes of measuring, not after them
+    require("matplotlib", "stoker bench's plot (--out)", install="pip install matplotlib")
     if not args.no_compare:
         _import_tensorflow_quietly()  # Keras' PyDataset is one of the rows
     rows = bench.run(_recipe(args.recipe), counts, samples=args.samples,

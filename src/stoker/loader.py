@@ -13,6 +13,7 @@ taken. ``set_epoch`` and ``load_state_dict`` move the cursor; ``state_dict`` sav
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import secrets
 import weakref
@@ -390,6 +391,17 @@ class Loader:
 
             ray_executor.connect()
         self._start_workers = self.options.resolved_workers
+        if (self._start_workers > 0 and self.options.backend == "processes"
+                and multiprocessing.current_process().daemon):
+            raise LoaderError(
+                f"this process ({multiprocessing.current_process().name}) is a daemonic "
+                "worker, such as a torch DataLoader's or a multiprocessing Pool's, and "
+                "Python lets no daemonic process start processes of its own, so this "
+                f"Loader cannot start its {self._start_workers} workers: pass workers=0 to "
+                "run the work in this process, or make the Loader in the main process (with "
+                "PyTorch: iterate loader.torch() there instead of a DataLoader with "
+                "num_workers)"
+            )
         if self._start_workers > 0:
             _check_picklable(self._transform.fn, "transform")
             _check_picklable(batch_transform, "batch_transform")
@@ -615,6 +627,8 @@ class Loader:
                     )
                 if self._run_id != run_id:
                     raise superseded(self._run_ended)
+                if os.getpid() != self._pid:  # an iterator going on in a forked child
+                    self._check_usable()
                 stats.requested()
                 try:
                     arrays = next(produced)

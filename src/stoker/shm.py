@@ -41,10 +41,36 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-__all__ = ["NAME_PREFIX", "SharedBlock", "map_private", "map_shared"]
+from ._fork import install as install_fork_hook
+
+__all__ = ["NAME_PREFIX", "BlockGone", "SharedBlock", "map_private", "map_shared"]
 
 NAME_PREFIX = "stoker_"
 _ALIGN = 64
+
+
+class BlockGone(FileNotFoundError):
+    """A block to attach no longer exists: its owner released it, or exited."""
+
+    def __init__(self, name: str) -> None:
+        owner = name[len(NAME_PREFIX):].split("_")[0] if name.startswith(NAME_PREFIX) else "?"
+        alive = owner.isdigit() and _alive(int(owner))
+        super().__init__(
+            f"the shared memory {name} no longer exists: the process that made it (pid "
+            f"{owner}{', still running' if alive else ', which has exited'}) freed it "
+            "(release(), close(), or its exit). Make the source again in this process "
+            "(stoker.from_arrays(...)) and a new Loader over it")
+        self.name = name
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _release(shm: shared_memory.SharedMemory, unlink: bool, pid: int) -> None:
@@ -87,6 +113,7 @@ class SharedBlock:
     @classmethod
     def create(cls, nbytes: int, *, purpose: str = "data") -> SharedBlock:
         """A new block of at least ``nbytes`` (never 0), owned by the returned object."""
+        install_fork_hook()  # a forked child forgets the parent's (``_fork.py``)
         size = max(int(nbytes), 1)
         name = f"{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
         try:
@@ -132,8 +159,13 @@ class SharedBlock:
 
     @classmethod
     def attach(cls, name: str) -> SharedBlock:
-        """Map a block that another process owns. Never unlinks it."""
-        return cls(shared_memory.SharedMemory(name=name, create=False), owner=False)
+        """Map a block that another process owns. Never unlinks it. ``BlockGone`` if it
+        no longer exists."""
+        try:
+            shm = shared_memory.SharedMemory(name=name, create=False)
+        except FileNotFoundError:
+            raise BlockGone(name) from None
+        return cls(shm, owner=False)
 
     @property
     def name(self) -> str:

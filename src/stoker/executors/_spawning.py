@@ -24,11 +24,13 @@ import shutil
 import stat
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing import spawn
 from multiprocessing.context import BaseContext
+
+from .._fork import WORKER_NAME_PREFIX
+from .._fork import install as install_fork_hook
 
 __all__ = [
     "START_METHODS",
@@ -40,11 +42,9 @@ __all__ = [
 ]
 
 START_METHODS = ("forkserver", "spawn", "fork")
-WORKER_NAME_PREFIX = "stoker-worker"
 _PRELOAD = ["stoker.executors._worker", "cv2"]
 _filter_installed = False
 _swept = False
-_fork_hook_registered = False
 
 
 def default_start_method() -> str:
@@ -71,40 +71,9 @@ def _install_preparation_filter() -> None:
     _filter_installed = True
 
 
-def _forget_the_parents_workers() -> None:
-    """In a child forked (``os.fork``) from a process running stoker's workers: they
-    and the forkserver that started them are the parent's. multiprocessing would stop
-    them when the child exits (it terminates the daemon children it lists), and its
-    forkserver check fails in the child (``ChildProcessError``: not its child), so a
-    Loader made there could not start. The child forgets both; its own workers come from
-    a forkserver of its own. (multiprocessing's own children reset this themselves.)"""
-    from multiprocessing import forkserver, process
-
-    children = getattr(process, "_children", None)
-    if isinstance(children, set):
-        for child in [c for c in children if str(c.name).startswith(WORKER_NAME_PREFIX)]:
-            children.discard(child)
-    server = getattr(forkserver, "_forkserver", None)
-    if server is None or getattr(server, "_forkserver_pid", None) is None:
-        return
-    alive = server._forkserver_alive_fd  # this copy would keep the parent's server up
-    server._forkserver_pid = server._forkserver_address = server._forkserver_alive_fd = None
-    # and a folder of its own for the server's socket: the parent's goes when it exits
-    process.current_process()._config.pop("tempdir", None)
-    server._lock = threading.Lock()  # another thread may have held it at the fork
-    if alive is not None:
-        try:
-            os.close(alive)
-        except OSError:
-            pass
-
-
 def worker_context(start_method: str | None) -> BaseContext:
     """The multiprocessing context that starts stoker's workers."""
-    global _fork_hook_registered
-    if not _fork_hook_registered:
-        os.register_at_fork(after_in_child=_forget_the_parents_workers)
-        _fork_hook_registered = True
+    install_fork_hook()  # a forked child forgets these workers (``_fork.py``)
     method = start_method or default_start_method()
     if method not in START_METHODS:
         raise ValueError(f"start_method must be one of {START_METHODS} or None, got {method!r}")

@@ -478,7 +478,7 @@ class ProcessExecutor:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_worker.run,
-            args=(self._payload, child_conn, worker_id),
+            args=(self._payload, child_conn, worker_id, os.getpid()),
             name=f"{WORKER_NAME_PREFIX}-{worker_id}",
             daemon=True,
         )
