@@ -391,17 +391,7 @@ class Loader:
 
             ray_executor.connect()
         self._start_workers = self.options.resolved_workers
-        if (self._start_workers > 0 and self.options.backend == "processes"
-                and multiprocessing.current_process().daemon):
-            raise LoaderError(
-                f"this process ({multiprocessing.current_process().name}) is a daemonic "
-                "worker, such as a torch DataLoader's or a multiprocessing Pool's, and "
-                "Python lets no daemonic process start processes of its own, so this "
-                f"Loader cannot start its {self._start_workers} workers: pass workers=0 to "
-                "run the work in this process, or make the Loader in the main process (with "
-                "PyTorch: iterate loader.torch() there instead of a DataLoader with "
-                "num_workers)"
-            )
+        self._refuse_daemonic()
         if self._start_workers > 0:
             _check_picklable(self._transform.fn, "transform")
             _check_picklable(batch_transform, "batch_transform")
@@ -417,7 +407,7 @@ class Loader:
         self._keras: Any = None
         self._closed = False
         self._stats = StatsRecorder(workers=self._start_workers)
-        self._pid = os.getpid()  # a forked child's copy neither runs nor closes anything
+        self._pid = os.getpid()  # the owner; a forked child's copy adopts itself first
         self._finalizer = weakref.finalize(self, _close_executor, [None], self._pid)
 
     # -- the plan -------------------------------------------------------------------
@@ -518,16 +508,42 @@ class Loader:
         first = np.concatenate(self.epoch_batches(0))[:_PROBE_SAMPLES]
         return tuple(int(i) for i in first), epoch_key(self.seed, 0, Purpose.SAMPLES)
 
+    def _refuse_daemonic(self) -> None:
+        """Workers cannot start in a daemonic process: say so, naming the fix."""
+        if (self._start_workers > 0 and self.options.backend == "processes"
+                and multiprocessing.current_process().daemon):
+            raise LoaderError(
+                f"this process ({multiprocessing.current_process().name}) is a daemonic "
+                "worker, such as a torch DataLoader's or a multiprocessing Pool's, and "
+                "Python lets no daemonic process start processes of its own, so this "
+                f"Loader cannot start its {self._start_workers} workers: pass workers=0 to "
+                "run the work in this process, or make the Loader in the main process (with "
+                "PyTorch: iterate loader.torch() there instead of a DataLoader with "
+                "num_workers)"
+            )
+
     def _check_usable(self) -> None:
         if self._closed:
             raise LoaderError(CLOSED)
         if os.getpid() != self._pid:
-            raise LoaderError(
-                f"this Loader was made in process {self._pid}, and this is a process forked "
-                f"from it ({os.getpid()}): its workers and batch slots serve the process that "
-                "made them (the two would take each other's batches); make a new Loader here "
-                "(the same source and seed give the same batches)"
-            )
+            self._adopt_after_fork()
+
+    def _adopt_after_fork(self) -> None:
+        """This process was forked from the loader's owner: its copy becomes this
+        process's own, at the same cursor. The owner's workers, slots and actors stay the
+        owner's, never used or freed here (the two would take each other's batches); this
+        copy starts workers of its own when it needs them, which make the same batches."""
+        if self.options.backend == "ray" and self._start_workers > 0:
+            from .executors import ray as ray_executor
+
+            ray_executor.connect()  # refused: Ray's connection is the parent's
+        self._refuse_daemonic()
+        self._finalizer.detach()
+        self._executor = None  # the owner's: dropped, not closed
+        self._stats = StatsRecorder(workers=self._start_workers)  # its lock may be held
+        self._keras = None
+        self._pid = os.getpid()
+        self._finalizer = weakref.finalize(self, _close_executor, [None], self._pid)
 
     def _get_executor(self) -> Executor:
         self._check_usable()
@@ -604,6 +620,7 @@ class Loader:
         if self._run_id != run_id:
             raise superseded(self._run_ended)
         executor = self._get_executor()
+        owner = self._pid
         batches = self.epoch_batches(start.epoch)[start.batch:]
         key = epoch_key(self.seed, start.epoch, Purpose.SAMPLES)
         total = len(self)
@@ -625,10 +642,16 @@ class Loader:
                         "the loader was closed while this iteration was running (by close(), "
                         "the with-block's end, or Ctrl-C in another thread)"
                     )
+                if os.getpid() != owner:  # an iteration going on in a forked child
+                    raise LoaderError(
+                        f"this iteration began in process {owner}, which forked this one "
+                        f"({os.getpid()}): that process's workers make its batches, so it "
+                        "cannot go on here; iterate the loader again in this process (its "
+                        "copy starts workers of its own and goes on from the same cursor "
+                        "with the same batches)"
+                    )
                 if self._run_id != run_id:
                     raise superseded(self._run_ended)
-                if os.getpid() != self._pid:  # an iterator going on in a forked child
-                    self._check_usable()
                 stats.requested()
                 try:
                     arrays = next(produced)

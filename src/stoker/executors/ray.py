@@ -91,11 +91,38 @@ def ray_prefetch(workers: int, batch_nbytes: int) -> int:
 # -- the cluster --------------------------------------------------------------------
 
 
+_connected_in: list[int] = []  # the process stoker saw connected to Ray
+_live: weakref.WeakSet[RayExecutor] = weakref.WeakSet()
+_kept: list[Any] = []  # in a forked child: the parent's Ray objects, never released
+
+
+def _keep_the_parents() -> None:
+    """In a child forked from a connected process: keep the copies of the parent's
+    executors (actor handles, task references) and placed datasets for the child's
+    life. Releasing one would tell Ray, through the copied connection, that the
+    parent's actors and objects are out of scope, and Ray would kill and free them."""
+    _kept.extend(_live)
+    _kept.extend(_placed.values())
+
+
 def connect() -> None:
     """Use the Ray cluster this process is connected to; connect (``RAY_ADDRESS``) or
-    start a local one if there is none, as ``ray.init()`` does."""
+    start a local one if there is none, as ``ray.init()`` does. Refused in a process
+    forked from a connected one: the copied connection is the parent's, and using it
+    from two processes gives each the other's objects."""
     if not ray.is_initialized():
         ray.init()
+    elif _connected_in and _connected_in[0] != os.getpid():
+        raise LoaderError(
+            f"this process ({os.getpid()}) was forked from process {_connected_in[0]}, "
+            "which is connected to Ray: Ray's connection does not survive a fork (the two "
+            "processes would take each other's objects), so backend='ray' cannot run here; "
+            "use backend='processes' (or workers=0) in this process, or start it with "
+            "multiprocessing's 'spawn' and connect it to Ray itself"
+        )
+    if not _connected_in and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_keep_the_parents)
+    _connected_in[:] = [os.getpid()]
 
 
 def cluster_cpus() -> int:
@@ -500,6 +527,8 @@ class RayExecutor:
         self._board: _Board | None = None
         self.landed = 0  # batches that came through the landing block
         self.shipped = 0  # batches that came through the object store
+        self._pid = os.getpid()  # whose actors, board and slots they are (not a fork's)
+        _live.add(self)
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -622,8 +651,11 @@ class RayExecutor:
 
     def _shutdown(self) -> None:
         """Kill the actors (after a crash too: a later run may start new ones, unless
-        close() was called)."""
+        close() was called). In a process forked from the owner, nothing: what there is
+        to stop or abandon is the owner's, still at work."""
         self._closed = True
+        if os.getpid() != self._pid:
+            return
         with self._lock:
             actors, self._actors = self._actors, []
             self._arguments = []
@@ -768,9 +800,10 @@ class RayExecutor:
                 if out is not None:
                     yield out
         finally:
-            with self._lock:
-                if self._generation == generation:  # never a newer run's batches
-                    self._cancel_in_flight()
+            if os.getpid() == self._pid:  # a forked child's copy abandons nothing
+                with self._lock:
+                    if self._generation == generation:  # never a newer run's batches
+                        self._cancel_in_flight()
 
     def _submit(self, batches: Sequence[np.ndarray], first: int, first_batch: int,
                 key0: int, key1: int,
