@@ -340,3 +340,29 @@ def test_a_ray_loader_is_refused_in_a_forked_child_which_leaves_the_parents_epoc
     assert "child ['this iteration began in process" in said, said
     assert said.count(") was forked from pro") == 2, said
     assert "parent True []" in said, said
+
+
+def test_a_killed_consumers_workers_exit_when_their_watch_is_above_fd_1023():
+    """A consumer with many files open (start_method="fork" copies them all into the
+    workers): the watch on its pidfd went through select(), which takes no fd above
+    1023, so the watchdog thread died and the workers outlived the killed consumer."""
+    done = script("""
+        import os, resource, signal
+        import numpy as np, stoker
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+        held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+        loader = stoker.Loader(stoker.from_arrays(np.zeros((64, 4), np.float32)),
+                               batch_size=8, workers=2, start_method="fork")
+        next(iter(loader))
+        print(*loader.worker_pids, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    workers = [int(pid) for pid in done.stdout.split()]
+    try:
+        assert len(workers) == 2, done.stdout + done.stderr
+        assert wait_until(lambda: all(gone(pid) for pid in workers), 10), workers
+    finally:
+        for pid in workers:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)

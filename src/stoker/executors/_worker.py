@@ -191,8 +191,11 @@ def _exit_when_parent_dies(consumer: int | None) -> None:
         return
 
     def watch() -> None:
-        if watched is not None:
-            select.select([watched], [], [])  # readable once the process has ended
+        if watched is not None:  # readable once the process has ended
+            poller = select.poll()  # not select(): it takes no fd above 1023
+            poller.register(watched, select.POLLIN)
+            while not poller.poll():
+                pass
         else:
             parent.join()
         os._exit(0)
