@@ -38,6 +38,7 @@ import secrets
 import shutil
 import weakref
 from multiprocessing import shared_memory
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,17 @@ class BlockGone(FileNotFoundError):
             "(release(), close(), or its exit). Make the source again in this process "
             "(stoker.from_arrays(...)) and a new Loader over it")
         self.name = name
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        # as made, not made again: the message was judged where the block was missed
+        return _block_gone, (self.name, str(self))
+
+
+def _block_gone(name: str, message: str) -> BlockGone:
+    error = BlockGone.__new__(BlockGone)
+    FileNotFoundError.__init__(error, message)
+    error.name = name
+    return error
 
 
 def _alive(pid: int) -> bool:
