@@ -1,6 +1,8 @@
 """Real Keras 3 fit() on the TensorFlow backend, fed by stoker loaders."""
 
 
+import math
+
 import numpy as np
 import pytest
 
@@ -109,9 +111,12 @@ def test_the_stats_callback_reports_every_epoch_with_a_verdict(images):
     with stoker.Loader(stoker.from_arrays(x[:40], y[:40]), batch_size=8, transform=as_float,
                        workers=2) as loader:
         short = LoaderStatsCallback(loader, print_fn=lines.append)
-        model.fit(loader.keras(), epochs=1, verbose=0, callbacks=[short])
+        logged = model.fit(loader.keras(), epochs=1, verbose=0, callbacks=[short]).history
     # 4 timed batches: no rate (a few prefetched batches read as any number), the verdict
     assert lines[-1].startswith("  loader: not enough data to judge: 4 batches"), lines[-1]
+    for name in ("samples_per_s", "wait_fraction", "worker_utilisation"):  # nor in the logs
+        assert [math.isnan(v) for v in logged[f"loader_{name}"]] == [True], logged
+    assert not math.isnan(logged["loader_queue_depth"][0])
 
 
 def test_loader_statistics_reach_tensorboard(images, tmp_path):

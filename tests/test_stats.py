@@ -48,6 +48,8 @@ def test_too_few_batches_are_not_judged():
     assert text.startswith("not enough data to judge: 3 batches after the first")
     assert snapshot(judged_batches=1).verdict().startswith(
         "not enough data to judge: 1 batch after")
+    assert not snapshot(judged_batches=9).judgeable and snapshot(judged_batches=10).judgeable
+    assert not snapshot(judged_batches=50, elapsed_s=0.0).judgeable
 
 
 def test_inline_loading_counts_the_consumers_own_time_as_the_work():

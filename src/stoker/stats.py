@@ -63,6 +63,12 @@ class LoaderStats:
                 self.samples if self.judged_samples is None else self.judged_samples)
 
     @property
+    def judgeable(self) -> bool:
+        """Whether enough batches were timed (``MIN_BATCHES`` after the first) for the
+        rates to mean anything: over a few prefetched batches they read as any number."""
+        return self._judged[0] >= MIN_BATCHES and self.elapsed_s > 0
+
+    @property
     def samples_per_s(self) -> float:
         """Steady throughput: samples after the first batch per second."""
         return self._judged[1] / self.elapsed_s if self.elapsed_s > 0 else 0.0
@@ -97,7 +103,7 @@ class LoaderStats:
         input-bound and what would balance it, never more workers than there are
         cores (``usable_cpus``: this machine's usable cores unless given)."""
         judged = self._judged[0]
-        if judged < MIN_BATCHES or self.elapsed_s <= 0:
+        if not self.judgeable:
             return (f"not enough data to judge: {plural(judged, 'batch')} after the first "
                     f"(start-up excluded); it takes {MIN_BATCHES}")
         share = f"waited for data {self.wait_fraction:.0%} of the time"
@@ -122,7 +128,7 @@ class LoaderStats:
 
     def __str__(self) -> str:
         judged = self._judged[0]
-        if judged < MIN_BATCHES:  # a rate over a few prefetched batches says nothing
+        if not self.judgeable:
             rates = (f"too few batches after the first to time ({judged}; it takes "
                      f"{MIN_BATCHES})")
         else:

@@ -59,6 +59,7 @@ How Keras reads a PyDataset, and what this adapter makes of it:
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -73,7 +74,6 @@ from .._extras import require
 from .._system import fsync_path
 from ..cursor import Position, end_held_run
 from ..errors import LoaderError
-from ..stats import MIN_BATCHES
 from ._tf_exit import read_by_tensorflow, tensorflow_call
 
 keras = require("keras", "stoker.adapters.keras (loader.keras())")
@@ -649,15 +649,17 @@ class LoaderStatsCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         stats = self.loader.stats()
         self.history.append(stats)
+        rated = stats.judgeable
         if logs is not None:  # History, TensorBoard and CSVLogger after this one see them
-            logs.update(loader_samples_per_s=stats.samples_per_s,
-                        loader_wait_fraction=stats.wait_fraction,
-                        loader_worker_utilisation=stats.worker_utilisation,
+            # NaN, not a number read off a few prefetched batches; the columns stay
+            logs.update(loader_samples_per_s=stats.samples_per_s if rated else math.nan,
+                        loader_wait_fraction=stats.wait_fraction if rated else math.nan,
+                        loader_worker_utilisation=(stats.worker_utilisation if rated
+                                                   else math.nan),
                         loader_queue_depth=stats.queue_depth)
         # Printed once Keras has finished its own line for the epoch (its progress bar
         # ends the line after every callback's on_epoch_end), never in the middle of it.
-        rate = (f"{stats.samples_per_s:.0f} samples/s; "
-                if (stats.judged_batches or 0) >= MIN_BATCHES else "")  # else it says nothing
+        rate = f"{stats.samples_per_s:.0f} samples/s; " if rated else ""  # else: not enough
         self._line = f"  loader: {rate}{stats.verdict()}"
 
     def on_train_end(self, logs: dict | None = None) -> None:
