@@ -171,6 +171,8 @@ def test_a_worker_killed_on_work_made_ahead_between_epochs_costs_nothing(data):
         assert wait_until(lambda: victim.process.exitcode is not None, 5)
         rest = epochs_of(loader, 2)
         assert loader.crashes == [] and loader._executor._restarts_used == 0
+        pool = {w.worker_id: w.process.pid for w in loader._executor._resources.workers}
+        assert sorted(pool) == [0, 1] and pool[0] != victim.process.pid  # replaced
     assert_same(first + rest, reference(small, 3))  # slow_noisy makes what noisy makes
     small.release()
 
