@@ -545,6 +545,39 @@ def test_a_worker_that_cannot_load_the_transform_says_how_to_ship_it(images):
     loader.close()
 
 
+def test_a_store_replaced_since_it_was_opened_is_refused_naming_the_fix(images, tmp_path):
+    # The actor refuses it while Ray unpickles its arguments, which Ray reports as text
+    # only: the consumer still gets stoker's own message, with no guess about modules.
+    path = stoker.store.save(tmp_path / "s", images)
+    source = stoker.store.open(path)
+    stoker.store.save(path, tuple(a[:10] for a in images), overwrite=True)
+    with stoker.Loader(source, batch_size=8, workers=1, backend="ray") as loader:
+        with pytest.raises(stoker.LoaderError, match="could not start") as caught:
+            next(iter(loader))
+    said = str(caught.value).split("\n")[0]
+    assert said.endswith("make a new Loader."), said
+    assert "StoreError: the store at" in said and "importable" not in said, said
+    assert "Traceback in the worker" in str(caught.value)
+
+
+def test_a_restarted_actor_refuses_a_store_replaced_meanwhile(images, tmp_path):
+    path = stoker.store.save(tmp_path / "s", images)
+    with stoker.Loader(stoker.store.open(path), batch_size=16, transform=slow_noisy,
+                       backend="ray", max_worker_restarts=4) as loader:
+        epoch = iter(loader)
+        next(epoch)
+        stoker.store.save(path, tuple(a[:10] for a in images), overwrite=True)
+        os.kill(loader.worker_pids[0], signal.SIGKILL)  # Ray restarts it: it loads again
+        with pytest.raises(stoker.LoaderError, match="could not start") as caught:
+            for _ in range(3):
+                for _ in epoch:
+                    pass
+                epoch = iter(loader)
+    said = str(caught.value).split("\n")[0]
+    assert said.endswith("make a new Loader."), said
+    assert "importable" not in said, said
+
+
 def test_more_workers_than_cluster_cpus_is_an_error_after_start_timeout(images):
     data = stoker.from_arrays(*images)
     with pytest.warns(UserWarning, match="cluster has 2 CPUs"):

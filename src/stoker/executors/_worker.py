@@ -158,6 +158,12 @@ class InitFailed(NamedTuple):
     traceback_text: str
     ours: bool = False  # stoker's own error (a store replaced, ...), which names its fix
 
+    @classmethod
+    def of(cls, error: BaseException, traceback_text: str) -> InitFailed:
+        """The record of ``error``: stoker's own errors name their fix, and the consumer
+        adds no guess about a missing module to them."""
+        return cls(describe(error), traceback_text, type(error).__module__.startswith("stoker."))
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
@@ -229,8 +235,7 @@ def run(payload: bytes, conn: Connection, worker_id: int = 0,
             producer.progress = (spec.progress.ndarray((spec.progress.size // 8,), np.int64),
                                  worker_id)
     except BaseException as error:  # report anything, even SystemExit from user code
-        conn.send(InitFailed(describe(error), traceback.format_exc(),
-                             type(error).__module__.startswith("stoker.")))
+        conn.send(InitFailed.of(error, traceback.format_exc()))
         return
     conn.send(Ready(os.getpid()))
     keys: dict[tuple[int, int], np.ndarray] = {}

@@ -43,6 +43,7 @@ import copy
 import os
 import threading
 import time
+import traceback
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -59,6 +60,7 @@ from ..sources import ArraySource, Subset, _ArrayFields
 from ..stats import StatsRecorder
 from ._batches import BatchArrays
 from ._produce import Producer, SampleFailure, Transform
+from ._worker import InitFailed, quiet_native_threads
 from .failures import failure_record, rebuild_exception, transform_error
 from .processes import RING_BYTES
 from .protocol import Following
@@ -289,12 +291,34 @@ class _LandingSlots:
 # -- the actor ------------------------------------------------------------------------
 
 
+class LoadFailed(Exception):
+    """An actor could not load the source or transform; ``record`` says why, typed, so
+    that the consumer tells stoker's own refusals (a store replaced) from a missing
+    module."""
+
+    def __init__(self, record: InitFailed) -> None:
+        super().__init__(record.summary)
+        self.record = record
+
+    def __reduce__(self):
+        return (LoadFailed, (self.record,))
+
+
+def could_not_start(record: InitFailed) -> LoaderError:
+    """The consumer's error for an actor that could not load the source or transform."""
+    hint = ("" if record.ours else
+            " The source or transform failed to load in the actor: the modules they need "
+            "must be importable on every node (install them there, or pass "
+            "ray.init(runtime_env={'py_modules': [...]}) or {'working_dir': ...}), and a "
+            "store must be at the same path on every node.")
+    return LoaderError(f"a Ray worker could not start: {record.summary.rstrip('.')}.{hint}"
+                       f"\n\nTraceback in the worker:\n{record.traceback_text.rstrip()}")
+
+
 class BatchActor:
     """One Ray worker: makes whole batches with the same ``Producer`` as every executor."""
 
     def __init__(self) -> None:
-        from ._worker import quiet_native_threads
-
         quiet_native_threads()
         self._producer: Producer | None = None
         self._keys: dict[tuple[int, int], np.ndarray] = {}
@@ -308,18 +332,31 @@ class BatchActor:
         on first use: every call carries them, so an actor Ray restarted (which re-runs
         only ``__init__``) loads them again from its first retried task."""
         if self._producer is None:
-            source, transform = ray.get(arguments)
-            if transform.draws_from_torch():
-                import torch  # noqa: F401  seeded per sample from the first one on, as in workers
-            self._producer = Producer(source, transform, in_worker=True)
+            try:
+                source, transform = ray.get(arguments)
+                if transform.draws_from_torch():
+                    import torch  # noqa: F401  seeded per sample from the first one on
+                self._producer = Producer(source, transform, in_worker=True)
+            except (Exception, SystemExit) as error:  # report anything, as workers do
+                # Unpickling them raised: Ray wraps that error, text only, in its own.
+                inner = getattr(error, "client_exc", None)
+                if isinstance(inner, BaseException):
+                    record = InitFailed.of(inner, error.traceback_str or traceback.format_exc())
+                else:
+                    record = InitFailed.of(error, traceback.format_exc())
+                raise LoadFailed(record) from None
         return self._producer
 
     def ready(self, arguments: list[Any], board: Board | None
-              ) -> tuple[tuple[int, str, str | None], bool]:
+              ) -> tuple[tuple[int, str, str | None], bool, InitFailed | None]:
         """Load the source and transform; where this actor runs: (pid, Ray node id, the
-        process's start time), and whether it counts its progress on ``board``."""
-        producer = self._load(arguments)
-        return self._where, self._count_on(board, producer) is not None
+        process's start time), whether it counts its progress on ``board``, and why it
+        could not load them (None when it did)."""
+        try:
+            producer = self._load(arguments)
+        except LoadFailed as failed:
+            return self._where, False, failed.record
+        return self._where, self._count_on(board, producer) is not None, None
 
     def _count_on(self, board: Board | None, producer: Producer) -> np.ndarray | None:
         """The board's int64s, with ``producer`` counting its samples there, or None where
@@ -581,18 +618,20 @@ class RayExecutor:
                 timeout=max(0.0, min(_POLL_SECONDS, deadline - time.monotonic())))
             for ref in done:
                 try:
-                    where, ready[ref].on_board = ray.get(ref)
-                    self._note_where(ready[ref], where)
-                except ray.exceptions.RayError as error:
+                    where, ready[ref].on_board, failed = ray.get(ref)
+                except ray.exceptions.RayError as error:  # the actor itself did not start
                     self._shutdown()
                     raise LoaderError(
-                        f"a Ray worker could not start: {_first_line(error)}. The source or "
-                        "transform failed to load in the actor: the modules they need must be "
-                        "importable on every node (install them there, or pass "
-                        "ray.init(runtime_env={'py_modules': [...]}) or {'working_dir': ...}), "
-                        "and a store must be at the same path on every node."
+                        f"a Ray worker could not start: {_first_line(error)}. The actor "
+                        "failed before it could load the source and transform: stoker must "
+                        "be importable on every node, in the driver's version (install it "
+                        "there, or pass ray.init(runtime_env={'py_modules': [...]}))."
                         f"\n\n{error}"
                     ) from None
+                if failed is not None:
+                    self._shutdown()
+                    raise could_not_start(failed)
+                self._note_where(ready[ref], where)
         if waiting:
             self._shutdown()
             raise LoaderError(
@@ -881,6 +920,8 @@ class RayExecutor:
             raise  # not reached: a final crash raises
         except ray.exceptions.RayError as error:
             self._shutdown()
+            if isinstance(getattr(error, "cause", None), LoadFailed):  # a restarted actor
+                raise could_not_start(error.cause.record) from None
             raise LoaderError(f"Ray could not {do}: {error}") from error
         self._note_where(flight.actor, where)
         flight.actor.last_progress = time.monotonic()
