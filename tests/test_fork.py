@@ -4,6 +4,7 @@ child ends as a real program does, running its exit handlers and finalizers)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -90,11 +91,12 @@ def test_a_child_that_drops_the_parents_loader_and_exits_stops_none_of_its_worke
     assert "Traceback" not in said, said
 
 
-def test_the_parents_loader_is_the_childs_own_copy_and_the_parent_goes_on():
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
+def test_the_parents_loader_is_the_childs_own_copy_and_the_parent_goes_on(start_method):
     """Iterating the parent's loader in the child took batches meant for the parent,
     which then waited forever; then it was refused. The child's copy now goes on from
-    the same cursor with workers of its own, exactly, and its exit (finalizers, no
-    close()) stops none of the parent's."""
+    the same cursor with workers of its own, exactly, through the loop and each view,
+    and its exit (finalizers, no close()) stops none of the parent's."""
     said = run("""
         parents = set(loader.worker_pids)
         rest = [np.concatenate([a, b[:, None]], 1) for a, b in loader]
@@ -103,15 +105,26 @@ def test_the_parents_loader_is_the_childs_own_copy_and_the_parent_goes_on():
         print("child: copy exact" if same else "child: copy differs", flush=True)
         own = set(loader.worker_pids)
         print("child: own workers" if len(own) == 2 and not own & parents else own, flush=True)
-        views = [loader.keras, loader.tf_dataset] + (
-            [loader.torch] if importlib.util.find_spec("torch") else [])
-        for view in views:
-            view()
-        print("child: views made", flush=True)
+        with stoker.Loader(data, batch_size=8, transform=noisy, seed=1, workers=0) as ref:
+            later = epochs(ref, 5)[3:]  # the epochs the views serve, from the cursor
+        views = [loader.tf_dataset] + ([loader.torch] if importlib.util.find_spec("torch")
+                                       else [])
+        for view, want in zip(views, later):
+            got = np.concatenate([np.concatenate([np.asarray(a), np.asarray(b)[:, None]], 1)
+                                  for a, b in view()])
+            print(f"child: {view.__name__}", "exact" if np.array_equal(got, want)
+                  else "differs", flush=True)
+        loader.keras()
+        tracker = multiprocessing.resource_tracker._resource_tracker
+        print("child: tracker", "not waited for" if tracker._pid is None else tracker._pid,
+              flush=True)
         sys.exit(0)
-    """, "forkserver", before_fork="import importlib.util\n")
+    """, start_method, before_fork="import importlib.util, multiprocessing.resource_tracker\n")
     assert "child: copy exact" in said and "child: own workers" in said, said
-    assert "child: views made" in said and "Traceback" not in said, said
+    assert "child: tf_dataset exact" in said, said
+    assert "child: tracker not waited for" in said and "Traceback" not in said, said
+    if importlib.util.find_spec("torch"):
+        assert "child: torch exact" in said, said
 
 
 @pytest.mark.parametrize("workers", [0, 2])

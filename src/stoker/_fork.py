@@ -45,8 +45,13 @@ def _forget_the_parent() -> None:
     if tracker is not None and hasattr(tracker, "_lock"):
         # The tracker itself stays shared with the parent (it unlinks what a killed
         # process left once every process holding it has gone, and workers register the
-        # blocks they attach with it); only its lock is the child's own.
+        # blocks they attach with it); only its lock is the child's own, and it forgets
+        # the tracker's pid: the tracker is not its child, and Python 3.12.10+ waits for
+        # it at exit (ResourceTracker.__del__: ChildProcessError) unless that is None,
+        # the state multiprocessing gives a child that did not start the tracker.
         tracker._lock = _fresh(tracker._lock)
+        if hasattr(tracker, "_pid"):
+            tracker._pid = None
     process = sys.modules.get("multiprocessing.process")
     children = getattr(process, "_children", None)
     if isinstance(children, set):

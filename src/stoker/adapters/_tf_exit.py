@@ -19,6 +19,7 @@ ended waits for nothing.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import time
 import weakref
@@ -46,7 +47,19 @@ def read_by_tensorflow(loader: Loader) -> None:
         _loaders.add(loader)
         if not _hook_registered:
             atexit.register(wind_down)
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=_forget_the_parent)
             _hook_registered = True
+
+
+def _forget_the_parent() -> None:
+    """In a forked child: the parent's loaders are not read by the child's TensorFlow
+    (the child's copies register again when it makes views of them), and the lock may
+    have been held by a parent thread that does not exist here."""
+    global _lock, _last_activity
+    _lock = threading.Lock()
+    _loaders.clear()
+    _last_activity = 0.0
 
 
 @contextmanager
