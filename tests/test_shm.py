@@ -23,3 +23,21 @@ def test_a_missing_block_says_who_freed_it_and_survives_pickling():
     again = pickle.loads(pickle.dumps(error))
     assert type(again) is BlockGone and str(again) == said and again.name == name
     assert isinstance(again, FileNotFoundError)
+
+
+def test_a_missing_loader_block_says_its_loader_was_closed_not_to_remake_the_source():
+    """A worker that attaches a loader's own block (its batch slots) after the loader
+    was closed was told to make the source again."""
+    block = SharedBlock.create(64, purpose="batch slots")
+    travelled = pickle.dumps(block)  # as an Attach message carries it to a worker
+    block.release()
+    with pytest.raises(BlockGone) as caught:
+        pickle.loads(travelled)
+    said = str(caught.value)
+    assert f"{block.name} (batch slots) no longer exists: the loader that made it" in said
+    assert "was closed" in said and "from_arrays" not in said, said
+    dataset = SharedBlock.create(64, purpose="dataset")
+    travelled = pickle.dumps(dataset)
+    dataset.release()
+    with pytest.raises(BlockGone, match=r"Make the source again"):
+        pickle.loads(travelled)

@@ -53,14 +53,21 @@ _ALIGN = 64
 class BlockGone(FileNotFoundError):
     """A block to attach no longer exists: its owner released it, or exited."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, purpose: str = "data") -> None:
         owner = name[len(NAME_PREFIX):].split("_")[0] if name.startswith(NAME_PREFIX) else "?"
         alive = owner.isdigit() and _alive(int(owner))
-        super().__init__(
-            f"the shared memory {name} no longer exists: the process that made it (pid "
-            f"{owner}{', still running' if alive else ', which has exited'}) freed it "
-            "(release(), close(), or its exit). Make the source again in this process "
-            "(stoker.from_arrays(...)) and a new Loader over it")
+        made_by = f"pid {owner}{', still running' if alive else ', which has exited'}"
+        if purpose in ("data", "dataset"):
+            said = (f"the shared memory {name} no longer exists: the process that made it "
+                    f"({made_by}) freed it (release(), close(), or its exit). Make the "
+                    "source again in this process (stoker.from_arrays(...)) and a new "
+                    "Loader over it")
+        else:  # a loader's own block (batch slots, counters, ...): it was closed
+            said = (f"the shared memory {name} ({purpose}) no longer exists: the loader "
+                    f"that made it ({made_by}) was closed, or its process exited, before "
+                    "this worker attached it; nothing waits for this worker. Make a new "
+                    "Loader if that one is still needed")
+        super().__init__(said)
         self.name = name
 
     def __reduce__(self) -> tuple[Any, tuple[str, str]]:
@@ -117,9 +124,11 @@ def _shm_free_bytes() -> int | None:
 class SharedBlock:
     """One shared-memory segment, owned (created here) or attached (created elsewhere)."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, *, owner: bool) -> None:
+    def __init__(self, shm: shared_memory.SharedMemory, *, owner: bool,
+                 purpose: str = "data") -> None:
         self._shm = shm
         self.owner = owner
+        self.purpose = purpose  # what it holds, for the error of a process that misses it
         self._finalizer = weakref.finalize(self, _release, shm, owner, os.getpid())
 
     @classmethod
@@ -142,7 +151,7 @@ class SharedBlock:
                 raise _no_space_error(size, purpose) from error
             if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
-        return cls(shm, owner=True)
+        return cls(shm, owner=True, purpose=purpose)
 
     @classmethod
     def create_many(cls, nbytes: int, count: int, *, purpose: str,
@@ -170,14 +179,14 @@ class SharedBlock:
         return blocks
 
     @classmethod
-    def attach(cls, name: str) -> SharedBlock:
+    def attach(cls, name: str, purpose: str = "data") -> SharedBlock:
         """Map a block that another process owns. Never unlinks it. ``BlockGone`` if it
         no longer exists."""
         try:
             shm = shared_memory.SharedMemory(name=name, create=False)
         except FileNotFoundError:
-            raise BlockGone(name) from None
-        return cls(shm, owner=False)
+            raise BlockGone(name, purpose) from None
+        return cls(shm, owner=False, purpose=purpose)
 
     @property
     def name(self) -> str:
@@ -200,7 +209,7 @@ class SharedBlock:
         self._finalizer()
 
     def __reduce__(self):
-        return (SharedBlock.attach, (self.name,))
+        return (SharedBlock.attach, (self.name, self.purpose))
 
     def __repr__(self) -> str:
         role = "owner" if self.owner else "attached"
