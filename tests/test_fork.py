@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from conftest import gone, wait_until
+from conftest import gone, own_segments, wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork")
 
@@ -199,29 +199,52 @@ def test_a_forked_child_makes_and_runs_loaders_of_its_own(start_method):
     assert "Traceback" not in said, said
 
 
-def test_a_killed_consumers_workers_exit_while_a_child_forked_from_it_lives():
+@pytest.mark.parametrize("kernel", ["pidfd", "no pidfd"])
+def test_a_killed_consumers_workers_exit_while_a_child_forked_from_it_lives(kernel):
     """The workers watched the consumer through a pipe whose other end a forked child
-    holds too, so they outlived a SIGKILLed consumer as long as the child lived."""
-    done = script("""
+    holds too, so they outlived a SIGKILLed consumer as long as the child lived. Without
+    a pidfd (a kernel older than 5.3; here os.pidfd_open removed before the workers are
+    forked from the consumer) they still did: the pipe was all they watched."""
+    old_kernel = "del os.pidfd_open" if kernel == "no pidfd" else ""
+    method = "fork" if kernel == "no pidfd" else None  # None: the default
+    done = script(f"""
         import os, signal, sys, time
         import numpy as np, stoker
+        {old_kernel}
         loader = stoker.Loader(stoker.from_arrays(np.zeros((64, 4), np.float32)),
-                               batch_size=8, workers=2)
+                               batch_size=8, workers=2, start_method={method!r})
         next(iter(loader))
         child = os.fork()
         if child == 0:
             time.sleep(60)
             os._exit(0)
-        print(child, *loader.worker_pids, flush=True)
+        print(os.getpid(), child, *loader.worker_pids, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    child, *workers = (int(pid) for pid in done.stdout.split())
+    consumer, child, *workers = (int(pid) for pid in done.stdout.split())
     try:
         assert len(workers) == 2
         assert wait_until(lambda: all(gone(pid) for pid in workers), 10), workers
         assert not gone(child)  # the child, holding the pipes, still lives
+        assert own_segments(consumer)  # the resource tracker waits for the child too
     finally:
         os.kill(child, signal.SIGKILL)
+    # and then unlinks what the killed consumer made (the dataset, slots, counters)
+    assert wait_until(lambda: own_segments(consumer) == set(), 20), own_segments(consumer)
+
+
+def test_without_a_pidfd_a_consumer_ended_but_not_reaped_counts_as_ended():
+    """The pid watch a worker falls back on: a zombie (ended, its parent not yet having
+    waited for it) is not a consumer still to serve, though os.kill(pid, 0) finds it."""
+    from stoker.executors._worker import _running
+
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    assert wait_until(lambda: not _running(child), 10)  # a zombie until waited for
+    os.kill(child, 0)  # it still exists
+    os.waitpid(child, 0)
+    assert not _running(child) and _running(os.getpid())
 
 
 def test_a_child_forked_while_a_thread_makes_shared_memory_makes_its_own():

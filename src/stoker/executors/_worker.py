@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 _POLL_SECONDS = 1.0
+_WATCH_S = 0.5  # how often a worker without a pidfd looks whether its consumer lives
 
 
 # -- consumer -> worker ----------------------------------------------------------------
@@ -191,9 +192,9 @@ def _exit_when_parent_dies(consumer: int | None) -> None:
             watched = os.pidfd_open(consumer)
         except ProcessLookupError:  # gone already
             os._exit(0)
-        except OSError:  # an older kernel: the pipe below
+        except OSError:  # an older kernel: polled below
             watched = None
-    if watched is None and parent is None:
+    if watched is None and parent is None and consumer is None:
         return
 
     def watch() -> None:
@@ -202,11 +203,35 @@ def _exit_when_parent_dies(consumer: int | None) -> None:
             poller.register(watched, select.POLLIN)
             while not poller.poll():
                 pass
-        else:
-            parent.join()
+        else:  # no pidfd: the pipe, and the consumer's pid every _WATCH_S (the pipe
+            while True:  # alone stays open while a process forked from it lives)
+                if parent is not None:
+                    parent.join(_WATCH_S)
+                    if not parent.is_alive():
+                        break
+                else:
+                    time.sleep(_WATCH_S)
+                if consumer is not None and not _running(consumer):
+                    break
         os._exit(0)
 
     threading.Thread(target=watch, name="stoker-parent-watchdog", daemon=True).start()
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie, ended but not yet
+    reaped by its parent, has: read from /proc where there is one)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def quiet_native_threads() -> None:
