@@ -122,3 +122,10 @@ def test_stats_print_rates_once_there_are_enough_batches(images):
     assert stats.judged_batches == len(loader) - 1 >= 10
     text = str(stats)
     assert "samples/s, waited" in text and "too few" not in text, text
+
+
+def test_a_snapshot_with_batches_but_no_time_says_so_not_that_they_were_too_few():
+    text = str(snapshot(batches=12, elapsed_s=0.0))
+    assert "no time measured after the first batch (12 batches)" in text, text
+    assert "too few" not in text and "samples/s" not in text, text
+    assert not snapshot(batches=12, elapsed_s=0.0).judgeable

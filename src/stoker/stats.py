@@ -128,9 +128,11 @@ class LoaderStats:
 
     def __str__(self) -> str:
         judged = self._judged[0]
-        if not self.judgeable:
+        if judged < MIN_BATCHES:
             rates = (f"too few batches after the first to time ({judged}; it takes "
                      f"{MIN_BATCHES})")
+        elif not self.judgeable:  # a snapshot with no time after the first batch
+            rates = f"no time measured after the first batch ({judged} batches)"
         else:
             rates = (f"{self.samples_per_s:.0f} samples/s, waited {self.wait_fraction:.0%}, "
                      f"workers busy {self.worker_utilisation:.0%}")
