@@ -102,8 +102,14 @@ def test_bad_combinations_are_refused_naming_the_fix():
         stoker.mix([a, a], [float("nan"), 1])
     with pytest.raises(ValueError, match="sum to 0"):
         stoker.mix([a, a], [0, 0])
-    with pytest.raises(ValueError, match="length must be an int >= 1"):
+    with pytest.raises(ValueError, match=r"mix length \(samples\) must be >= 1, got 0"):
         stoker.mix([a], [1], length=0)
+    with pytest.raises(TypeError, match=r"mix length \(samples\) must be an int, got 2.5"):
+        stoker.mix([a], [1], length=2.5)
+    with pytest.raises(TypeError, match="mix seed must be an int, got True"):
+        stoker.mix([a], [1], seed=True)
+    with pytest.raises(ValueError, match="mix seed must be >= 0, got -1"):
+        stoker.mix([a], [1], seed=-1)
     with pytest.raises(TypeError, match="takes a list of sources"):
         stoker.concat(a)
     with pytest.raises(ValueError, match="at least one source"):

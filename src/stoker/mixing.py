@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import integer
 from .blobs import Record
 from .layout import BatchLayout, LayoutMismatch
 from .sources import _Splittable, as_source
@@ -216,10 +217,8 @@ class Mix(Combined):
             raise ValueError("the weights sum to 0: at least one must be above 0")
         if length is None:
             length = sum(len(s) for s in self.sources)
-        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
-            raise ValueError(f"length must be an int >= 1 (samples), got {length!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        integer("mix length (samples)", length, 1)
+        integer("mix seed", seed, 0)
         self.weights = tuple(float(w) for w in weights)
         self.length, self.seed, self.tag = int(length), int(seed), tag
         self._which, self._inner = mix_table([len(s) for s in self.sources], self.weights,

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import RemoteTraceback, TransformError, describe
+from ..layout import LayoutMismatch
 
 __all__ = ["exception_bytes", "failure_record", "rebuild_exception", "transform_error"]
 
@@ -110,7 +111,7 @@ def rebuild_exception(data: bytes | None, summary: str, traceback_text: str) -> 
 def _said(error: BaseException) -> str:
     """A checking failure as said: stoker's own (a layout mismatch) by its message,
     anything else by its type too."""
-    if type(error).__name__ == "LayoutMismatch":
+    if isinstance(error, LayoutMismatch):
         return str(error)
     return describe(error)
 
