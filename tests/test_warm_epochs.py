@@ -177,6 +177,29 @@ def test_a_worker_killed_on_work_made_ahead_between_epochs_costs_nothing(data):
     small.release()
 
 
+def test_a_worker_killed_idle_between_epochs_costs_nothing(data):
+    """Killed while it had nothing to do (prefetch=1: the other worker made the one batch
+    made ahead): the next run gave it tasks, then counted its death as its own crash,
+    WorkerCrashed with max_worker_restarts=0, naming a batch the worker never had."""
+    one = stoker.from_arrays(X[:64], Y[:64])
+    try:
+        with stoker.Loader(one, batch_size=16, transform=noisy, seed=3, workers=2,
+                           prefetch=1) as loader:
+            first = epochs_of(loader, 1)
+            idle = [w for w in loader._executor._resources.workers if not w.tasks]
+            assert idle, "the test needs a worker with nothing to do"
+            victim = idle[0]
+            os.kill(victim.process.pid, signal.SIGKILL)
+            assert wait_until(lambda: victim.process.exitcode is not None, 5)
+            rest = epochs_of(loader, 3)
+            assert loader.crashes == [] and loader._executor._restarts_used == 0
+            pool = {w.worker_id: w.process.pid for w in loader._executor._resources.workers}
+            assert sorted(pool) == [0, 1] and victim.process.pid not in pool.values()
+        assert_same(first + rest, reference(one, 4))
+    finally:
+        one.release()
+
+
 def test_a_crash_in_work_made_ahead_is_not_this_epochs_and_costs_no_restart(data):
     seed, threshold = _bad_in_epoch_one()
     with stoker.Loader(data, batch_size=16, transform=FailsBelow(threshold, "exit"),

@@ -733,9 +733,10 @@ class Loader:
     def crashes(self) -> list[tuple[int, int | None]]:
         """Workers that died so far on a run's batches, as (worker id, exit code;
         negative: the signal; None on Ray, which does not report it), whether they were
-        replaced (``max_worker_restarts``) or not. A worker that dies on work made ahead
-        for the next epoch costs nothing and is not listed: it is replaced (using no
-        restart) and that work is made again by its own run."""
+        replaced (``max_worker_restarts``) or not. A worker that dies holding none of a
+        run's batches (idle, or on work made ahead for the next epoch) costs nothing and
+        is not listed: it is replaced (using no restart) and any work made ahead is made
+        again by its own run. A death during start-up is always listed."""
         executor = self._executor
         return list(executor.crashes) if executor is not None else list(self._crashed)
 

@@ -720,14 +720,16 @@ class ProcessExecutor:
         """The batches made ahead for this run, now its own; or None, and then whatever
         was made ahead must finish before its slots are used again."""
         ahead, self._ahead = self._ahead, None
+        for worker in list(self._resources.workers):
+            # Died between the runs, with no pump to see it, idle or on work made ahead:
+            # that is still nobody's work (dropped, no restart used), not this run's
+            # crash once adopted or once this run gave the dead worker tasks.
+            if worker.process.exitcode is not None and all(
+                    ahead is not None and t.generation == ahead.tag
+                    for t in worker.tasks.values()):
+                self._handle_death(worker)
         if ahead is None:
             return None
-        for worker in list(self._resources.workers):
-            # Died on it between the runs, with no pump to see it: it is still nobody's
-            # work (dropped, no restart used), not this run's crash once adopted.
-            if (worker.tasks and all(t.generation == ahead.tag for t in worker.tasks.values())
-                    and worker.process.exitcode is not None):
-                self._handle_death(worker)
         if self._dirty or ahead.tag in self._dropped or not ahead.matches(
                 epoch, key, batches, first_batch):
             self._dirty = True  # drained before this run starts
@@ -925,7 +927,9 @@ class ProcessExecutor:
             self._tasks.pop(task.task_id, None)
             self._dropped.add(task.generation)
         lost = [task for task in lost if not _made_ahead(task)]
-        if ahead and not lost:  # died on work made ahead only: not this run's crash
+        if not lost and (ahead or worker.ready):  # lost no run's work: not its crash
+            # (a death at start-up is counted, or a worker that cannot start would be
+            # started again forever)
             index = self._resources.workers.index(worker)
             if worker.retiring:  # it was leaving the pool anyway
                 del self._resources.workers[index]
