@@ -127,6 +127,43 @@ def test_the_parents_loader_is_the_childs_own_copy_and_the_parent_goes_on(start_
         assert "child: torch exact" in said, said
 
 
+def test_a_child_forked_while_a_parent_thread_serves_keras_gets_the_same_view_unlocked():
+    """A parent thread was inside the Keras view (its lock held, waiting for a batch)
+    at the fork: in the child, state_dict() waited forever on that copied lock, and
+    loader.keras() was another view than the one the child's code held."""
+    done = script("""
+        import os, signal, sys, threading, time
+        os.environ["KERAS_BACKEND"] = "numpy"
+        import numpy as np, stoker
+        data = stoker.from_arrays(np.arange(64 * 4, dtype=np.float32).reshape(64, 4))
+        gate = threading.Event()
+        def slow(sample, rng):
+            time.sleep(0.2 if os.environ.get("SLOW") else 0)
+            return sample
+        os.environ["SLOW"] = "1"
+        loader = stoker.Loader(data, batch_size=8, workers=1, transform=slow, seed=0)
+        view = loader.keras()
+        threading.Thread(target=lambda: view[0], daemon=True).start()
+        time.sleep(0.1)
+        print("parent: held", not view._lock.acquire(blocking=False), flush=True)
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(30)  # a hang ends here
+            print("child: same view", loader.keras() is view, flush=True)
+            print("child: state", loader.state_dict()["batches_done"], flush=True)
+            print("child: batches", len(list(loader)), flush=True)
+            loader.close()
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("parent: child", os.waitstatus_to_exitcode(status), flush=True)
+        loader.close()
+        data.release()
+    """)
+    said = done.stdout.split("\n")
+    assert said[:5] == ["parent: held True", "child: same view True", "child: state 0",
+                        "child: batches 8", "parent: child 0"], done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_loader_made_before_the_fork_and_not_yet_run_serves_the_child(workers):
     """Made at import, forked, then used (a server's pre-fork pattern): after 78f417d
@@ -402,3 +439,29 @@ def test_a_killed_consumers_workers_exit_when_their_watch_is_above_fd_1023():
         for pid in workers:
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_process_lock_held_by_a_thread_at_the_fork_is_free_in_the_child(reentrant):
+    import threading
+
+    from stoker._fork import ProcessLock
+
+    lock, held, done = ProcessLock(reentrant=reentrant), threading.Event(), threading.Event()
+
+    def hold():
+        with lock:
+            held.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(10)
+    child = os.fork()
+    if child == 0:
+        os._exit(0 if lock.acquire(timeout=5) else 1)
+    _, status = os.waitpid(child, 0)
+    assert not lock.acquire(blocking=False)  # the parent's is still held by its thread
+    done.set()
+    thread.join()
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -10,6 +10,11 @@ do not exist in the child. The hook below, installed with the first shared-memor
 or worker pool, makes the child forget all of that, so that its own loaders start
 cleanly and its exit touches nothing of the parent's. multiprocessing's own children
 reset this themselves (they run the hook too, harmlessly).
+
+stoker's own locks are :class:`ProcessLock` s, which the hook makes fresh in the child
+(a copy held by a parent thread would block it forever), and an object whose state is
+its process's own (a Keras view's pass under way) registers with :func:`forget_in_child`
+to be reset there, before any code of the child runs.
 """
 
 from __future__ import annotations
@@ -17,11 +22,50 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import weakref
+from typing import Any
 
-__all__ = ["WORKER_NAME_PREFIX", "install"]
+__all__ = ["WORKER_NAME_PREFIX", "ProcessLock", "forget_in_child", "install"]
 
 WORKER_NAME_PREFIX = "stoker-worker"
 _installed = False
+_locks: weakref.WeakSet[ProcessLock] = weakref.WeakSet()
+_forgetful: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+class ProcessLock:
+    """A ``threading.Lock`` (``RLock`` if ``reentrant``) that is fresh, unheld, in a
+    process forked from this one."""
+
+    __slots__ = ("__weakref__", "_lock", "_reentrant")
+
+    def __init__(self, *, reentrant: bool = False) -> None:
+        install()
+        self._reentrant = reentrant
+        self._lock: Any = threading.RLock() if reentrant else threading.Lock()
+        _locks.add(self)
+
+    def _renew(self) -> None:
+        self._lock = threading.RLock() if self._reentrant else threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def forget_in_child(owner: Any) -> None:
+    """Have ``owner._forget_the_parent()`` run in every process forked from this one,
+    right after the fork (while ``owner`` lives)."""
+    install()
+    _forgetful.add(owner)
 
 
 def install() -> None:
@@ -40,6 +84,16 @@ def _fresh(lock: object) -> object:
 def _forget_the_parent() -> None:
     """Runs in the child right after the fork; imports nothing (only what the parent
     had loaded can need forgetting)."""
+    for lock in list(_locks):
+        lock._renew()
+    failed: Exception | None = None
+    for owner in list(_forgetful):
+        try:
+            owner._forget_the_parent()
+        except Exception as error:  # the others still forget; Python reports the first
+            failed = failed or error
+    if failed is not None:
+        raise failed
     tracker_module = sys.modules.get("multiprocessing.resource_tracker")
     tracker = getattr(tracker_module, "_resource_tracker", None)
     if tracker is not None and hasattr(tracker, "_lock"):

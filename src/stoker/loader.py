@@ -541,7 +541,8 @@ class Loader:
         self._finalizer.detach()
         self._executor = None  # the owner's: dropped, not closed
         self._stats = StatsRecorder(workers=self._start_workers)  # its lock may be held
-        self._keras = None
+        # self._keras stays: the fork hook reset its state (adapters/keras.py), and
+        # loader.keras() is the same view in the child as in the parent.
         self._pid = os.getpid()
         self._finalizer = weakref.finalize(self, _close_executor, [None], self._pid)
 

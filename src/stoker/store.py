@@ -38,7 +38,6 @@ import math
 import os
 import re
 import shutil
-import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
@@ -48,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from ._fork import ProcessLock
 from ._system import fsync_path
 from .blobs import Blobs, BytesList, is_blob_list, offsets_problem
 from .sources import ArraySource, Subset, _ArrayFields, field_arrays
@@ -151,7 +151,7 @@ def _classes(classes: Iterable[Any] | None) -> list[Any] | None:
 # This process's own leases: where flock is emulated with per-process POSIX locks (NFS),
 # a second descriptor of the same process would get the lock; the set answers then.
 _live_leases: set[str] = set()  # real paths
-_live_lock = threading.Lock()
+_live_lock = ProcessLock()
 
 
 class _Lease:

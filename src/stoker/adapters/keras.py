@@ -62,7 +62,6 @@ import json
 import math
 import os
 import sys
-import threading
 import warnings
 from collections import deque
 from collections.abc import Iterator
@@ -71,6 +70,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._extras import require
+from .._fork import ProcessLock, forget_in_child
 from .._system import fsync_path
 from ..cursor import Position, end_held_run
 from ..errors import LoaderError
@@ -168,7 +168,20 @@ class KerasDataset(keras.utils.PyDataset):
     def __init__(self, loader: Loader) -> None:
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=1)
         self.loader = loader
-        self._lock = threading.RLock()
+        self._lock = ProcessLock(reentrant=True)  # fresh in a forked child
+        self._fresh_state()
+        loader._adapters.add(self)
+        forget_in_child(self)
+        if keras.backend.backend() == "tensorflow":
+            read_by_tensorflow(loader)
+
+    def _forget_the_parent(self) -> None:
+        """In a forked child (``_fork.py``): the parent's passes are not the child's; its
+        copy of the loader goes on from the same cursor, and this view with it."""
+        self._inherited = self._run  # the parent's run: ended here later, not in the hook
+        self._fresh_state()
+
+    def _fresh_state(self) -> None:
         self._reader: FrameType | None = None  # the Keras generator being served
         # Readers whose pass is over (kept alive here, so identity is exact); enough for
         # the stale calls tf.data's threads can still make.
@@ -183,10 +196,7 @@ class KerasDataset(keras.utils.PyDataset):
         self._open: list[_OpenEpoch] = []  # Keras epochs over this view under way
         self._filter: tuple | None = None
         self._complete: deque[Position] = deque()  # passes read to the end, not yet trained
-        self._moves = loader._moves  # the loader's count of cursor moves when this pass began
-        loader._adapters.add(self)
-        if keras.backend.backend() == "tensorflow":
-            read_by_tensorflow(loader)
+        self._moves = self.loader._moves  # the loader's cursor moves when this pass began
 
     # -- what Keras asks ------------------------------------------------------------------
 

@@ -30,7 +30,6 @@ exit (``_tf_exit``).
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._extras import require
+from .._fork import ProcessLock
 from ..cursor import end_held_run
 from ..errors import LoaderError
 from ..loader import CLOSED
@@ -63,7 +63,7 @@ class _Reader:
     def __init__(self, loader: Loader, declared: int) -> None:
         self.loader = loader
         self.declared = declared
-        self._lock = threading.Lock()
+        self._lock = ProcessLock()  # fresh in a forked child
         self._run: Iterator[list[np.ndarray]] | None = None
         self._token = 0  # the current iteration's
 

@@ -57,7 +57,6 @@ from __future__ import annotations
 import math
 import os
 import select
-import threading
 import time
 import weakref
 from collections import deque
@@ -69,6 +68,7 @@ from typing import Any
 
 import numpy as np
 
+from .._fork import ProcessLock
 from .._system import available_memory, private_memory
 from ..errors import LoaderError, WorkerCrashed, describe_exitcode
 from ..layout import BatchLayout
@@ -344,7 +344,7 @@ class ProcessExecutor:
         self._max_restarts = max_worker_restarts
         self._timeout = timeout
         self._start_timeout = start_timeout
-        self._lock = threading.RLock()
+        self._lock = ProcessLock(reentrant=True)  # fresh in a forked child
         self._closed = False  # the pool was shut down: the run in progress must end
         self._stopped = False  # close() was called: nothing runs again
         self._resources = _Resources()

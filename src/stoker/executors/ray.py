@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import copy
 import os
-import threading
 import time
 import traceback
 import warnings
@@ -52,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from .._fork import ProcessLock
 from ..errors import LoaderError, WorkerCrashed
 from ..layout import BatchLayout
 from ..mixing import Combined
@@ -174,7 +174,7 @@ class ObjectStoreArrays(_ArrayFields):
 _placed: weakref.WeakKeyDictionary[ArraySource, tuple[tuple[str, str], ObjectStoreArrays]] = (
     weakref.WeakKeyDictionary()
 )
-_placed_lock = threading.Lock()
+_placed_lock = ProcessLock()
 
 
 def portable(source: Any) -> Any:
@@ -550,7 +550,7 @@ class RayExecutor:
         self._timeout = timeout
         self._start_timeout = start_timeout
         self._stats = stats
-        self._lock = threading.RLock()
+        self._lock = ProcessLock(reentrant=True)  # fresh in a forked child
         self._closed = False
         self._stopped = False  # close() was called by the loader: nothing runs again
         self._actors: list[_Actor] = []
