@@ -41,3 +41,27 @@ def test_a_missing_loader_block_says_its_loader_was_closed_not_to_remake_the_sou
     dataset.release()
     with pytest.raises(BlockGone, match=r"Make the source again"):
         pickle.loads(travelled)
+
+
+def test_privatize_gives_the_pages_under_an_array_their_own_copy():
+    from stoker.shm import prepare_privatize, privatize
+
+    prepare_privatize()
+    block = SharedBlock.create(3 * 4096, purpose="batch slots")
+    other = SharedBlock.attach(block.name)  # another mapping of the same memory
+    try:
+        mine = block.ndarray((3 * 4096,), "uint8")[5000:6000]  # within page 1
+        theirs = other.ndarray((3 * 4096,), "uint8")
+        theirs[:] = 7
+        assert privatize(mine)
+        assert (mine == 7).all()  # the same bytes
+        theirs[:] = 9  # no longer shows here, except outside the privatized pages
+        mine[:] = 1  # and this no longer shows there
+        assert (mine == 1).all() and (theirs[5000:6000] == 9).all()
+        whole = block.ndarray((3 * 4096,), "uint8")
+        assert (whole[:4096] == 9).all() and (whole[8192:] == 9).all()  # still shared
+        assert (whole[4096:4999] == 7).all()  # page 1 is this mapping's own
+        del mine, theirs, whole
+    finally:
+        other.release()
+        block.release()

@@ -646,7 +646,7 @@ class Loader:
                 if os.getpid() != owner:  # an iteration going on in a forked child
                     raise LoaderError(
                         f"this iteration began in process {owner}, which forked this one "
-                        f"({os.getpid()}): that process's workers make its batches, so it "
+                        f"({os.getpid()}): its batches are that process's to take, so it "
                         "cannot go on here; iterate the loader again in this process (its "
                         "copy starts workers of its own and goes on from the same cursor "
                         "with the same batches)"

@@ -12,7 +12,9 @@ Ownership rules:
   multiprocessing's resource tracker unlinks what was left.
 * Ownership does not travel through ``fork``: a forked child's copy of an owner only
   unmaps (its parent, still running, reads the block), as a child's copy of a loader
-  stops no worker (``loader.py``, ``processes.py``).
+  stops no worker (``loader.py``, ``processes.py``). A batch lent to the consumer (a
+  view of a slot) is made private in the child (``privatize``), so that the parent's
+  and the child's copies are each their own, as any other array is after a fork.
 * **Unlinking may be eager; unmapping never happens under a live view.** Every numpy
   view ``ndarray`` hands out holds a buffer export on the mapping, so ``release`` cannot
   unmap while one is alive: it closes the file descriptor and unlinks (the owner) at
@@ -44,7 +46,7 @@ import numpy as np
 
 from ._fork import install as install_fork_hook
 
-__all__ = ["NAME_PREFIX", "BlockGone", "SharedBlock", "map_private", "map_shared"]
+__all__ = ["NAME_PREFIX", "BlockGone", "SharedBlock", "map_private", "map_shared", "privatize"]
 
 NAME_PREFIX = "stoker_"
 _ALIGN = 64
@@ -254,6 +256,46 @@ def map_shared(name: str) -> np.ndarray:
     finally:
         os.close(fd)
     return np.frombuffer(mapping, np.uint8)
+
+
+_libc_mmap: Any = None
+
+
+def prepare_privatize() -> None:
+    """Load what ``privatize`` needs, here and now: it runs in a fork hook, where
+    nothing should be imported or looked up."""
+    global _libc_mmap
+    if _libc_mmap is None and os.name == "posix":
+        import ctypes
+
+        try:
+            function = ctypes.CDLL(None, use_errno=True).mmap
+        except (OSError, AttributeError):
+            return
+        function.restype = ctypes.c_void_p
+        function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                             ctypes.c_int, ctypes.c_int64]
+        _libc_mmap = (function, ctypes)
+
+
+def privatize(array: np.ndarray) -> bool:
+    """Make the pages under ``array`` this process's own: the same bytes, in anonymous
+    private memory mapped at the same address (``MAP_FIXED``), so that writes by the
+    processes it shared them with no longer show here and its own no longer show
+    there. For a forked child's copy of a lent batch. False where it cannot."""
+    if _libc_mmap is None or array.nbytes == 0:
+        return False
+    function, ctypes = _libc_mmap
+    page = mmap.PAGESIZE
+    start = array.ctypes.data // page * page
+    end = -(-(array.ctypes.data + array.nbytes) // page) * page
+    saved = ctypes.string_at(start, end - start)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_FIXED", 0x10)
+    got = function(start, end - start, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
+    if got != start:  # MAP_FAILED: nothing was replaced
+        return False
+    ctypes.memmove(start, saved, end - start)
+    return True
 
 
 def aligned(offset: int) -> int:

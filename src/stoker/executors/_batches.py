@@ -28,7 +28,9 @@ import sys
 
 import numpy as np
 
+from .._fork import forget_in_child
 from ..layout import BatchLayout
+from ..shm import prepare_privatize, privatize
 
 __all__ = ["BatchArrays", "LentSlots", "lend_limit"]
 
@@ -123,6 +125,17 @@ class LentSlots:
         self._idle: dict[int, int] = {}  # slot -> its owner's references when not lent
         self.lent = 0  # batches handed over without a copy
         self.copied = 0  # batches that could not be, and were copied
+        prepare_privatize()
+        forget_in_child(self)
+
+    def _forget_the_parent(self) -> None:
+        """In a forked child: the batches lent to the parent's consumer, which the child
+        holds copies of, become the child's own memory (the parent uses their slots
+        again; the child may write into its copies). No slot is lent here any more."""
+        for owner in self._owners.values():
+            privatize(owner)
+        self._owners.clear()
+        self._idle.clear()
 
     @property
     def held(self) -> frozenset[int]:

@@ -116,11 +116,13 @@ def connect() -> None:
         ray.init()
     elif _connected_in and _connected_in[0] != os.getpid():
         raise LoaderError(
-            f"this process ({os.getpid()}) was forked from process {_connected_in[0]}, "
-            "which is connected to Ray: Ray's connection does not survive a fork (the two "
-            "processes would take each other's objects), so backend='ray' cannot run here; "
-            "use backend='processes' (or workers=0) in this process, or start it with "
-            "multiprocessing's 'spawn' and connect it to Ray itself"
+            f"this process ({os.getpid()}) was forked (itself or an ancestor) from process "
+            f"{_connected_in[0]}, which is connected to Ray: Ray's connection does not "
+            "survive a fork (the two processes would take each other's objects), so "
+            "backend='ray' cannot run here; use backend='processes' (or workers=0) in "
+            "this process, or start it with multiprocessing's 'spawn' and connect it to "
+            "Ray itself (and end this one with os._exit(): Ray's exit handlers, copied "
+            "from the connected process, hang here)"
         )
     if not _connected_in and hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_keep_the_parents)
