@@ -20,9 +20,11 @@ def test_a_missing_block_says_who_freed_it_and_survives_pickling():
     said = str(error)
     assert said.startswith(f"the shared memory {name} no longer exists: the process that "
                            f"made it (pid {os.getpid()}, still running) freed it"), said
+    error.add_note("seen by worker 3")
     again = pickle.loads(pickle.dumps(error))
     assert type(again) is BlockGone and str(again) == said and again.name == name
     assert isinstance(again, FileNotFoundError)
+    assert again.__notes__ == ["seen by worker 3"]
 
 
 def test_a_missing_loader_block_says_its_loader_was_closed_not_to_remake_the_source():

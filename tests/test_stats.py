@@ -128,4 +128,7 @@ def test_a_snapshot_with_batches_but_no_time_says_so_not_that_they_were_too_few(
     text = str(snapshot(batches=12, elapsed_s=0.0))
     assert "no time measured after the first batch (12 batches)" in text, text
     assert "too few" not in text and "samples/s" not in text, text
-    assert not snapshot(batches=12, elapsed_s=0.0).judgeable
+    for elapsed in (0.0, -1.0, float("nan"), float("inf")):
+        stats = snapshot(batches=12, elapsed_s=elapsed)
+        assert not stats.judgeable, elapsed
+        assert "no time measured after the first batch (12 batches)" in stats.verdict()

@@ -25,6 +25,7 @@ import cloudpickle
 import numpy as np
 
 from ._checks import boolean, integer
+from ._fork import ProcessLock
 from ._system import usable_cpu_count
 from .cursor import STATE_VERSION, Position, parse_state, superseded
 from .errors import LoaderError
@@ -51,6 +52,7 @@ __all__ = ["Loader", "LoaderOptions"]
 
 BACKENDS = ("processes", "inline", "ray")
 CLOSED = "this Loader is closed; create a new one"
+_adopting = ProcessLock()  # a forked child's copies of loaders become its own under it
 # How many of epoch 0's first samples the layout may be read off: the first one that a
 # filtering transform (stoker.Many()) keeps.
 _PROBE_SAMPLES = 64
@@ -526,7 +528,9 @@ class Loader:
         if self._closed:
             raise LoaderError(CLOSED)
         if os.getpid() != self._pid:
-            self._adopt_after_fork()
+            with _adopting:  # two threads of the child: one adopts, the other sees it
+                if os.getpid() != self._pid:
+                    self._adopt_after_fork()
 
     def _adopt_after_fork(self) -> None:
         """This process was forked from the loader's owner: its copy becomes this
@@ -540,6 +544,7 @@ class Loader:
         self._refuse_daemonic()
         self._finalizer.detach()
         self._executor = None  # the owner's: dropped, not closed
+        self._crashed = ()  # the owner's crashes are not this copy's
         self._stats = StatsRecorder(workers=self._start_workers)  # its lock may be held
         # self._keras stays: the fork hook reset its state (adapters/keras.py), and
         # loader.keras() is the same view in the child as in the parent.
@@ -677,6 +682,8 @@ class Loader:
         """What the loader did so far: batches, samples/s, how long the consumer waited,
         how busy the workers were (see ``LoaderStats.verdict()``). ``reset=True`` starts
         the counters again after taking the snapshot."""
+        if os.getpid() != self._pid:  # a forked child's copy, not adopted yet: nothing
+            return StatsRecorder(workers=self._start_workers).snapshot()  # of its own
         snapshot = self._stats.snapshot()
         if reset:
             self._stats.reset()
@@ -728,7 +735,9 @@ class Loader:
     def worker_pids(self) -> list[int]:
         """Process ids of the running workers (empty before the first batch)."""
         executor = self._executor
-        return executor.pids if executor is not None else []
+        if executor is None or os.getpid() != self._pid:  # not a forked child's parent's
+            return []
+        return executor.pids
 
     @property
     def crashes(self) -> list[tuple[int, int | None]]:
@@ -739,6 +748,8 @@ class Loader:
         is not listed: it is replaced (using no restart) and any work made ahead is made
         again by its own run. A death during start-up is always listed."""
         executor = self._executor
+        if os.getpid() != self._pid:  # a forked child's copy: the parent's are not its own
+            return []
         return list(executor.crashes) if executor is not None else list(self._crashed)
 
     @property

@@ -72,13 +72,14 @@ class BlockGone(FileNotFoundError):
         super().__init__(said)
         self.name = name
 
-    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
-        # as made, not made again: the message was judged where the block was missed
-        return _block_gone, (self.name, str(self))
+    def __reduce__(self) -> tuple[Any, tuple[type, str, str], dict[str, Any]]:
+        # as made, not made again: the message was judged where the block was missed;
+        # its attributes (add_note()'s too) and its class come along
+        return _block_gone, (type(self), self.name, str(self)), self.__dict__
 
 
-def _block_gone(name: str, message: str) -> BlockGone:
-    error = BlockGone.__new__(BlockGone)
+def _block_gone(kind: type[BlockGone], name: str, message: str) -> BlockGone:
+    error = kind.__new__(kind)
     FileNotFoundError.__init__(error, message)
     error.name = name
     return error

@@ -66,7 +66,8 @@ class LoaderStats:
     def judgeable(self) -> bool:
         """Whether enough batches were timed (``MIN_BATCHES`` after the first) for the
         rates to mean anything: over a few prefetched batches they read as any number."""
-        return self._judged[0] >= MIN_BATCHES and self.elapsed_s > 0
+        return (self._judged[0] >= MIN_BATCHES and math.isfinite(self.elapsed_s)
+                and self.elapsed_s > 0)
 
     @property
     def samples_per_s(self) -> float:
@@ -103,9 +104,12 @@ class LoaderStats:
         input-bound and what would balance it, never more workers than there are
         cores (``usable_cpus``: this machine's usable cores unless given)."""
         judged = self._judged[0]
-        if not self.judgeable:
+        if judged < MIN_BATCHES:
             return (f"not enough data to judge: {plural(judged, 'batch')} after the first "
                     f"(start-up excluded); it takes {MIN_BATCHES}")
+        if not self.judgeable:
+            return (f"not enough data to judge: no time measured after the first batch "
+                    f"({plural(judged, 'batch')})")
         share = f"waited for data {self.wait_fraction:.0%} of the time"
         if not self.input_bound:
             return (f"model-bound: the loader kept up ({share}, workers busy "
