@@ -40,7 +40,8 @@ class ProcessLock:
     __slots__ = ("__weakref__", "_lock", "_reentrant")
 
     def __init__(self, *, reentrant: bool = False) -> None:
-        install()
+        # The hook is installed at the first acquire, not here (nothing happens at
+        # import): a lock never taken cannot be held at a fork.
         self._reentrant = reentrant
         self._lock: Any = threading.RLock() if reentrant else threading.Lock()
         _locks.add(self)
@@ -49,12 +50,16 @@ class ProcessLock:
         self._lock = threading.RLock() if self._reentrant else threading.Lock()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not _installed:
+            install()
         return self._lock.acquire(blocking, timeout)
 
     def release(self) -> None:
         self._lock.release()
 
     def __enter__(self) -> bool:
+        if not _installed:
+            install()
         return self._lock.acquire()
 
     def __exit__(self, *exc: object) -> None:
@@ -86,6 +91,7 @@ def _forget_the_parent() -> None:
     had loaded can need forgetting)."""
     for lock in list(_locks):
         lock._renew()
+    _forget_multiprocessing()
     failed: Exception | None = None
     for owner in list(_forgetful):
         try:
@@ -94,6 +100,10 @@ def _forget_the_parent() -> None:
             failed = failed or error
     if failed is not None:
         raise failed
+
+
+def _forget_multiprocessing() -> None:
+    """multiprocessing's view of the parent: its tracker, children and forkserver."""
     tracker_module = sys.modules.get("multiprocessing.resource_tracker")
     tracker = getattr(tracker_module, "_resource_tracker", None)
     if tracker is not None and hasattr(tracker, "_lock"):

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import atexit
 import os
-import threading
 import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
+
+from .._fork import ProcessLock
 
 if TYPE_CHECKING:
     from ..loader import Loader
@@ -35,7 +36,7 @@ __all__ = ["GRACE_S", "read_by_tensorflow", "tensorflow_call"]
 GRACE_S = 0.5
 
 _loaders: weakref.WeakSet[Loader] = weakref.WeakSet()
-_lock = threading.Lock()
+_lock = ProcessLock()  # fresh in a forked child
 _last_activity = 0.0
 _hook_registered = False
 
@@ -54,10 +55,8 @@ def read_by_tensorflow(loader: Loader) -> None:
 
 def _forget_the_parent() -> None:
     """In a forked child: the parent's loaders are not read by the child's TensorFlow
-    (the child's copies register again when it makes views of them), and the lock may
-    have been held by a parent thread that does not exist here."""
-    global _lock, _last_activity
-    _lock = threading.Lock()
+    (the child's copies register again when it makes views of them)."""
+    global _last_activity
     _loaders.clear()
     _last_activity = 0.0
 

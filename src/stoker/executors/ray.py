@@ -293,7 +293,7 @@ class _LandingSlots:
 # -- the actor ------------------------------------------------------------------------
 
 
-class LoadFailed(Exception):
+class _LoadFailed(Exception):
     """An actor could not load the source or transform; ``record`` says why, typed, so
     that the consumer tells stoker's own refusals (a store replaced) from a missing
     module."""
@@ -303,10 +303,10 @@ class LoadFailed(Exception):
         self.record = record
 
     def __reduce__(self):
-        return (LoadFailed, (self.record,))
+        return (_LoadFailed, (self.record,))
 
 
-def could_not_start(record: InitFailed) -> LoaderError:
+def _could_not_start(record: InitFailed) -> LoaderError:
     """The consumer's error for an actor that could not load the source or transform."""
     hint = ("" if record.ours else
             " The source or transform failed to load in the actor: the modules they need "
@@ -346,7 +346,7 @@ class BatchActor:
                     record = InitFailed.of(inner, error.traceback_str or traceback.format_exc())
                 else:
                     record = InitFailed.of(error, traceback.format_exc())
-                raise LoadFailed(record) from None
+                raise _LoadFailed(record) from None
         return self._producer
 
     def ready(self, arguments: list[Any], board: Board | None
@@ -356,7 +356,7 @@ class BatchActor:
         could not load them (None when it did)."""
         try:
             producer = self._load(arguments)
-        except LoadFailed as failed:
+        except _LoadFailed as failed:
             return self._where, False, failed.record
         return self._where, self._count_on(board, producer) is not None, None
 
@@ -632,7 +632,7 @@ class RayExecutor:
                     ) from None
                 if failed is not None:
                     self._shutdown()
-                    raise could_not_start(failed)
+                    raise _could_not_start(failed)
                 self._note_where(ready[ref], where)
         if waiting:
             self._shutdown()
@@ -922,8 +922,8 @@ class RayExecutor:
             raise  # not reached: a final crash raises
         except ray.exceptions.RayError as error:
             self._shutdown()
-            if isinstance(getattr(error, "cause", None), LoadFailed):  # a restarted actor
-                raise could_not_start(error.cause.record) from None
+            if isinstance(getattr(error, "cause", None), _LoadFailed):  # a restarted actor
+                raise _could_not_start(error.cause.record) from None
             raise LoaderError(f"Ray could not {do}: {error}") from error
         self._note_where(flight.actor, where)
         flight.actor.last_progress = time.monotonic()
